@@ -1,0 +1,121 @@
+"""The broker process: listeners, the spool uploader, health and metrics, graceful drain."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from broker.authz import AuthorizeClient
+from broker.pg.server import PgBroker
+from broker.recorder import SpoolUploader
+from broker.tls import ensure_dev_certificate, server_context
+from jitgate import logs
+from jitgate.backends import open_backends
+from jitgate.logs import log
+from jitgate.policy import PolicyError, PolicyHolder
+from jitgate.settings import Settings
+
+logger = logging.getLogger("jitgate.broker")
+DRAIN_SECONDS = 25
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
+    try:
+        policy = PolicyHolder(settings.policy_path, on_error=lambda e: log(logger, logging.ERROR, "policy reload refused", error=str(e)))
+    except PolicyError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+    backends = open_backends(settings)
+    authz = AuthorizeClient(settings.authorize_url)
+    cert, key = settings.tls_cert, settings.tls_key
+    if not cert or not key:
+        cert, key = ensure_dev_certificate(settings.home / "tls")
+    pg = PgBroker(settings, backends, policy, authz, server_context(cert, key))
+    _install_extensions(pg, settings, backends)
+
+    uploader = SpoolUploader(settings, backends, pg.live_sessions)
+    await uploader.sweep()  # seal what a previous crash left behind before taking traffic
+    sweeper = asyncio.create_task(uploader.run())
+
+    host, port = _split(settings.pg_listen)
+    server = await pg.start(host, port)
+    pg_port = server.sockets[0].getsockname()[1]
+
+    app = web.Application()
+    app.router.add_get("/healthz", lambda r: web.json_response({"ok": True, "sessions": len(pg.connections)}))
+    app.router.add_get("/metrics", lambda r: web.Response(text=_metrics(pg), content_type="text/plain"))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    mhost, mport = _split(settings.metrics_listen)
+    site = web.TCPSite(runner, mhost, mport)
+    await site.start()
+    metrics_port = site._server.sockets[0].getsockname()[1]
+
+    info = {"pg": f"{host}:{pg_port}", "metrics": f"{mhost}:{metrics_port}"}
+    log(logger, logging.INFO, "broker ready", **info, backends=backends.name)
+    if ready_file:
+        with open(ready_file, "w") as fh:
+            json.dump(info, fh)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log(logger, logging.INFO, "draining", seconds=DRAIN_SECONDS, sessions=len(pg.connections))
+    await pg.drain(DRAIN_SECONDS)
+    sweeper.cancel()
+    await uploader.sweep()
+    await runner.cleanup()
+    await authz.close()
+    backends.close()
+    log(logger, logging.INFO, "broker stopped")
+
+
+def _install_extensions(pg: PgBroker, settings: Settings, backends) -> None:
+    """Approvals and masking plug into the pipeline when their packages are present."""
+    try:
+        from broker.approvals import install as install_approvals
+    except ImportError:
+        pass
+    else:
+        install_approvals(pg, settings, backends)
+    try:
+        from broker.masking import install as install_masking
+    except ImportError:
+        pass
+    else:
+        install_masking(pg, settings, backends)
+
+
+def _metrics(pg: PgBroker) -> str:
+    return (
+        "# HELP jitgate_sessions_active Live sessions.\n# TYPE jitgate_sessions_active gauge\n"
+        f"jitgate_sessions_active {len(pg.connections)}\n"
+        "# HELP jitgate_authorize_calls_total Calls to functions/authorize (cache misses).\n"
+        "# TYPE jitgate_authorize_calls_total counter\n"
+        f"jitgate_authorize_calls_total {pg.authz.calls}\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="jitgate broker", description="Run the jitgate broker.")
+    parser.add_argument("--ready-file", help="write the bound addresses here as JSON once listening")
+    args = parser.parse_args(argv)
+    logs.setup()
+    asyncio.run(serve(Settings.from_env(), ready_file=args.ready_file))
+
+
+if __name__ == "__main__":
+    main()

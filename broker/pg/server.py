@@ -1,0 +1,649 @@
+"""The PostgreSQL listener: TLS, OIDC sign-in, held-credential login upstream, and the relay.
+
+Only bytes move here; the codec (broker/pg/codec.py) parses and builds messages,
+and the session pipeline (broker/session.py) decides and records.
+
+Denying a statement in the middle of a pipelined stream must keep the client's
+and the server's protocol state in step. Instead of forging responses out of
+order, the broker forwards a harmless marker statement in place of the refused
+one (it fails in PostgreSQL's parser, so nothing runs), and rewrites the
+upstream's ErrorResponse for that marker into the refusal. The upstream thus
+keeps its own bookkeeping (skip-until-Sync, aborted transaction) exactly as for
+any failed statement.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from broker.authz import AuthorizeClient, Refused
+from broker.pg import codec
+from broker.pg.upstream_auth import UpstreamAuthError, UpstreamLogin
+from broker.session import Session, Verdict, new_backend_key
+from broker.tls import upstream_context
+from jitgate.backends import Backends
+from jitgate.logs import log
+from jitgate.policy import PolicyHolder, Target
+from jitgate.recording.spool import describe_params
+from jitgate.settings import Settings
+
+logger = logging.getLogger("jitgate.broker.pg")
+
+# Startup parameters the client may pass through to the upstream. Others (user,
+# database, replication, options with -c role settings...) are the broker's business.
+FORWARDED_PARAMS = {
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "extra_float_digits",
+    "intervalstyle",
+    "search_path",
+    "standard_conforming_strings",
+    "bytea_output",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+}
+READ_SIZE = 256 * 1024
+
+
+class ClientError(Exception):
+    """Refuse the client with this SQLSTATE and message, then close."""
+
+    def __init__(self, message: str, code: str = "28000", hint: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.hint = hint
+
+
+@dataclass
+class Pending:
+    """A statement sent upstream whose result has not come back yet."""
+
+    statement_id: int
+    started: float
+    cycle: int
+    simple: bool
+    rows: int = 0
+    tags: list = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class CancelRoute:
+    host: str
+    port: int
+    pid: int
+    secret: bytes
+    connection: "PgConnection"
+
+
+class PgBroker:
+    def __init__(self, settings: Settings, backends: Backends, policy: PolicyHolder, authz: AuthorizeClient,
+                 ssl_context: ssl.SSLContext | None):
+        self.settings = settings
+        self.backends = backends
+        self.policy = policy
+        self.authz = authz
+        self.ssl_context = ssl_context
+        self.cancel_routes: dict[tuple[int, bytes], CancelRoute] = {}
+        self.live_sessions: set[str] = set()
+        self.connections: set["PgConnection"] = set()
+        self.approval_step = None
+        self.masker_factory = None  # (target, principal) -> masker | None
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> asyncio.base_events.Server:
+        self.server = await asyncio.start_server(self._accept, host, port, limit=READ_SIZE)
+        return self.server
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = PgConnection(self, reader, writer)
+        self.connections.add(connection)
+        try:
+            await connection.run()
+        except Exception:
+            logger.exception("connection handler failed")
+        finally:
+            self.connections.discard(connection)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let live sessions finish for up to ``timeout`` seconds, then close them."""
+        if self.server:
+            self.server.close()
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for connection in list(self.connections):
+            connection.shutdown("broker shutting down")
+        while self.connections and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.05)
+
+
+class PgConnection:
+    def __init__(self, broker: PgBroker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.broker = broker
+        self.c_reader, self.c_writer = reader, writer
+        self.u_reader: asyncio.StreamReader | None = None
+        self.u_writer: asyncio.StreamWriter | None = None
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.client = f"{peer[0]}:{peer[1]}"
+        self.session: Session | None = None
+        self.tls = False
+        self.pending: collections.deque[Pending] = collections.deque()
+        self.denials: collections.deque[tuple[int, str, bytes]] = collections.deque()
+        self.client_cycle = 0  # Sync/Query messages sent upstream
+        self.ready_cycle = 0  # ReadyForQuery messages received
+        self.statements: dict[str, tuple[str, Verdict]] = {}
+        self.portals: dict[str, tuple[str, tuple]] = {}
+        self.key: tuple[int, bytes] | None = None
+        self.upstream_key: codec.BackendKeyData | None = None
+        self.target: Target | None = None
+        self.hold: asyncio.Task | None = None
+        self._closing_reason: str | None = None
+
+    # -- helpers --------------------------------------------------------------------
+
+    async def _send_client(self, data: bytes) -> None:
+        self.c_writer.write(data)
+        await self.c_writer.drain()
+
+    async def _refuse(self, message: str, code: str = "28000", hint: str = "") -> None:
+        try:
+            await self._send_client(codec.build_error(message, code, "FATAL", hint=hint))
+        except (ConnectionError, OSError):
+            pass
+
+    def shutdown(self, reason: str) -> None:
+        self._closing_reason = reason
+        for w in (self.c_writer, self.u_writer):
+            if w is not None:
+                w.close()
+
+    # -- startup --------------------------------------------------------------------
+
+    async def _read_startup(self):
+        buf = bytearray()
+        while True:
+            parsed = codec.parse_startup(buf)
+            if parsed is None:
+                chunk = await asyncio.wait_for(self.c_reader.read(codec.MAX_STARTUP_PACKET), timeout=30)
+                if not chunk:
+                    return None
+                buf += chunk
+                continue
+            msg, used = parsed
+            del buf[:used]
+            if isinstance(msg, codec.SSLRequest):
+                if buf:
+                    raise codec.ProtocolError("data received after SSLRequest before the TLS handshake")
+                if self.broker.ssl_context is None or self.tls:
+                    await self._send_client(b"N")
+                    continue
+                await self._send_client(b"S")
+                await self.c_writer.start_tls(self.broker.ssl_context)
+                self.tls = True
+                continue
+            if isinstance(msg, codec.GSSENCRequest):
+                await self._send_client(b"N")
+                continue
+            return msg
+
+    async def _read_message(self, reader: codec.MessageReader, stream: asyncio.StreamReader, timeout: float = 60):
+        while True:
+            messages = reader.messages()
+            if messages:
+                if len(messages) > 1:
+                    raise codec.ProtocolError("unexpected pipelined messages during authentication")
+                return messages[0]
+            chunk = await asyncio.wait_for(stream.read(READ_SIZE), timeout=timeout)
+            if not chunk:
+                raise ConnectionError("peer closed the connection")
+            reader.feed(chunk)
+
+    async def run(self) -> None:
+        reason = "client closed the connection"
+        try:
+            startup = await self._read_startup()
+            if startup is None:
+                return
+            if isinstance(startup, codec.CancelRequest):
+                await self.broker_cancel(startup)
+                return
+            await self._login(startup)
+            reason = await self._relay()
+        except codec.ProtocolError as exc:
+            log(logger, logging.WARNING, "protocol error from client", client=self.client, error=str(exc))
+            await self._refuse(f"jitgate: protocol violation: {exc}", exc.sqlstate)
+            reason = f"protocol error: {exc}"
+        except ClientError as exc:
+            log(logger, logging.INFO, "connection refused", client=self.client, reason=str(exc))
+            await self._refuse(str(exc), exc.code, exc.hint)
+            reason = f"refused: {exc}"
+        except (asyncio.TimeoutError, TimeoutError):
+            reason = "timed out"
+            await self._refuse("jitgate: timed out waiting for the client", "08006")
+        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+            reason = f"connection lost: {type(exc).__name__}"
+        finally:
+            if self.key:
+                self.broker.cancel_routes.pop(self.key, None)
+            for w in (self.c_writer, self.u_writer):
+                if w is not None:
+                    w.close()
+            if self.session:
+                try:
+                    await self.session.close(self._closing_reason or reason)
+                finally:
+                    self.broker.live_sessions.discard(self.session.session_id)
+
+    async def _login(self, startup: codec.StartupMessage) -> None:
+        settings = self.broker.settings
+        if startup.protocol != codec.PROTOCOL_3_0:
+            unsupported = [k for k in startup.params if k.startswith("_pq_.")]
+            await self._send_client(codec.build_negotiate_protocol(0, unsupported))
+        if "replication" in startup.params and startup.params["replication"].lower() not in ("false", "0", "off", "no"):
+            raise ClientError("jitgate: replication connections are not allowed through the gateway", "28000")
+        if settings.tls_required and not self.tls:
+            raise ClientError(
+                "jitgate: TLS is required; connect with sslmode=require (or prefer)", "28000",
+                hint="psql \"host=... sslmode=require\"",
+            )
+        target_name = startup.database
+        user = startup.user
+        if not user:
+            raise ClientError("jitgate: the startup packet names no user; connect as your IdP username", "28000")
+        await self._send_client(codec.AUTHENTICATION_CLEARTEXT)
+        kind, payload = await self._read_message(codec.MessageReader(16384), self.c_reader)
+        if kind != "p":
+            raise codec.ProtocolError(f"expected a password message, got {kind!r}")
+        token = codec.parse_password(payload).strip()
+        try:
+            grant = await self.broker.authz.authorize(token, target_name, user)
+        except Refused as exc:
+            code = "57P03" if exc.code == "unavailable" else "28000"
+            raise ClientError(f"jitgate: {exc.reason}", code) from None
+        policy = self.broker.policy.policy
+        target = policy.target(target_name)
+        if target is None or target.kind != "postgres":
+            raise ClientError(f"jitgate: target {target_name!r} is not a PostgreSQL target", "3D000")
+        if not target.allow.admits(grant.principal.username, grant.principal.groups):
+            raise ClientError(f"jitgate: {grant.principal.username} may no longer reach {target_name!r}", "28000")
+        self.target = target
+        self.session = Session.open(
+            principal=grant.principal, target_name=target_name, policy=policy, client=self.client, kind="postgres",
+            settings=settings, backends=self.broker.backends, live=self.broker.live_sessions,
+        )
+        self.session.approval_step = self.broker.approval_step
+        if self.broker.masker_factory is not None and not target.sees_clear_text(grant.principal.groups):
+            self.session.masker = self.broker.masker_factory(target, grant.principal)
+        params = {k: v for k, v in startup.params.items() if k.lower() in FORWARDED_PARAMS}
+        await self._connect_upstream(target, params)
+
+    async def _connect_upstream(self, target: Target, params: dict[str, str]) -> None:
+        try:
+            password = (await asyncio.to_thread(self.broker.backends.secrets.get, target.credential)).decode()
+        except Exception as exc:
+            log(logger, logging.ERROR, "held credential unavailable", target=self.session.target_name, error=str(exc))
+            raise ClientError(
+                f"jitgate: the gateway cannot load its credential for target {self.session.target_name!r}; "
+                "an administrator must fix the credential reference", "28000") from None
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port, limit=READ_SIZE), 15)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ClientError(f"jitgate: target {self.session.target_name!r} is unreachable ({type(exc).__name__})", "08001") from None
+        self.u_reader, self.u_writer = reader, writer
+        encrypted = False
+        if target.tls != "disable":
+            writer.write(codec.build_ssl_request())
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readexactly(1), 15)
+            if answer == b"S":
+                await writer.start_tls(upstream_context(target.tls), server_hostname=target.host)
+                encrypted = True
+            elif target.tls in ("require", "verify-full"):
+                raise ClientError(f"jitgate: target {self.session.target_name!r} does not offer TLS, which its policy requires", "08001")
+        writer.write(codec.build_startup({"user": target.username, "database": target.database, **params}))
+        await writer.drain()
+        login = UpstreamLogin(target.username, password, encrypted=encrypted)
+        del password
+        framer = codec.MessageReader()
+        # Authentication exchange, then ParameterStatus/BackendKeyData until ReadyForQuery.
+        to_client = [codec.AUTHENTICATION_OK]
+        while True:
+            chunk = await asyncio.wait_for(reader.read(READ_SIZE), 30)
+            if not chunk:
+                raise ClientError(f"jitgate: target {self.session.target_name!r} closed the connection during login", "08006")
+            framer.feed(chunk)
+            for kind, payload in framer.messages():
+                if kind == "R":
+                    try:
+                        reply = login.respond(codec.parse_authentication(payload))
+                    except UpstreamAuthError as exc:
+                        log(logger, logging.ERROR, "upstream login failed", target=self.session.target_name, error=str(exc))
+                        raise ClientError(f"jitgate: the gateway could not log in to {self.session.target_name!r}: {exc}", "28000") from None
+                    if reply:
+                        writer.write(reply)
+                        await writer.drain()
+                elif kind == "E":
+                    fields = codec.parse_fields(payload)
+                    log(logger, logging.ERROR, "upstream refused the held credential", target=self.session.target_name,
+                        sqlstate=fields.get("C"), upstream_message=fields.get("M"))
+                    raise ClientError(
+                        f"jitgate: target {self.session.target_name!r} refused the gateway's held credential "
+                        f"(upstream SQLSTATE {fields.get('C', '?')}); an administrator must rotate or fix it", "28000")
+                elif kind == "K":
+                    self.upstream_key = codec.parse_backend_key(payload)
+                    self.key = new_backend_key()
+                    self.broker.cancel_routes[self.key] = CancelRoute(
+                        target.host, target.port, self.upstream_key.pid, self.upstream_key.secret, self)
+                    to_client.append(codec.build_backend_key(*self.key))
+                elif kind == "S":
+                    to_client.append(codec.message("S", payload))
+                elif kind == "N":
+                    to_client.append(codec.message("N", payload))
+                elif kind == "v":
+                    continue  # upstream negotiated down our (3.0) request: nothing to tell the client
+                elif kind == "Z":
+                    if not login.done:
+                        raise ClientError("jitgate: upstream finished login without authenticating", "28000")
+                    to_client.append(codec.message("Z", payload))
+                    leftover = framer.buffered
+                    if leftover:
+                        raise codec.ProtocolError("upstream sent data after ReadyForQuery during login")
+                    await self._send_client(b"".join(to_client))
+                    return
+                else:
+                    raise ClientError(f"jitgate: unexpected message {kind!r} from upstream during login", "08P01")
+
+    # -- cancel ---------------------------------------------------------------------
+
+    async def broker_cancel(self, request: codec.CancelRequest) -> None:
+        route = self.broker.cancel_routes.get((request.pid, request.secret))
+        if route is None:
+            return  # like PostgreSQL: an unknown key is silently ignored
+        connection = route.connection
+        if connection.hold is not None and not connection.hold.done():
+            connection.hold.cancel()  # a statement held for approval: give up waiting
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(route.host, route.port), 10)
+            writer.write(codec.build_cancel_request(route.pid, route.secret))
+            await writer.drain()
+            writer.close()
+        except (OSError, asyncio.TimeoutError) as exc:
+            log(logger, logging.WARNING, "cancel could not reach upstream", error=type(exc).__name__)
+
+    async def _cancel_upstream(self) -> None:
+        if self.upstream_key and self.target:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(self.target.host, self.target.port), 5)
+                writer.write(codec.build_cancel_request(self.upstream_key.pid, self.upstream_key.secret))
+                await writer.drain()
+                writer.close()
+            except (OSError, asyncio.TimeoutError):
+                pass
+
+    # -- relay ----------------------------------------------------------------------
+
+    async def _relay(self) -> str:
+        upstream_task = asyncio.create_task(self._pump_upstream())
+        client_task = asyncio.create_task(self._pump_client())
+        done, _ = await asyncio.wait({upstream_task, client_task}, return_when=asyncio.FIRST_COMPLETED)
+        if client_task in done:
+            reason = client_task.result() if not client_task.exception() else f"client error: {client_task.exception()!r}"
+            if self.pending and "terminated" not in reason:
+                await self._cancel_upstream()  # the client vanished mid-query: stop the work upstream
+            if self.u_writer:
+                self.u_writer.close()
+            try:
+                await asyncio.wait_for(upstream_task, 5)
+            except (asyncio.TimeoutError, Exception):
+                upstream_task.cancel()
+        else:
+            exc = upstream_task.exception()
+            reason = upstream_task.result() if exc is None else f"upstream error: {exc!r}"
+            if isinstance(exc, codec.ProtocolError):
+                await self._refuse(f"jitgate: upstream protocol error: {exc}", "08P01")
+            self.c_writer.close()
+            client_task.cancel()
+            await asyncio.gather(client_task, return_exceptions=True)
+        return reason
+
+    def _denial_marker(self) -> str:
+        return f"jitgate_refused_{secrets.token_hex(6)}"
+
+    async def _gate(self, sql: str, protocol: str) -> Verdict:
+        verdict = self.session.decide_sql(sql)
+        if verdict.action == "approve":
+            self.hold = asyncio.ensure_future(self.session.resolve(sql, verdict))
+            try:
+                verdict = await self.hold
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise
+                verdict = Verdict("deny", verdict.classes, verdict.reasons, "jitgate: canceled while waiting for approval")
+            finally:
+                self.hold = None
+        return verdict
+
+    async def _pump_client(self) -> str:
+        framer = codec.MessageReader(self.broker.settings.pg_max_message)
+        session = self.session
+        writer = self.u_writer
+        while True:
+            try:
+                chunk = await self.c_reader.read(READ_SIZE)
+            except (ConnectionError, OSError) as exc:
+                return f"client connection lost: {type(exc).__name__}"
+            if not chunk:
+                return "client closed the connection"
+            framer.feed(chunk)
+            try:
+                data, spans = framer.spans()
+            except codec.ProtocolError as exc:
+                await self._send_client(codec.build_error(f"jitgate: protocol violation: {exc}", exc.sqlstate, "FATAL"))
+                return f"protocol error: {exc}"
+            out = bytearray()
+            for kind, start, end in spans:
+                if kind == 0x51:  # 'Q'
+                    sql = codec.parse_query(memoryview(data)[start + 5 : end].tobytes()).sql
+                    verdict = session.decide_sql(sql)
+                    if verdict.action == "approve":
+                        writer.write(out)
+                        out = bytearray()
+                        await writer.drain()
+                        verdict = await self._gate(sql, "simple")
+                    statement_id = session.record_statement(sql, protocol="simple", verdict=verdict)
+                    self.client_cycle += 1
+                    if verdict.allowed:
+                        self.pending.append(Pending(statement_id, time.perf_counter(), self.client_cycle - 1, True))
+                        out += data[start:end]
+                    else:
+                        marker = self._denial_marker()
+                        self.denials.append((self.client_cycle - 1, marker, self._refusal(verdict)))
+                        out += codec.build_query(marker)
+                elif kind == 0x50:  # 'P'
+                    parse = codec.parse_parse(data[start + 5 : end])
+                    verdict = session.decide_sql(parse.sql)
+                    if verdict.action == "approve":
+                        writer.write(out)
+                        out = bytearray()
+                        await writer.drain()
+                        verdict = await self._gate(parse.sql, "extended")
+                    self.statements[parse.name] = (parse.sql, verdict)
+                    if verdict.allowed:
+                        out += data[start:end]
+                    else:
+                        session.record_statement(parse.sql, protocol="extended", verdict=verdict)
+                        marker = self._denial_marker()
+                        self.denials.append((self.client_cycle, marker, self._refusal(verdict)))
+                        out += codec.build_parse(parse.name, marker)
+                elif kind == 0x42:  # 'B'
+                    bind = codec.parse_bind(data[start + 5 : end])
+                    self.portals[bind.portal] = (bind.statement, describe_params(bind.params, [bind.param_format(i) for i in range(len(bind.params))]))
+                    out += data[start:end]
+                elif kind == 0x45:  # 'E'
+                    execute = codec.parse_execute(data[start + 5 : end])
+                    statement_name, params = self.portals.get(execute.portal, ("", ()))
+                    sql, verdict = self.statements.get(statement_name, ("", None))
+                    if verdict is not None and verdict.allowed:
+                        statement_id = session.record_statement(sql, protocol="extended", verdict=verdict, params=list(params))
+                        self.pending.append(Pending(statement_id, time.perf_counter(), self.client_cycle, False))
+                    out += data[start:end]
+                elif kind == 0x53:  # 'S' Sync
+                    self.client_cycle += 1
+                    out += data[start:end]
+                elif kind == 0x43:  # 'C' Close
+                    close = codec.parse_close(data[start + 5 : end])
+                    (self.statements if close.kind == "S" else self.portals).pop(close.name, None)
+                    out += data[start:end]
+                elif kind == 0x46:  # 'F' FunctionCall (fast path): no SQL text to classify
+                    call = codec.parse_function_call(data[start + 5 : end])
+                    text = f"-- fastpath function call oid={call.oid}"
+                    verdict = self.session.target.decide(frozenset({"side_effect_function"}), session.principal.groups)
+                    verdict = Verdict(verdict[0], ("side_effect_function",), (), f"jitgate: fast-path function calls need approval or are refused on {session.target_name!r}")
+                    if verdict.action == "approve":
+                        writer.write(out)
+                        out = bytearray()
+                        await writer.drain()
+                        verdict = await self.session.resolve(text, verdict)
+                    statement_id = session.record_statement(text, protocol="fastpath", verdict=verdict)
+                    self.client_cycle += 1
+                    if verdict.allowed:
+                        self.pending.append(Pending(statement_id, time.perf_counter(), self.client_cycle - 1, True))
+                        out += data[start:end]
+                    else:
+                        marker = self._denial_marker()
+                        self.denials.append((self.client_cycle - 1, marker, self._refusal(verdict)))
+                        out += codec.build_query(marker)
+                elif kind == 0x58:  # 'X' Terminate
+                    out += data[start:end]
+                    writer.write(out)
+                    await writer.drain()
+                    return "client terminated the session"
+                else:
+                    out += data[start:end]
+            if out:
+                writer.write(out)
+                await writer.drain()
+
+    def _refusal(self, verdict: Verdict) -> bytes:
+        code = "57014" if "canceled" in verdict.message else "42501"
+        return codec.build_error(
+            verdict.message or "jitgate: statement refused by policy", code, "ERROR",
+            hint="Ask an approver, or change the statement; `jitgate approvals list` shows pending requests."
+            if verdict.action == "deny" and verdict.approval_id is None and "approval" in verdict.message else "",
+        )
+
+    async def _pump_upstream(self) -> str:
+        framer = codec.MessageReader(max(self.broker.settings.pg_max_message, 1 << 30))
+        reader, writer = self.u_reader, self.c_writer
+        session = self.session
+        pending = self.pending
+        while True:
+            chunk = await reader.read(READ_SIZE)
+            if not chunk:
+                return "upstream closed the connection"
+            framer.feed(chunk)
+            data, spans = framer.spans()
+            parts = None  # set to a list once any message is rewritten
+            last = 0
+            for kind, start, end in spans:
+                if kind == 0x44:  # 'D' DataRow: the hot path
+                    if pending:
+                        pending[0].rows += 1
+                    plan = self._row_plan
+                    if plan is not None:
+                        if parts is None:
+                            parts = []
+                        parts.append(data[last:start])
+                        parts.append(plan.mask_row(data[start + 5 : end]))
+                        last = end
+                    continue
+                if kind == 0x43:  # 'C' CommandComplete
+                    tag = codec.parse_command_complete(data[start + 5 : end])
+                    if pending:
+                        head = pending[0]
+                        head.tags.append(tag)
+                        if not head.simple:
+                            self._finish(pending.popleft())
+                elif kind == 0x45:  # 'E' ErrorResponse
+                    payload = data[start + 5 : end]
+                    fields = codec.parse_fields(payload)
+                    replacement = None
+                    if self.denials and self.denials[0][1] in fields.get("M", ""):
+                        replacement = self.denials.popleft()[2]
+                    elif self.session.masker is not None and getattr(self.session.masker, "active", False):
+                        replacement = self._mask_fields("E", fields)
+                    if replacement is not None:
+                        if parts is None:
+                            parts = []
+                        parts.append(data[last:start])
+                        parts.append(replacement)
+                        last = end
+                    elif pending:
+                        pending[0].error = f"{fields.get('C', '')}: {fields.get('M', '')}"
+                        if not pending[0].simple:
+                            self._finish(pending.popleft())
+                elif kind == 0x5A:  # 'Z' ReadyForQuery
+                    cycle = self.ready_cycle
+                    while pending and pending[0].cycle <= cycle:
+                        self._finish(pending.popleft())
+                    while self.denials and self.denials[0][0] <= cycle:
+                        self.denials.popleft()
+                    self.ready_cycle += 1
+                elif kind == 0x54:  # 'T' RowDescription
+                    self._row_plan = None
+                    masker = session.masker
+                    if masker is not None and getattr(masker, "active", False):
+                        fields = codec.parse_row_description(data[start + 5 : end])
+                        self._row_plan = masker.plan(fields, await self._table_names(fields))
+                elif kind in (0x73, 0x49):  # 's' PortalSuspended, 'I' EmptyQueryResponse
+                    if pending and not pending[0].simple:
+                        self._finish(pending.popleft())
+                elif kind == 0x4E:  # 'N' NoticeResponse
+                    if session.masker is not None and getattr(session.masker, "active", False):
+                        if parts is None:
+                            parts = []
+                        parts.append(data[last:start])
+                        parts.append(self._mask_fields("N", codec.parse_fields(data[start + 5 : end])))
+                        last = end
+            if parts is None:
+                writer.write(data)
+            else:
+                parts.append(data[last:])
+                writer.write(b"".join(parts))
+            await writer.drain()
+
+    _row_plan = None
+
+    async def _table_names(self, fields) -> dict[int, str]:
+        resolver = getattr(self.session.masker, "table_names", None)
+        if resolver is None:
+            return {}
+        return await resolver(self, {f.table_oid for f in fields if f.table_oid})
+
+    def _mask_fields(self, kind: str, fields: dict[str, str]) -> bytes:
+        masker = self.session.masker
+        masked = {k: (masker.mask_text(v) if k in ("M", "D", "H", "W", "q") else v) for k, v in fields.items()}
+        return codec.build_fields(kind, masked)
+
+    def _finish(self, entry: Pending) -> None:
+        tag = "; ".join(entry.tags) if entry.tags else None
+        rows = entry.rows
+        if entry.tags and not entry.rows:
+            counted = [codec.rows_from_tag(t) for t in entry.tags]
+            rows = sum(c for c in counted if c is not None) if any(c is not None for c in counted) else 0
+        error = entry.error
+        if error is None and not entry.tags and not entry.simple:
+            error = "not executed: an earlier message in the same batch failed"
+        self.session.record_result(entry.statement_id, started=entry.started, rows=rows, tag=tag, error=error)

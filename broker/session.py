@@ -1,0 +1,165 @@
+"""The session pipeline every protocol feeds: authenticate -> classify -> decide -> forward -> mask -> record.
+
+A protocol adapter (broker/pg/server.py, later SSH and the agent API) owns the
+bytes; it hands each statement or command to ``Session.check_*`` before
+forwarding it and reports results back with ``Session.record_result``. Guardrails,
+approvals, masking and recording are steps here with narrow interfaces, so a new
+protocol brings a codec and a small adapter, not a copy of the policy logic.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from broker.recorder import Recorder
+from jitgate.identity.oidc import Principal
+from jitgate.logs import log
+from jitgate.policy import Policy, Target
+
+logger = logging.getLogger("jitgate.broker.session")
+
+try:  # guardrail classifiers live in jitgate.guardrails
+    from jitgate.guardrails.sql import classify_sql as _classify_sql
+except ImportError:  # pragma: no cover - the package ships with the repo
+    _classify_sql = None
+
+
+@dataclass
+class Verdict:
+    action: str  # allow | deny | approve
+    classes: tuple[str, ...]
+    reasons: tuple[str, ...] = ()
+    message: str = ""
+    approval_id: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.action == "allow"
+
+
+def classify_sql(sql: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    if _classify_sql is None:
+        return frozenset({"unclassified"}), ("the SQL classifier is not installed",)
+    result = _classify_sql(sql)
+    reasons = tuple(r for s in result.statements for r in s.reasons)
+    if result.error:
+        reasons = reasons + (result.error,)
+    return result.classes, reasons
+
+
+# An approval step: (session, statement text, verdict) -> final verdict. Installed by the approvals work.
+ApprovalStep = Callable[["Session", str, Verdict], Awaitable[Verdict]]
+
+
+@dataclass
+class Session:
+    principal: Principal
+    target_name: str
+    target: Target
+    policy: Policy
+    client: str
+    recorder: Recorder
+    kind: str
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.time)
+    statements: int = 0
+    approval_step: ApprovalStep | None = None
+    masker: object | None = None
+
+    @classmethod
+    def open(cls, *, principal, target_name, policy, client, kind, settings, backends, session_id=None, live=None):
+        session_id = session_id or uuid.uuid4().hex
+        if live is not None:
+            live.add(session_id)  # before the spool exists, so the sweeper never takes it for an orphan
+        recorder = Recorder(settings, backends, session_id)
+        target = policy.targets[target_name]
+        session = cls(principal, target_name, target, policy, client, recorder, kind, session_id=session_id)
+        recorder.event(
+            "session.start",
+            session=session_id,
+            principal=principal.to_dict(),
+            target=target_name,
+            kind=kind,
+            client=client,
+            broker=settings.broker_id or socket.gethostname(),
+            policy=policy.digest,
+        )
+        log(logger, logging.INFO, "session started", session_id=session_id, user=principal.username, target=target_name, client=client)
+        return session
+
+    def decide_sql(self, sql: str) -> Verdict:
+        classes, reasons = classify_sql(sql)
+        action, why = self.target.decide(classes, self.principal.groups)
+        message = ""
+        if action == "deny":
+            message = (
+                f"jitgate: statement refused by policy on target {self.target_name!r} "
+                f"(class: {', '.join(why)}{'; ' + '; '.join(reasons) if reasons else ''})"
+            )
+        elif action == "approve":
+            message = f"jitgate: statement needs approval on target {self.target_name!r} (class: {', '.join(why)})"
+        return Verdict(action, tuple(sorted(classes)), reasons, message)
+
+    async def resolve(self, statement: str, verdict: Verdict) -> Verdict:
+        """Turn 'approve' into allow or deny by waiting for a human (when approvals are wired in)."""
+        if verdict.action != "approve":
+            return verdict
+        if self.approval_step is None:
+            return Verdict(
+                "deny",
+                verdict.classes,
+                verdict.reasons,
+                verdict.message + "; approvals are not configured on this gateway, so it is refused",
+            )
+        return await self.approval_step(self, statement, verdict)
+
+    def record_statement(self, sql: str, *, protocol: str, verdict: Verdict, params=None, statement_id=None) -> int:
+        self.statements += 1
+        sid = statement_id if statement_id is not None else self.statements
+        fields = {
+            "id": sid,
+            "sql": self.mask_for_record(sql),
+            "protocol": protocol,
+            "classes": list(verdict.classes),
+            "decision": verdict.action,
+            "sha256": hashlib.sha256(sql.encode()).hexdigest(),
+        }
+        if params:
+            fields["params"] = [self.mask_for_record(p) if isinstance(p, str) else p for p in params]
+        if verdict.approval_id:
+            fields["approval_id"] = verdict.approval_id
+        if verdict.action == "deny":
+            fields["reason"] = verdict.message
+        self.recorder.event("statement", **fields)
+        return sid
+
+    def mask_for_record(self, text: str) -> str:
+        masker = self.masker
+        if masker is not None and getattr(masker, "active", False):
+            return masker.mask_text(text)
+        return text
+
+    def record_result(self, statement_id: int, *, started: float, rows: int | None, tag: str | None, error: str | None) -> None:
+        self.recorder.event(
+            "result",
+            id=statement_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            rows=rows,
+            tag=tag,
+            error=self.mask_for_record(error) if error else None,
+        )
+
+    async def close(self, reason: str) -> None:
+        await self.recorder.close(reason)
+        log(logger, logging.INFO, "session ended", session_id=self.session_id, reason=reason, statements=self.statements)
+
+
+def new_backend_key() -> tuple[int, bytes]:
+    """The (pid, secret) the client sees instead of the upstream's."""
+    return secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4)

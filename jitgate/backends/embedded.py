@@ -1,0 +1,276 @@
+"""Embedded backends: everything on one machine, no cloud.
+
+SQLite for the session index and approvals (one file, WAL, transactions with
+BEGIN IMMEDIATE so the first decision wins), a local folder for recordings
+(objects created with O_EXCL, never overwritten), an in-process event bus that
+can also push topics to HTTP endpoints as Pub/Sub-style CloudEvents, and
+env/file secrets.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from jitgate.backends.base import BackendUnavailable
+from jitgate.events import pubsub_envelope
+from jitgate.logs import log
+
+logger = logging.getLogger("jitgate.backends.embedded")
+
+
+class SqliteState:
+    """Session index and approval store in one SQLite file."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        with self._conn() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS sessions (
+                    session_id TEXT PRIMARY KEY, target TEXT, principal TEXT,
+                    started_at REAL, finalized INTEGER DEFAULT 0, entry TEXT);
+                CREATE INDEX IF NOT EXISTS sessions_target ON sessions(target, started_at DESC);
+                CREATE INDEX IF NOT EXISTS sessions_principal ON sessions(principal, started_at DESC);
+                CREATE TABLE IF NOT EXISTS approvals (
+                    approval_id TEXT PRIMARY KEY, target TEXT, status TEXT,
+                    created_at REAL, expires_at REAL, record TEXT);
+                CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, expires_at);
+                """
+            )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    # -- session index ----------------------------------------------------------------
+
+    def put_session(self, entry: dict[str, Any]) -> None:
+        self._conn().execute(
+            "INSERT INTO sessions(session_id, target, principal, started_at, entry) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(session_id) DO UPDATE SET target=excluded.target, principal=excluded.principal, "
+            "started_at=excluded.started_at, entry=excluded.entry",
+            (entry["session_id"], entry.get("target"), entry.get("principal"), entry.get("started_at", 0), json.dumps(entry)),
+        )
+
+    def get_session(self, session_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT entry FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def list_sessions(self, *, target=None, principal=None, limit=50) -> list[dict[str, Any]]:
+        sql, args = "SELECT entry FROM sessions WHERE entry IS NOT NULL", []
+        if target:
+            sql, args = sql + " AND target=?", args + [target]
+        if principal:
+            sql, args = sql + " AND principal=?", args + [principal]
+        rows = self._conn().execute(sql + " ORDER BY started_at DESC LIMIT ?", (*args, limit)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def mark_finalized(self, session_id: str) -> bool:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT finalized FROM sessions WHERE session_id=?", (session_id,)).fetchone()
+            if row and row[0]:
+                db.execute("ROLLBACK")
+                return False
+            db.execute(
+                "INSERT INTO sessions(session_id, finalized) VALUES (?,1) "
+                "ON CONFLICT(session_id) DO UPDATE SET finalized=1",
+                (session_id,),
+            )
+            db.execute("COMMIT")
+            return True
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- approvals --------------------------------------------------------------------
+
+    def create_approval(self, request: dict[str, Any]) -> None:
+        self._conn().execute(
+            "INSERT INTO approvals(approval_id, target, status, created_at, expires_at, record) VALUES (?,?,?,?,?,?)",
+            (request["approval_id"], request["target"], request["status"], request["created_at"],
+             request["expires_at"], json.dumps(request)),
+        )
+
+    def get_approval(self, approval_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT record FROM approvals WHERE approval_id=?", (approval_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def update_approval(self, approval_id: str, change: Callable[[dict], dict | None]) -> dict | None:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")  # takes the write lock first: concurrent deciders serialize here
+        try:
+            row = db.execute("SELECT record FROM approvals WHERE approval_id=?", (approval_id,)).fetchone()
+            if not row:
+                db.execute("ROLLBACK")
+                return None
+            new = change(json.loads(row[0]))
+            if new is not None:
+                db.execute(
+                    "UPDATE approvals SET status=?, expires_at=?, record=? WHERE approval_id=?",
+                    (new["status"], new["expires_at"], json.dumps(new), approval_id),
+                )
+            db.execute("COMMIT")
+            return new
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def list_approvals(self, *, status=None, target=None, limit=100) -> list[dict[str, Any]]:
+        sql, args = "SELECT record FROM approvals WHERE 1=1", []
+        if status:
+            sql, args = sql + " AND status=?", args + [status]
+        if target:
+            sql, args = sql + " AND target=?", args + [target]
+        rows = self._conn().execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+
+class LocalRecordingStore:
+    """recordings/<session>/chunks/NNNNNN.jsonl while running; recordings/<session>/<name> once sealed."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _dir(self, session_id: str) -> Path:
+        if not session_id or "/" in session_id or session_id.startswith("."):
+            raise ValueError(f"invalid session id {session_id!r}")
+        return self.root / session_id
+
+    def put_chunk(self, session_id: str, index: int, data: bytes) -> None:
+        directory = self._dir(session_id) / "chunks"
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{index:06d}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, directory / f"{index:06d}.jsonl")  # a re-upload of the same chunk is idempotent
+
+    def list_chunks(self, session_id: str) -> list[int]:
+        directory = self._dir(session_id) / "chunks"
+        if not directory.exists():
+            return []
+        return sorted(int(p.stem) for p in directory.glob("*.jsonl"))
+
+    def get_chunk(self, session_id: str, index: int) -> bytes:
+        return (self._dir(session_id) / "chunks" / f"{index:06d}.jsonl").read_bytes()
+
+    def put_object(self, session_id: str, name: str, data: bytes) -> str:
+        directory = self._dir(session_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)  # never overwrite a sealed object
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return path.as_uri()
+
+    def get_object(self, session_id: str, name: str) -> bytes:
+        return (self._dir(session_id) / name).read_bytes()
+
+    def object_exists(self, session_id: str, name: str) -> bool:
+        return (self._dir(session_id) / name).exists()
+
+
+class InProcessBus:
+    """Callbacks in this process, plus optional HTTP push per topic (Pub/Sub push semantics:
+    retried with backoff until the endpoint answers 2xx)."""
+
+    def __init__(self, push_endpoints: dict[str, str] | None = None, project: str = "local"):
+        self._subscribers: dict[str, list[Callable]] = {}
+        self._push = dict(push_endpoints or {})
+        self._project = project
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def subscribe(self, topic: str, callback: Callable[[dict], None]) -> None:
+        self._subscribers.setdefault(topic, []).append(callback)
+
+    def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        for callback in list(self._subscribers.get(topic, [])):
+            try:
+                callback(payload)
+            except Exception:  # a subscriber's bug must not break the publisher
+                logger.exception("subscriber failed", extra={"fields": {"topic": topic}})
+        if topic in self._push:
+            self._ensure_thread()
+            self._queue.put((topic, payload, 0))
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._pusher, name="bus-push", daemon=True)
+            self._thread.start()
+
+    def _pusher(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stopped.is_set():
+                try:
+                    topic, payload, attempt = self._queue.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                headers, body = pubsub_envelope(topic, payload, project=self._project)
+                try:
+                    response = client.post(self._push[topic], headers=headers, content=body)
+                    if response.status_code < 300:
+                        continue
+                    reason = f"HTTP {response.status_code}"
+                except httpx.HTTPError as exc:
+                    reason = type(exc).__name__
+                log(logger, logging.WARNING, "push delivery failed; will retry", topic=topic, attempt=attempt, reason=reason)
+                time.sleep(min(10, 0.2 * 2**attempt))
+                self._queue.put((topic, payload, attempt + 1))
+
+    def drain(self, timeout: float = 10) -> bool:
+        """Wait until queued pushes are delivered (used by graceful shutdown and tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0 or self._queue.empty():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.drain(5)
+        self._stopped.set()
+
+
+class EnvFileSecrets:
+    """env:NAME and file:/path references."""
+
+    def __init__(self, base_dir: Path | None = None):
+        self.base_dir = base_dir
+
+    def get(self, ref: str) -> bytes:
+        scheme, _, rest = ref.partition(":")
+        if scheme == "env":
+            value = os.environ.get(rest)
+            if value is None:
+                raise BackendUnavailable(f"held credential {ref} is not set in the broker's environment")
+            return value.encode()
+        if scheme == "file":
+            path = Path(rest)
+            if not path.is_absolute() and self.base_dir:
+                path = self.base_dir / path
+            try:
+                return path.read_bytes().rstrip(b"\n")
+            except OSError as exc:
+                raise BackendUnavailable(f"held credential {ref} cannot be read: {exc.strerror}") from None
+        raise BackendUnavailable(f"held credential {ref}: the embedded backends resolve env: and file: references only")

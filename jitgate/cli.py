@@ -1,0 +1,264 @@
+"""The `jitgate` command."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from jitgate.settings import Settings
+
+
+def _home(args) -> Path:
+    return Path(args.home or os.environ.get("JITGATE_HOME") or Path.home() / ".jitgate")
+
+
+def _settings(args) -> Settings:
+    env = dict(os.environ)
+    env["JITGATE_HOME"] = str(_home(args))
+    state = _home(args) / "stack.json"
+    if "JITGATE_POLICY" not in env and state.exists():
+        env["JITGATE_POLICY"] = json.loads(state.read_text()).get("policy", "")
+    return Settings.from_env(env)
+
+
+def cmd_up(args) -> int:
+    from jitgate.devstack import StackError, port_is_free, start_stack
+
+    home = _home(args)
+    port = args.port if port_is_free(args.port) else 0
+    if port == 0:
+        print(f"port {args.port} is busy; picking a free one", file=sys.stderr)
+    print("starting the jitgate local stack (demo PostgreSQL, dev OIDC issuer, functions, broker)...", flush=True)
+    try:
+        stack = start_stack(home, broker_port=port, policy_path=Path(args.policy).resolve() if args.policy else None)
+    except StackError as exc:
+        print(f"jitgate up failed: {exc}", file=sys.stderr)
+        return 1
+    bport = stack.broker_port
+    print(
+        f"""
+jitgate is up.
+  broker (PostgreSQL)  127.0.0.1:{bport}  TLS with a self-signed dev certificate
+  dev OIDC issuer      {stack.issuer.issuer}   (DEV ONLY: issues a token for anyone)
+  authorize function   {stack.authorize_url}
+  policy               {stack.policy_path}
+  recordings           {home / 'recordings'}
+  logs                 {home / 'logs'}
+
+Connect as alice (group sre) to the demo target:
+
+  PGPASSWORD="$(jitgate login --dev --user alice@example.com --groups sre)" psql "host=127.0.0.1 port={bport} dbname=demo user=alice@example.com sslmode=require"
+
+Then: jitgate sessions | jitgate replay <id> | jitgate verify <id>
+Press Ctrl-C to stop.
+""",
+        flush=True,
+    )
+    stopping = False
+
+    def _stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping:
+            for proc in stack.procs + [stack.issuer.proc]:
+                if proc.popen.poll() is not None:
+                    print(f"{proc.name} exited unexpectedly (code {proc.popen.returncode}); see {proc.log_path}", file=sys.stderr)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        print("\nstopping...", flush=True)
+        stack.stop()
+        print("stopped.")
+    return 0
+
+
+def cmd_login(args) -> int:
+    from jitgate.devstack import StackError, dev_token
+
+    if not args.dev:
+        print(
+            "jitgate login without --dev: obtain an ID token from your company IdP for the audience in the policy "
+            "(for Google: `gcloud auth print-identity-token --audiences=<audience>`) and use it as the password.",
+            file=sys.stderr,
+        )
+        return 2
+    state = _home(args) / "stack.json"
+    issuer = args.issuer
+    if not issuer:
+        if not state.exists():
+            print("no local stack found: run `jitgate up` first (or pass --issuer URL)", file=sys.stderr)
+            return 1
+        issuer = json.loads(state.read_text())["issuer"]
+    groups = [g for g in (args.groups or "").split(",") if g]
+    try:
+        print(dev_token(issuer, args.user, groups, ttl=args.ttl))
+    except (StackError, OSError) as exc:
+        print(f"login failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # httpx errors: the dev issuer is not running
+        print(f"login failed: cannot reach the dev issuer at {issuer} ({type(exc).__name__}); is `jitgate up` running?", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fmt_time(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_sessions(args) -> int:
+    from jitgate.backends import open_backends
+
+    backends = open_backends(_settings(args))
+    rows = backends.index.list_sessions(target=args.target, principal=args.user, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no sealed sessions yet")
+        return 0
+    print(f"{'SESSION':32}  {'STARTED (UTC)':19}  {'USER':24}  {'TARGET':12}  {'STMTS':>5}  {'ERR':>3}  END")
+    for r in rows:
+        print(f"{r['session_id']:32}  {_fmt_time(r['started_at']):19}  {r['principal'][:24]:24}  {r['target'][:12]:12}  "
+              f"{r['statements']:>5}  {r['errors']:>3}  {r['end_reason']}")
+    return 0
+
+
+def _load_sealed(args):
+    from jitgate.backends import open_backends
+    from jitgate.recording.finalize import MANIFEST, RECORDING
+
+    backends = open_backends(_settings(args))
+    try:
+        recording = backends.recordings.get_object(args.session, RECORDING)
+        manifest = backends.recordings.get_object(args.session, MANIFEST)
+    except (FileNotFoundError, KeyError):
+        print(f"no sealed recording for session {args.session!r} (see `jitgate sessions`)", file=sys.stderr)
+        raise SystemExit(1) from None
+    return backends, recording, manifest
+
+
+def cmd_replay(args) -> int:
+    from jitgate.recording.seal import parse_events
+
+    _, recording, _ = _load_sealed(args)
+    events = parse_events(recording)
+    t0 = events[0]["ts"] if events else 0
+    for e in events:
+        offset = f"+{e['ts'] - t0:8.3f}s"
+        kind = e["type"]
+        if kind == "session.start":
+            p = e["principal"]
+            line = f"session {e['session']} by {p['username']} (groups: {', '.join(p['groups']) or '-'}) to {e['target']} from {e['client']}"
+        elif kind == "statement":
+            line = f"[{e['id']}] {e['decision'].upper():7} {e['sql']}"
+            if e.get("params"):
+                line += f"   params={json.dumps(e['params'])}"
+            if e.get("reason"):
+                line += f"\n{'':13}reason: {e['reason']}"
+        elif kind == "result":
+            line = f"[{e['id']}] -> {e.get('tag') or ''} rows={e.get('rows')} {e['duration_ms']}ms" + (f" ERROR {e['error']}" if e.get("error") else "")
+        elif kind == "session.end":
+            line = f"session ended: {e['reason']}"
+        else:
+            line = f"{kind} " + json.dumps({k: v for k, v in e.items() if k not in ('seq', 'ts', 'type', 'chain')})
+        print(f"{offset}  {line}")
+        if args.speed:
+            time.sleep(min(2.0, 0.05 / args.speed))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from jitgate.keys import load_public_key
+    from jitgate.recording.seal import verify
+
+    backends, recording, manifest = _load_sealed(args)
+    keys = dict(backends.public_keys)
+    for path in args.public_key or []:
+        key = load_public_key(Path(path).read_bytes())
+        from jitgate.keys import key_id_of
+
+        keys[key_id_of(key)] = key
+    result = verify(recording, manifest, keys)
+    print(result)
+    return 0 if result.ok else 1
+
+
+def cmd_policy_check(args) -> int:
+    from jitgate.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"OK: {args.path}: {len(policy.targets)} target(s): {', '.join(policy.targets)}")
+    return 0
+
+
+def cmd_broker(args) -> int:
+    from broker.main import main as broker_main
+
+    broker_main(args.rest)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jitgate", description="jitgate: the access gateway for AI agents and people.")
+    parser.add_argument("--home", help="state directory (default: $JITGATE_HOME or ~/.jitgate)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="start the local stack (demo PostgreSQL, dev issuer, functions, broker)")
+    p.add_argument("--port", type=int, default=6432, help="broker PostgreSQL port (default 6432)")
+    p.add_argument("--policy", help="use this policy file instead of the generated demo policy")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("login", help="print an OIDC ID token to use as the password")
+    p.add_argument("--dev", action="store_true", help="ask the local stack's dev issuer (DEV ONLY)")
+    p.add_argument("--user", default="alice@example.com")
+    p.add_argument("--groups", default="", help="comma-separated groups, e.g. sre,dba")
+    p.add_argument("--ttl", type=int, help="token lifetime in seconds (default 3600)")
+    p.add_argument("--issuer", help="dev issuer URL (default: from the running stack)")
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("sessions", help="list sealed sessions")
+    p.add_argument("--target")
+    p.add_argument("--user")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("replay", help="show a session's recording in order")
+    p.add_argument("session")
+    p.add_argument("--speed", type=float, default=0, help="pace the output (0: print at once)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("verify", help="check a recording's hash chain and signature")
+    p.add_argument("session")
+    p.add_argument("--public-key", action="append", help="extra trusted public key (PEM)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("policy", help="policy file tools")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    pc = psub.add_parser("check", help="validate a policy file")
+    pc.add_argument("path")
+    pc.set_defaults(func=cmd_policy_check)
+
+    p = sub.add_parser("broker", help="run the broker (settings from JITGATE_* variables)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_broker)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

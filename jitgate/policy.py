@@ -1,0 +1,535 @@
+"""The policy file: one YAML document that says who may reach what, and on what terms.
+
+Loading validates everything up front and reports problems as
+``policy.yaml:12: targets.demo.allow.gruops: unknown field (did you mean 'groups'?)``
+so that a typo never silently widens or narrows access.
+
+Both the broker and the functions load the same file through ``load_policy``.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Guardrail classes. SQL classes come from jitgate.guardrails.sql, shell/exec classes
+# from jitgate.guardrails.shell; the policy only needs the names.
+SQL_CLASSES = (
+    "read",
+    "dml_bounded",
+    "dml_unbounded",
+    "ddl",
+    "drop_database",
+    "privilege",
+    "copy_program",
+    "server_admin",
+    "procedural",
+    "side_effect_function",
+    "transaction",
+    "session",
+    "unclassified",
+)
+EXEC_CLASSES = (
+    "command",
+    "privilege",
+    "destructive",
+    "service_control",
+    "package_change",
+    "system_write",
+    "shell",
+    "unclassified",
+)
+ALL_CLASSES = tuple(dict.fromkeys(SQL_CLASSES + EXEC_CLASSES))
+
+Action = Literal["allow", "deny", "approve"]
+
+# What a target does with each class when the policy says nothing. Reads and
+# ordinary writes pass; anything that changes shape, privileges or the server
+# waits for a human; what cannot be classified is refused (fail closed).
+DEFAULT_GUARDRAILS: dict[str, str] = {
+    "read": "allow",
+    "dml_bounded": "allow",
+    "transaction": "allow",
+    "session": "allow",
+    "command": "allow",
+    "shell": "allow",
+    "dml_unbounded": "approve",
+    "ddl": "approve",
+    "drop_database": "approve",
+    "privilege": "approve",
+    "copy_program": "deny",
+    "server_admin": "approve",
+    "procedural": "approve",
+    "side_effect_function": "approve",
+    "destructive": "approve",
+    "service_control": "approve",
+    "package_change": "approve",
+    "system_write": "approve",
+    "unclassified": "deny",
+}
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> int:
+    """'90s', '15m', '1h', '2d' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '15m' or '1h'")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError("a duration must be positive")
+        return int(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration; write it like '30s', '15m', '1h' or '2d'")
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentityConfig(_Strict):
+    """Which OIDC issuer the gateway trusts."""
+
+    issuer: str
+    audience: str | list[str]
+    groups_claim: str = "groups"
+    # Claims tried in order to name the person (the first present wins).
+    username_claims: list[str] = Field(default_factory=lambda: ["email", "preferred_username", "sub"])
+    leeway_seconds: int = Field(default=30, ge=0, le=300)
+    algorithms: list[Literal["RS256", "ES256"]] = Field(default_factory=lambda: ["RS256", "ES256"])
+
+    @property
+    def audiences(self) -> list[str]:
+        return [self.audience] if isinstance(self.audience, str) else list(self.audience)
+
+
+class AccessRule(_Strict):
+    groups: list[str] = Field(default_factory=list)
+    users: list[str] = Field(default_factory=list)
+
+    def admits(self, username: str, groups: frozenset[str]) -> bool:
+        user = username.lower()
+        return any(u.lower() == user for u in self.users) or bool(groups.intersection(self.groups))
+
+
+class GuardrailOverride(_Strict):
+    """Per-group exceptions, e.g. the dba group may run DDL without approval."""
+
+    groups: list[str]
+    guardrails: dict[str, Action]
+
+    @field_validator("guardrails")
+    @classmethod
+    def _known_classes(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_classes(value)
+
+
+class ApprovalConfig(_Strict):
+    approver_groups: list[str] = Field(default_factory=list)
+    approver_users: list[str] = Field(default_factory=list)
+    required: int = Field(default=1, ge=1, le=10)
+    ttl: int = 3600
+    # How long the broker holds a statement waiting for a decision before it gives up.
+    wait: int = 300
+    # After an approval, the same statement may run again within this window without a new prompt.
+    grant_window: int = 900
+    slack_channel: str | None = None
+    # JIT: an approval unlocks the whole session for this long instead of one statement.
+    session_access: int | None = None
+
+    @field_validator("ttl", "wait", "grant_window", "session_access", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+
+class MaskingRule(_Strict):
+    # Column name patterns (fnmatch, case-insensitive) or "table.column".
+    columns: list[str] = Field(default_factory=list)
+    detectors: list[Literal["email", "card", "iban", "ssn", "phone", "secret"]] = Field(default_factory=list)
+    strategy: Literal["redact", "partial", "hash", "null"] = "redact"
+    keep_last: int = Field(default=4, ge=0, le=16)
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> "MaskingRule":
+        if not self.columns and not self.detectors:
+            raise ValueError("a masking rule needs 'columns' or 'detectors'")
+        return self
+
+
+class MaskingConfig(_Strict):
+    clear_groups: list[str] = Field(default_factory=list)
+    rules: list[MaskingRule] = Field(default_factory=list)
+
+
+class Target(_Strict):
+    kind: Literal["postgres", "ssh", "kubernetes"]
+    address: str
+    description: str = ""
+    # postgres
+    database: str | None = None
+    # the upstream account the broker logs in as, and where its secret lives
+    username: str | None = None
+    credential: str | None = None
+    tls: Literal["disable", "prefer", "require", "verify-full"] = "prefer"
+    # ssh: the upstream host key (OpenSSH public key line) the broker expects
+    host_key: str | None = None
+    allow_port_forwarding: bool = False
+    allow_agent_forwarding: bool = False
+    allow_x11: bool = False
+    allow_file_transfer: bool = True
+    # kubernetes
+    namespaces: list[str] = Field(default_factory=list)
+    protected_namespaces: list[str] = Field(default_factory=list)
+    ca_certificate: str | None = None
+
+    allow: AccessRule
+    guardrails: dict[str, Action] = Field(default_factory=dict)
+    overrides: list[GuardrailOverride] = Field(default_factory=list)
+    approvals: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    # Time-boxed access: every session needs an approval before it starts.
+    session_approval: bool = False
+
+    @field_validator("guardrails")
+    @classmethod
+    def _known_classes(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_classes(value)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "Target":
+        if self.kind == "postgres":
+            missing = [f for f in ("database", "username", "credential") if not getattr(self, f)]
+            if missing:
+                raise ValueError(f"a postgres target needs {', '.join(missing)}")
+        if self.kind == "ssh":
+            missing = [f for f in ("username", "credential", "host_key") if not getattr(self, f)]
+            if missing:
+                raise ValueError(f"an ssh target needs {', '.join(missing)} (host_key: never trust on first use)")
+        if self.credential:
+            _check_secret_ref(self.credential)
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    def action_for(self, klass: str, groups: frozenset[str]) -> str:
+        """allow / deny / approve for one guardrail class, for a caller in these groups.
+
+        Overrides apply when the caller is in one of their groups; the most
+        permissive matching override wins (allow > approve > deny).
+        """
+        base = self.guardrails.get(klass, DEFAULT_GUARDRAILS.get(klass, "deny"))
+        best = None
+        rank = {"deny": 0, "approve": 1, "allow": 2}
+        for override in self.overrides:
+            if groups.intersection(override.groups) and klass in override.guardrails:
+                action = override.guardrails[klass]
+                if best is None or rank[action] > rank[best]:
+                    best = action
+        return best or base
+
+    def decide(self, classes: frozenset[str] | set[str], groups: frozenset[str]) -> tuple[str, list[str]]:
+        """The strictest action over all classes of a statement, and the classes that caused it."""
+        rank = {"allow": 0, "approve": 1, "deny": 2}
+        worst, why = "allow", []
+        for klass in sorted(classes):
+            action = self.action_for(klass, groups)
+            if rank[action] > rank[worst]:
+                worst, why = action, [klass]
+            elif action == worst and action != "allow":
+                why.append(klass)
+        return worst, why
+
+    def sees_clear_text(self, groups: frozenset[str]) -> bool:
+        return bool(groups.intersection(self.masking.clear_groups))
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    identity: IdentityConfig
+    targets: dict[str, Target]
+    # Where the policy came from and a digest of its bytes, for recordings and grants.
+    source: str = ""
+    digest: str = ""
+
+    @field_validator("targets")
+    @classmethod
+    def _target_names(cls, value: dict[str, Target]) -> dict[str, Target]:
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", name):
+                raise ValueError(
+                    f"target name {name!r} must be lower-case letters, digits, '-', '_' or '.' (it is typed as a database or host name)"
+                )
+        return value
+
+    def target(self, name: str) -> Target | None:
+        return self.targets.get(name)
+
+    def reachable(self, username: str, groups: frozenset[str]) -> dict[str, Target]:
+        return {n: t for n, t in self.targets.items() if t.allow.admits(username, groups)}
+
+
+@dataclass(frozen=True)
+class PolicyProblem:
+    line: int | None
+    path: str
+    message: str
+
+
+class PolicyError(ValueError):
+    """The policy file cannot be used; ``problems`` says where and why."""
+
+    def __init__(self, source: str, problems: list[PolicyProblem]):
+        self.source = source
+        self.problems = problems
+        lines = [
+            f"{source}:{p.line if p.line else '?'}: {p.path + ': ' if p.path else ''}{p.message}" for p in problems
+        ]
+        super().__init__("invalid policy\n  " + "\n  ".join(lines))
+
+
+def _check_classes(value: dict[str, str]) -> dict[str, str]:
+    for klass in value:
+        if klass not in ALL_CLASSES:
+            hint = difflib.get_close_matches(klass, ALL_CLASSES, n=1)
+            raise ValueError(
+                f"unknown guardrail class {klass!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else f"; known classes: {', '.join(ALL_CLASSES)}")
+            )
+    return value
+
+
+SECRET_SCHEMES = ("env:", "file:", "gcp-secret:")
+
+
+def _check_secret_ref(ref: str) -> None:
+    if not ref.startswith(SECRET_SCHEMES):
+        raise ValueError(
+            f"credential {ref!r} must be a reference, not a secret: env:VAR, file:/path or "
+            "gcp-secret:projects/P/secrets/NAME/versions/V"
+        )
+
+
+# --- YAML with line numbers -------------------------------------------------------
+
+
+class _LineDict(dict):
+    """A mapping that remembers the line of each key (1-based)."""
+
+    lines: dict[Any, int]
+    line: int
+
+
+class _LineList(list):
+    lines: list[int]
+    line: int
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LineDict:
+    loader.flatten_mapping(node)
+    result = _LineDict()
+    result.lines = {}
+    result.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in result:
+            raise yaml.MarkedYAMLError(
+                "while reading a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> _LineList:
+    result = _LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.lines = [child.start_mark.line + 1 for child in node.value]
+    result.line = node.start_mark.line + 1
+    return result
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _line_of(raw: Any, loc: tuple) -> int | None:
+    """Deepest line known along a pydantic error location."""
+    line = getattr(raw, "line", None)
+    node = raw
+    for part in loc:
+        if isinstance(node, _LineDict) and part in node:
+            line = node.lines.get(part, line)
+            node = node[part]
+        elif isinstance(node, _LineList) and isinstance(part, int) and part < len(node):
+            line = node.lines[part]
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _friendly(err: dict, raw: Any) -> PolicyProblem:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+    path = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = raw
+        for part in loc[:-1]:
+            try:
+                parent = parent[part]
+            except (KeyError, IndexError, TypeError):
+                parent = None
+                break
+        model_fields = _fields_for(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), model_fields, n=1) if model_fields else []
+        message = "unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        if model_fields and not hint:
+            message += f"; allowed here: {', '.join(sorted(model_fields))}"
+    elif kind == "missing":
+        message = "required field is missing"
+    elif kind == "literal_error":
+        message = f"got {err.get('input')!r}; {err['msg'].lower()}"
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+    return PolicyProblem(_line_of(raw, loc), path, message)
+
+
+def _fields_for(loc: tuple) -> list[str]:
+    """Field names of the model found at a location, for 'did you mean' hints."""
+    model: Any = Policy
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            # dict[str, Model] keys (target names) leave the model unchanged
+            model = _dict_value_model(model, part)
+            continue
+        model = _model_of(field.annotation)
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _model_of(annotation: Any) -> Any:
+    args = getattr(annotation, "__args__", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if args:
+        for arg in reversed(args):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _dict_value_model(model: Any, key: Any) -> Any:
+    return model if isinstance(model, type) and issubclass(model, BaseModel) and model is not Policy else None
+
+
+def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
+    data = text.encode() if isinstance(text, str) else text
+    try:
+        raw = yaml.load(data, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise PolicyError(
+            source, [PolicyProblem(mark.line + 1 if mark else None, "", f"YAML syntax: {exc.problem or exc.context}")]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, [PolicyProblem(None, "", f"YAML syntax: {exc}")]) from None
+    if not isinstance(raw, dict):
+        raise PolicyError(source, [PolicyProblem(1, "", "the policy must be a mapping with 'identity' and 'targets'")])
+    try:
+        policy = Policy.model_validate(
+            {**raw, "source": source, "digest": hashlib.sha256(data).hexdigest()[:16]}
+        )
+    except ValidationError as exc:
+        problems = [_friendly(e, raw) for e in exc.errors()]
+        problems.sort(key=lambda p: (p.line or 0, p.path))
+        raise PolicyError(source, problems) from None
+    return policy
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(str(path), [PolicyProblem(None, "", f"cannot read the policy file: {exc.strerror}")]) from None
+    return parse_policy(data, str(path))
+
+
+class PolicyHolder:
+    """The current policy, reloaded when its file changes (new sessions see the new one).
+
+    A reload that fails validation keeps the previous policy and reports the error,
+    so a typo pushed to a running gateway never opens or closes everything at once.
+    """
+
+    def __init__(self, path: str | Path, *, on_error=None):
+        self.path = Path(path)
+        self._on_error = on_error
+        self._stamp = self._stat()
+        self._policy = load_policy(self.path)
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    @property
+    def policy(self) -> Policy:
+        stamp = self._stat()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self._policy = load_policy(self.path)
+            except PolicyError as exc:
+                if self._on_error:
+                    self._on_error(exc)
+        return self._policy
+
+
+def column_matches(pattern: str, table: str | None, column: str) -> bool:
+    """Masking column patterns: 'email', '*card*', or 'customers.email'."""
+    pattern = pattern.lower()
+    if "." in pattern:
+        want_table, _, want_column = pattern.rpartition(".")
+        return table is not None and fnmatch.fnmatchcase(table.lower(), want_table) and fnmatch.fnmatchcase(
+            column.lower(), want_column
+        )
+    return fnmatch.fnmatchcase(column.lower(), pattern)

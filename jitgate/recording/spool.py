@@ -1,0 +1,60 @@
+"""The local spool: every session event is appended here *before* it takes effect.
+
+One file per session (``<spool>/<session_id>.jsonl``). Each event is written and
+flushed to the OS before the statement goes upstream, so a killed broker loses
+nothing that ran; fsync is batched (``fsync_interval``) because a disk flush per
+statement would cap throughput at the disk's sync rate. Completed chunks are
+uploaded by the Uploader; the file is deleted only after the session is sealed
+upstream, and an orphaned spool found at startup is sealed as a crashed session.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from jitgate.logs import scrub
+
+
+class Spool:
+    def __init__(self, directory: Path, session_id: str, *, fsync_interval: float = 1.0):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{session_id}.jsonl"
+        self.session_id = session_id
+        self._fh = open(self.path, "ab", buffering=0)
+        self._seq = 0
+        self._fsync_interval = fsync_interval
+        self._last_sync = time.monotonic()
+        self.closed = False
+
+    def append(self, event_type: str, **fields) -> dict:
+        event = {"seq": self._seq, "ts": round(time.time(), 6), "type": event_type, **fields}
+        self._seq += 1
+        self._fh.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str).encode() + b"\n")
+        now = time.monotonic()
+        if now - self._last_sync >= self._fsync_interval:
+            os.fsync(self._fh.fileno())
+            self._last_sync = now
+        return event
+
+    def close(self) -> None:
+        if not self.closed:
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self.closed = True
+
+
+def describe_params(values, formats) -> list:
+    """Statement parameters as recorded: text values as strings, binary ones as hex, secrets scrubbed."""
+    out = []
+    for i, value in enumerate(values):
+        if value is None:
+            out.append(None)
+            continue
+        fmt = formats[i] if i < len(formats) else 0
+        if fmt == 0:
+            out.append(scrub(value.decode("utf-8", "replace")))
+        else:
+            out.append({"binary": value.hex()})
+    return out

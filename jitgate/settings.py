@@ -1,0 +1,84 @@
+"""Process settings, read from the environment (JITGATE_*), with defaults for one machine.
+
+The policy file says who may reach what; these settings say where this process
+finds its backends and listens. One setting, JITGATE_BACKENDS, picks the
+backend set (embedded or gcp); the policy file stays the same.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _endpoints(value: str | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in (value or "").split(","):
+        if "=" in item:
+            topic, _, url = item.partition("=")
+            out[topic.strip()] = url.strip()
+    return out
+
+
+@dataclass
+class Settings:
+    home: Path
+    policy_path: Path
+    backends: str = "embedded"
+    authorize_url: str = "http://127.0.0.1:8081"
+    pg_listen: str = "127.0.0.1:6432"
+    metrics_listen: str = "127.0.0.1:9100"
+    pg_max_message: int = 64 * 1024 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_required: bool = True
+    # topic -> URL: the embedded bus pushes these topics as CloudEvents, like Pub/Sub push.
+    push_endpoints: dict[str, str] = field(default_factory=dict)
+    spool_chunk_bytes: int = 1024 * 1024
+    project: str = "local"
+    broker_id: str = ""
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.home / "recordings"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def state_db(self) -> Path:
+        return self.home / "state.sqlite3"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        home = Path(env.get("JITGATE_HOME") or Path.home() / ".jitgate")
+        cert = env.get("JITGATE_TLS_CERT")
+        key = env.get("JITGATE_TLS_KEY")
+        return cls(
+            home=home,
+            policy_path=Path(env.get("JITGATE_POLICY") or home / "policy.yaml"),
+            backends=env.get("JITGATE_BACKENDS", "embedded"),
+            authorize_url=env.get("JITGATE_AUTHORIZE_URL", "http://127.0.0.1:8081"),
+            pg_listen=env.get("JITGATE_PG_LISTEN", "127.0.0.1:6432"),
+            metrics_listen=env.get("JITGATE_METRICS_LISTEN", "127.0.0.1:9100"),
+            pg_max_message=int(env.get("JITGATE_PG_MAX_MESSAGE", 64 * 1024 * 1024)),
+            tls_cert=Path(cert) if cert else None,
+            tls_key=Path(key) if key else None,
+            tls_required=_bool(env.get("JITGATE_TLS_REQUIRED"), True),
+            push_endpoints=_endpoints(env.get("JITGATE_PUSH_ENDPOINTS")),
+            spool_chunk_bytes=int(env.get("JITGATE_SPOOL_CHUNK_BYTES", 1024 * 1024)),
+            project=env.get("GOOGLE_CLOUD_PROJECT", "local"),
+            broker_id=env.get("JITGATE_BROKER_ID", ""),
+        )
