@@ -1,0 +1,42 @@
+# Secret Manager secrets, declared without values: the platform team adds
+# versions by hand (docs/deploy.md), so no secret ever sits in Terraform state.
+
+locals {
+  # Secrets used by jitgate itself, and who reads each (see iam.tf).
+  app_secrets = toset([
+    "jitgate-slack-bot-token",      # notify_approvers, slack_interactions, expire_approvals
+    "jitgate-slack-signing-secret", # slack_interactions
+    "jitgate-grant-signing-key",    # authorize (signs grants), broker (verifies them)
+    "jitgate-masking-hmac-key",     # broker (keyed masking tokens)
+    "jitgate-broker-tls",           # broker (listener certificate and key, PEM)
+  ])
+}
+
+resource "google_secret_manager_secret" "app" {
+  for_each = local.app_secrets
+
+  secret_id = each.value
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+# Upstream credentials the broker holds on behalf of its users.
+resource "google_secret_manager_secret" "held" {
+  for_each = toset(var.held_credential_secrets)
+
+  secret_id = each.value
+
+  labels = {
+    jitgate-held-credential = "true"
+  }
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}

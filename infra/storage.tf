@@ -1,0 +1,110 @@
+# Buckets:
+# - recordings: sealed session recordings and their chunks. Uniform access,
+#   versioning, a retention policy (optionally locked), public access
+#   prevention, optionally CMEK. The broker can only create objects.
+# - config: the policy file (JITGATE_POLICY), read by the broker and functions.
+# - sources: build artifacts (function zips, broker wheelhouses) per release.
+# - access-logs: usage logs of the three buckets above.
+
+locals {
+  data_kms_key = var.use_cmek ? google_kms_crypto_key.data[0].id : null
+}
+
+resource "google_storage_bucket" "access_logs" {
+  # checkov:skip=CKV_GCP_62:This is the access-log sink; logging it into itself would loop.
+  name                        = "${var.project_id}-jitgate-access-logs"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  versioning {
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      age = 400
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_storage_bucket" "recordings" {
+  name                        = "${var.project_id}-jitgate-recordings"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  versioning {
+    enabled = true
+  }
+
+  retention_policy {
+    retention_period = var.recordings_retention_days * 86400
+    is_locked        = var.lock_recordings_retention
+  }
+
+  dynamic "encryption" {
+    for_each = var.use_cmek ? [1] : []
+    content {
+      default_kms_key_name = local.data_kms_key
+    }
+  }
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
+  }
+
+  depends_on = [google_kms_crypto_key_iam_member.data_storage_agent]
+}
+
+resource "google_storage_bucket" "config" {
+  name                        = "${var.project_id}-jitgate-config"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  versioning {
+    enabled = true
+  }
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_storage_bucket" "sources" {
+  name                        = "${var.project_id}-jitgate-sources"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  versioning {
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      age = 180
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
+  }
+
+  depends_on = [google_project_service.apis]
+}
