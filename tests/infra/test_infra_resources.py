@@ -1,0 +1,136 @@
+"""What infra/ declares: network, broker group, buckets, keys, indexes, docs."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import yaml
+
+from infra_support import INFRA, ROOT, attr
+
+REQUIRED_INDEXES = {
+    ("sessions", ("target", "ASCENDING"), ("started_at", "DESCENDING")),
+    ("sessions", ("principal", "ASCENDING"), ("started_at", "DESCENDING")),
+    ("approvals", ("status", "ASCENDING"), ("expires_at", "ASCENDING")),
+    ("approvals", ("target", "ASCENDING"), ("created_at", "DESCENDING")),
+}
+
+
+def test_firestore_indexes_file_and_terraform(tf):
+    doc = json.loads((INFRA / "firestore.indexes.json").read_text())
+    got = {(i["collectionGroup"], *((f["fieldPath"], f["order"]) for f in i["fields"])) for i in doc["indexes"]}
+    assert got == REQUIRED_INDEXES
+    assert "firestore.indexes.json" in json.dumps(tf.local("firestore_indexes"))
+    index = tf.resource("google_firestore_index", "composite")
+    assert attr(index, "for_each") == "${local.firestore_indexes}"
+
+
+def test_firewall_opens_only_broker_ports(tf):
+    assert tf.local("broker_client_ports") == {"postgres": 5432, "ssh": 2222, "https": 8443, "kube_api": 6443}
+    assert tf.local("broker_health_port") == 9100
+    rules = {n: b for _, n, b, _ in tf.resources("google_compute_firewall")}
+    assert set(rules) == {"broker_clients", "broker_health_checks", "deny_all_ingress"}
+    health = rules["broker_health_checks"]
+    assert attr(attr(health, "allow"), "ports") == ["${tostring(local.broker_health_port)}"]
+    assert attr(health, "source_ranges") == "${local.health_check_ranges}"
+    assert set(tf.local("health_check_ranges_autohealing")) == {"35.191.0.0/16", "130.211.0.0/22"}
+    assert "0.0.0.0/0" not in json.dumps(attr(rules["broker_clients"], "source_ranges"))
+    for name in ("broker_clients", "broker_health_checks"):
+        assert attr(rules[name], "target_tags") == ["${local.broker_tag}"]
+
+
+def test_broker_group_heals_scales_and_balances(tf):
+    mig = tf.resource("google_compute_region_instance_group_manager", "broker")
+    heal = attr(mig, "auto_healing_policies")
+    assert attr(heal, "health_check") == "${google_compute_region_health_check.broker_autoheal.id}"
+    hc = attr(tf.resource("google_compute_region_health_check", "broker_autoheal"), "http_health_check")
+    assert attr(hc, "request_path") == "/healthz" and attr(hc, "port") == "${local.broker_health_port}"
+    assert attr(tf.resource("google_compute_region_autoscaler", "broker"), "target").endswith("broker[0].id}")
+    rule = tf.resource("google_compute_forwarding_rule", "broker")
+    assert attr(rule, "ip_protocol") == "TCP"
+    template = tf.resource("google_compute_instance_template", "broker")
+    meta = attr(template, "metadata")
+    assert "startup.sh.tftpl" in meta["startup-script"]
+    assert "access_config" not in attr(template, "network_interface")
+
+
+def test_startup_script_renders_to_valid_bash(tmp_path):
+    """Render startup.sh.tftpl with Terraform itself (no provider needed)."""
+    terraform = shutil.which("terraform")
+    (tmp_path / "main.tf").write_text(f'''
+output "script" {{
+  value = templatefile("{INFRA / 'startup.sh.tftpl'}", {{
+    sources_bucket = "p-jitgate-sources"
+    health_port    = 9100
+    tls_secret     = "jitgate-broker-tls"
+    env = {{ JITGATE_BACKENDS = "gcp", JITGATE_POLICY = "gs://p-jitgate-config/policy.yaml" }}
+  }})
+}}
+''')
+    env = {"TF_CLI_CONFIG_FILE": "/dev/null", "PATH": "/usr/bin:/bin:/usr/local/bin"}
+    subprocess.run([terraform, "init", "-input=false", "-backend=false"], cwd=tmp_path, env=env,
+                   capture_output=True, check=True)
+    subprocess.run([terraform, "apply", "-auto-approve", "-input=false"], cwd=tmp_path, env=env,
+                   capture_output=True, check=True)
+    out = subprocess.run([terraform, "output", "-raw", "script"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    script = tmp_path / "startup.sh"
+    script.write_text(out)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert "JITGATE_BACKENDS=gcp\n" in out and "JITGATE_POLICY=gs://p-jitgate-config/policy.yaml\n" in out
+    assert "gs://p-jitgate-sources/broker/$RELEASE.tar.gz" in out
+    assert "ExecStart=/opt/jitgate/current/venv/bin/python -m broker" in out
+
+
+def test_recordings_bucket(tf):
+    b = tf.resource("google_storage_bucket", "recordings")
+    assert attr(b, "uniform_bucket_level_access") is True
+    assert attr(b, "public_access_prevention") == "enforced"
+    assert attr(attr(b, "versioning"), "enabled") is True
+    retention = attr(b, "retention_policy")
+    assert attr(retention, "is_locked") == "${var.lock_recordings_retention}"
+    assert "encryption" in json.dumps(b)  # the optional CMEK block
+    for _, name, body, _ in tf.resources("google_storage_bucket"):
+        assert attr(body, "public_access_prevention") == "enforced", name
+        assert attr(body, "uniform_bucket_level_access") is True, name
+
+
+def test_kms_signing_key(tf):
+    key = tf.resource("google_kms_crypto_key", "manifest_signing")
+    assert attr(key, "purpose") == "ASYMMETRIC_SIGN"
+    assert attr(tf.variables()["kms_signing_algorithm"], "default") == "EC_SIGN_ED25519"
+
+
+def test_topics_secrets_scheduler(tf):
+    assert set(tf.local("topics")[len("${toset(["):-3].replace("'", "").replace('"', "").replace(" ", "").split(",")) == {
+        "jitgate-approval-requested", "jitgate-approval-decided", "jitgate-session-closed", "jitgate-dead-letter"}
+    app = tf.local("app_secrets")
+    for name in ("jitgate-slack-bot-token", "jitgate-slack-signing-secret",
+                 "jitgate-grant-signing-key", "jitgate-masking-hmac-key"):
+        assert name in app
+    # Declared without values: no version resource anywhere.
+    assert not list(tf.resources("google_secret_manager_secret_version"))
+    job = tf.resource("google_cloud_scheduler_job", "expire_approvals")
+    assert "expire_approvals" in attr(attr(job, "http_target"), "uri")
+
+
+def test_variables_and_outputs_are_documented(tf):
+    readme = (INFRA / "README.md").read_text()
+    for kind, items in (("variable", tf.variables()), ("output", tf.outputs())):
+        assert items
+        for name, body in items.items():
+            assert len(str(attr(body, "description", ""))) > 20, f"{kind} {name} needs a description"
+            assert re.search(rf"`{name}`", readme), f"{kind} {name} is not in infra/README.md"
+    example = (INFRA / "terraform.tfvars.example").read_text()
+    for name, body in tf.variables().items():
+        if "default" not in body:
+            assert re.search(rf"^{name}\s*=", example, re.M), f"required {name} missing from the example"
+
+
+def test_slack_manifest():
+    manifest = yaml.safe_load((ROOT / "docs" / "slack-app-manifest.yaml").read_text())
+    settings = manifest["settings"]["interactivity"]
+    assert settings["is_enabled"] is True and settings["request_url"].startswith("https://")
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"chat:write", "users:read", "users:read.email"} <= scopes
