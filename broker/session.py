@@ -71,6 +71,8 @@ class Session:
     statements: int = 0
     approval_step: ApprovalStep | None = None
     masker: object | None = None
+    # Set by the protocol adapter: tell the client something while it waits (a NOTICE for PostgreSQL).
+    notify: Callable[[str], Awaitable[None]] | None = None
 
     @classmethod
     def open(cls, *, principal, target_name, policy, client, kind, settings, backends, session_id=None, live=None):

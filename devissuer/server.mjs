@@ -46,6 +46,22 @@ function buildProvider(issuer) {
       redirect_uris: ['http://127.0.0.1/callback'],
       response_types: ['code'],
       id_token_signed_response_alg: 'RS256',
+    }, {
+      // Same user population, ES256-signed ID tokens (the policy may list several audiences).
+      client_id: 'jitgate-dev-es256',
+      client_secret: clientSecret,
+      grant_types: [GRANT],
+      redirect_uris: ['http://127.0.0.1/es256'],
+      response_types: [],
+      id_token_signed_response_alg: 'ES256',
+    }, {
+      // A second relying party, so tests can obtain a genuine token minted for another audience.
+      client_id: 'some-other-app',
+      client_secret: clientSecret,
+      grant_types: [GRANT],
+      redirect_uris: ['http://127.0.0.1/other'],
+      response_types: [],
+      id_token_signed_response_alg: 'RS256',
     }],
     jwks,
     enabledJWA: { idTokenSigningAlgValues: ['RS256', 'ES256'] },
@@ -54,7 +70,16 @@ function buildProvider(issuer) {
     findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
   });
   provider.registerGrantType(GRANT, async (ctx) => {
-    const { params, client } = ctx.oidc;
+    const { params } = ctx.oidc;
+    let { client } = ctx.oidc;
+    if (params.audience && params.audience !== client.clientId) {
+      client = await provider.Client.find(String(params.audience));
+      if (!client) {
+        ctx.status = 400;
+        ctx.body = { error: 'invalid_request', error_description: 'unknown audience' };
+        return;
+      }
+    }
     const username = String(params.username || '').trim();
     if (!username) {
       ctx.status = 400;
@@ -70,7 +95,6 @@ function buildProvider(issuer) {
     token.set('email_verified', username.includes('@') ? true : undefined);
     token.set('groups', groups);
     token.set('jitgate_dev', true);
-    if (params.audience) token.set('aud', params.audience);
     const now = Math.floor(Date.now() / 1000);
     // A negative ttl issues an already-expired token, for tests of expiry handling.
     const idToken = await token.issue({ use: 'idtoken', expiresAt: now + ttl, alg });

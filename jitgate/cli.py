@@ -256,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_broker)
 
+    try:  # approvals subcommands (jitgate approvals list|approve|deny)
+        from jitgate.approvals_cli import register as register_approvals
+    except ImportError:
+        pass
+    else:
+        register_approvals(sub)
+
     args = parser.parse_args(argv)
     return args.func(args)
 

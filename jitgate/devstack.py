@@ -134,6 +134,17 @@ def _as_user(argv: list[str]) -> list[str]:
     return ["runuser", "-u", user, "--", *argv] if user else argv
 
 
+def postgres_root(home: Path) -> Path:
+    """Where the demo cluster lives. As root, the service user must be able to reach it, and
+    homes like /root or pytest's temp dirs are private, so it goes under the temp dir instead."""
+    if service_user() is None:
+        return home / "postgres"
+    import hashlib
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"jitgate-pg-{hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]}"
+
+
 @dataclass
 class Postgres:
     root: Path
@@ -416,7 +427,7 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
                 extra_env: dict[str, str] | None = None) -> Stack:
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
-    pg = Postgres(home / "postgres", pg_port or free_port())
+    pg = Postgres(postgres_root(home), pg_port or free_port())
     secrets_file = home / "demo-db.json"
     if secrets_file.exists():  # keep the same held credential across restarts of the same home
         saved = json.loads(secrets_file.read_text())

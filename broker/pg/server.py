@@ -163,6 +163,9 @@ class PgConnection:
         except (ConnectionError, OSError):
             pass
 
+    async def _notice(self, text: str) -> None:
+        await self._send_client(codec.build_notice(text))
+
     def shutdown(self, reason: str) -> None:
         self._closing_reason = reason
         for w in (self.c_writer, self.u_writer):
@@ -284,6 +287,7 @@ class PgConnection:
             settings=settings, backends=self.broker.backends, live=self.broker.live_sessions,
         )
         self.session.approval_step = self.broker.approval_step
+        self.session.notify = self._notice
         if self.broker.masker_factory is not None and not target.sees_clear_text(grant.principal.groups):
             self.session.masker = self.broker.masker_factory(target, grant.principal)
         params = {k: v for k, v in startup.params.items() if k.lower() in FORWARDED_PARAMS}
@@ -356,6 +360,8 @@ class PgConnection:
                 elif kind == "Z":
                     if not login.done:
                         raise ClientError("jitgate: upstream finished login without authenticating", "28000")
+                    # The session id, so clients and agents can cite their recording.
+                    to_client.append(codec.build_parameter_status("jitgate_session_id", self.session.session_id))
                     to_client.append(codec.message("Z", payload))
                     leftover = framer.buffered
                     if leftover:

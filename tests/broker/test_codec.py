@@ -1,0 +1,129 @@
+"""The sans-IO PostgreSQL codec, driven with bytes alone."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from broker.pg import codec
+
+
+def test_startup_round_trip():
+    raw = codec.build_startup({"user": "alice@example.com", "database": "demo", "application_name": "psql"})
+    msg, used = codec.parse_startup(raw)
+    assert used == len(raw)
+    assert msg.user == "alice@example.com" and msg.database == "demo" and msg.params["application_name"] == "psql"
+
+
+def test_startup_needs_more_bytes():
+    raw = codec.build_startup({"user": "u"})
+    assert codec.parse_startup(raw[:7]) is None
+    assert codec.parse_startup(raw[:-1]) is None
+
+
+def test_ssl_gss_cancel_requests():
+    assert isinstance(codec.parse_startup(codec.build_ssl_request())[0], codec.SSLRequest)
+    assert isinstance(codec.parse_startup(struct.pack("!ii", 8, codec.GSSENC_REQUEST_CODE))[0], codec.GSSENCRequest)
+    cancel, _ = codec.parse_startup(codec.build_cancel_request(1234, b"\x01\x02\x03\x04"))
+    assert cancel == codec.CancelRequest(1234, b"\x01\x02\x03\x04")
+
+
+@pytest.mark.parametrize(
+    "raw, problem",
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "invalid startup packet length"),
+        (struct.pack("!ii", 12, 2 << 16) + b"u\x00\x00\x00", "unsupported frontend protocol 2.0"),
+        (struct.pack("!ii", 11, codec.PROTOCOL_3_0) + b"usr", "not NUL-terminated"),
+        (struct.pack("!ii", 14, codec.PROTOCOL_3_0) + b"user\x00\x00", "parameter name without a value"),
+    ],
+)
+def test_bad_startup_packets(raw, problem):
+    with pytest.raises(codec.ProtocolError, match=problem):
+        codec.parse_startup(raw)
+
+
+def test_reader_splits_pipelined_messages_and_keeps_partial_tail():
+    stream = codec.build_query("SELECT 1") + codec.build_parse("s1", "SELECT $1", (23,)) + codec.SYNC
+    reader = codec.MessageReader()
+    reader.feed(stream + codec.build_query("SELECT 2")[:6])
+    messages = reader.messages()
+    assert [k for k, _ in messages] == ["Q", "P", "S"]
+    assert codec.parse_query(messages[0][1]).sql == "SELECT 1"
+    assert codec.parse_parse(messages[1][1]) == codec.Parse("s1", "SELECT $1", (23,))
+    assert reader.buffered == 6
+    reader.feed(codec.build_query("SELECT 2")[6:])
+    assert codec.parse_query(reader.messages()[0][1]).sql == "SELECT 2"
+
+
+def test_size_limit_is_enforced_from_the_header_alone():
+    reader = codec.MessageReader(max_message=1000)
+    reader.feed(b"Q" + struct.pack("!i", 5000))
+    with pytest.raises(codec.ProtocolError, match="exceeds the limit of 1000 bytes"):
+        reader.messages()
+
+
+def test_bind_parsing_with_nulls_and_formats():
+    payload = (
+        b"portal\x00stmt\x00" + struct.pack("!hh", 1, 1) + struct.pack("!h", 2)
+        + struct.pack("!i", 3) + b"abc" + struct.pack("!i", -1) + struct.pack("!hh", 1, 0)
+    )
+    bind = codec.parse_bind(payload)
+    assert bind.portal == "portal" and bind.statement == "stmt"
+    assert bind.params == (b"abc", None) and bind.param_format(1) == 1 and bind.result_formats == (0,)
+
+
+def test_data_row_round_trip_and_row_description():
+    values = [b"1", None, b"", "é✓".encode()]
+    msg = codec.build_data_row(values)
+    assert codec.parse_data_row(msg[5:]) == values
+    fields = [codec.FieldDescription("email", 16384, 3, 25, -1, -1, 0)]
+    assert codec.parse_row_description(codec.build_row_description(fields)[5:]) == fields
+
+
+def test_error_fields_round_trip():
+    msg = codec.build_error("nope", "28000", "FATAL", hint="do this")
+    fields = codec.parse_fields(msg[5:])
+    assert fields["C"] == "28000" and fields["M"] == "nope" and fields["H"] == "do this" and fields["S"] == "FATAL"
+
+
+def test_rows_from_tag():
+    assert codec.rows_from_tag("SELECT 5") == 5
+    assert codec.rows_from_tag("INSERT 0 3") == 3
+    assert codec.rows_from_tag("CREATE TABLE") is None
+
+
+# Fuzz: arbitrary bytes never crash the codec with anything but ProtocolError.
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzz_startup(data):
+    try:
+        codec.parse_startup(data)
+    except codec.ProtocolError:
+        pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=400), st.sampled_from(list("QPBEDCTRSKZ")))
+def test_fuzz_messages(data, kind):
+    reader = codec.MessageReader(max_message=10_000)
+    reader.feed(kind.encode() + struct.pack("!i", len(data) + 4) + data)
+    parsers = {
+        "Q": codec.parse_query, "P": codec.parse_parse, "B": codec.parse_bind, "E": codec.parse_execute,
+        "D": codec.parse_data_row, "C": codec.parse_command_complete, "T": codec.parse_row_description,
+        "R": codec.parse_authentication, "S": codec.parse_parameter_status, "K": codec.parse_backend_key,
+        "Z": lambda p: p,
+    }
+    for k, payload in reader.messages():
+        try:
+            parsers[k](payload)
+        except codec.ProtocolError:
+            pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=50)), max_size=30))
+def test_data_row_property(values):
+    assert codec.parse_data_row(codec.build_data_row(values)[5:]) == values

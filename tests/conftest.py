@@ -1,0 +1,87 @@
+"""Shared fixtures: one real local stack per test run (PostgreSQL, oidc-provider, functions, broker)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from jitgate.devstack import Stack, dev_token, start_stack
+
+os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "jitgate-test")
+
+# Extra targets the tests need beside the demo target (appended to the generated demo policy).
+TEST_TARGETS = """
+  demo-md5:
+    kind: postgres
+    address: 127.0.0.1:{pg_port}
+    database: demo
+    username: jitgate_md5
+    credential: env:JITGATE_DEMO_MD5_PASSWORD
+    allow:
+      groups: [sre]
+  demo-badcred:
+    kind: postgres
+    address: 127.0.0.1:{pg_port}
+    database: demo
+    username: jitgate_broker
+    credential: env:JITGATE_TEST_WRONG_PASSWORD
+    allow:
+      groups: [sre]
+  demo-private:
+    kind: postgres
+    address: 127.0.0.1:{pg_port}
+    database: demo
+    username: jitgate_broker
+    credential: env:JITGATE_DEMO_DB_PASSWORD
+    allow:
+      groups: [dba]
+"""
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Stack:
+    home = tmp_path_factory.mktemp("stack")
+    s = start_stack(home, extra_env={"JITGATE_TEST_WRONG_PASSWORD": "not-the-password"})
+    with open(s.policy_path, "a") as fh:
+        fh.write(TEST_TARGETS.format(pg_port=s.pg.port))
+    time.sleep(0.05)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def token(stack):
+    def make(user: str = "alice@example.com", groups=("sre",), **kw) -> str:
+        return dev_token(stack.issuer.issuer, user, list(groups), **kw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def broker_dsn(stack, token):
+    def make(dbname: str = "demo", user: str = "alice@example.com", groups=("sre",), password: str | None = None,
+             sslmode: str = "require") -> str:
+        pw = password if password is not None else token(user, groups)
+        return (f"host=127.0.0.1 port={stack.broker_port} dbname={dbname} user={user} "
+                f"password={pw} sslmode={sslmode} connect_timeout=10")
+
+    return make
+
+
+def wait_sealed(stack: Stack, session_id: str | None = None, timeout: float = 20.0) -> list[dict]:
+    """Sessions are sealed asynchronously by finalize_recording; wait for the index to show them."""
+    from jitgate.backends import open_backends
+    from jitgate.settings import Settings
+
+    backends = open_backends(Settings.from_env(stack.env))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = backends.index.list_sessions(limit=500)
+        if session_id is None and rows:
+            return rows
+        if session_id and any(r["session_id"] == session_id for r in rows):
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"session {session_id} was not sealed within {timeout}s")
