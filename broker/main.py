@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import signal
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -21,6 +24,24 @@ from jitgate.settings import Settings
 
 logger = logging.getLogger("jitgate.broker")
 DRAIN_SECONDS = 25
+
+# Optional listeners beside PostgreSQL. Each module exposes
+#   async def start(ctx: BrokerContext) -> dict[str, str] | None
+# returning {"name": "host:port"} for the ready file, or None when disabled by its
+# JITGATE_<NAME>_LISTEN setting, and may register a stop coroutine in ctx.stoppers.
+OPTIONAL_LISTENERS = ("broker.ssh.listener", "broker.agent.listener", "broker.k8s.listener")
+
+
+@dataclass
+class BrokerContext:
+    settings: Settings
+    backends: object
+    policy: PolicyHolder
+    authz: AuthorizeClient
+    pg: PgBroker  # holds approval_step, masker_factory and live_sessions shared by all protocols
+    tls_cert: Path
+    tls_key: Path
+    stoppers: list = field(default_factory=list)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -61,6 +82,17 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
     metrics_port = site._server.sockets[0].getsockname()[1]
 
     info = {"pg": f"{host}:{pg_port}", "metrics": f"{mhost}:{metrics_port}"}
+    ctx = BrokerContext(settings, backends, policy, authz, pg, Path(cert), Path(key))
+    for module_name in OPTIONAL_LISTENERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # that protocol is not part of this build
+            raise
+        started = await module.start(ctx)
+        if started:
+            info.update(started)
     log(logger, logging.INFO, "broker ready", **info, backends=backends.name)
     if ready_file:
         with open(ready_file, "w") as fh:
@@ -73,6 +105,8 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
     await stop.wait()
     log(logger, logging.INFO, "draining", seconds=DRAIN_SECONDS, sessions=len(pg.connections))
     await pg.drain(DRAIN_SECONDS)
+    for stop_listener in ctx.stoppers:
+        await stop_listener()
     sweeper.cancel()
     await uploader.sweep()
     await runner.cleanup()

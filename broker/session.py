@@ -24,10 +24,8 @@ from jitgate.policy import Policy, Target
 
 logger = logging.getLogger("jitgate.broker.session")
 
-try:  # guardrail classifiers live in jitgate.guardrails
-    from jitgate.guardrails.sql import classify_sql as _classify_sql
-except ImportError:  # pragma: no cover - the package ships with the repo
-    _classify_sql = None
+from jitgate.guardrails.shell import classify_command as _classify_command
+from jitgate.guardrails.sql import classify_sql as _classify_sql
 
 
 @dataclass
@@ -44,9 +42,14 @@ class Verdict:
 
 
 def classify_sql(sql: str) -> tuple[frozenset[str], tuple[str, ...]]:
-    if _classify_sql is None:
-        return frozenset({"unclassified"}), ("the SQL classifier is not installed",)
-    result = _classify_sql(sql)
+    return _reasons(_classify_sql(sql))
+
+
+def classify_command(command: str | list[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    return _reasons(_classify_command(command))
+
+
+def _reasons(result) -> tuple[frozenset[str], tuple[str, ...]]:
     reasons = tuple(r for s in result.statements for r in s.reasons)
     if result.error:
         reasons = reasons + (result.error,)
@@ -96,16 +99,22 @@ class Session:
         return session
 
     def decide_sql(self, sql: str) -> Verdict:
-        classes, reasons = classify_sql(sql)
+        return self._decide(*classify_sql(sql), what="statement")
+
+    def decide_command(self, command: str | list[str]) -> Verdict:
+        """Exec commands (SSH exec, kubectl exec) through the shell guardrails."""
+        return self._decide(*classify_command(command), what="command")
+
+    def _decide(self, classes: frozenset[str], reasons: tuple[str, ...], what: str) -> Verdict:
         action, why = self.target.decide(classes, self.principal.groups)
         message = ""
         if action == "deny":
             message = (
-                f"jitgate: statement refused by policy on target {self.target_name!r} "
+                f"jitgate: {what} refused by policy on target {self.target_name!r} "
                 f"(class: {', '.join(why)}{'; ' + '; '.join(reasons) if reasons else ''})"
             )
         elif action == "approve":
-            message = f"jitgate: statement needs approval on target {self.target_name!r} (class: {', '.join(why)})"
+            message = f"jitgate: {what} needs approval on target {self.target_name!r} (class: {', '.join(why)})"
         return Verdict(action, tuple(sorted(classes)), reasons, message)
 
     async def resolve(self, statement: str, verdict: Verdict) -> Verdict:

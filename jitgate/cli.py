@@ -35,7 +35,11 @@ def cmd_up(args) -> int:
         print(f"port {args.port} is busy; picking a free one", file=sys.stderr)
     print("starting the jitgate local stack (demo PostgreSQL, dev OIDC issuer, functions, broker)...", flush=True)
     try:
-        stack = start_stack(home, broker_port=port, policy_path=Path(args.policy).resolve() if args.policy else None)
+        stack = start_stack(
+            home, broker_port=port, policy_path=Path(args.policy).resolve() if args.policy else None,
+            ssh_port=2222 if port_is_free(2222) else 0, http_port=8443 if port_is_free(8443) else 0,
+            k8s_port=6443 if port_is_free(6443) else 0,
+        )
     except StackError as exc:
         print(f"jitgate up failed: {exc}", file=sys.stderr)
         return 1

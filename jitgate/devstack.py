@@ -424,7 +424,8 @@ class Stack:
 
 
 def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = None, pg_port: int = 0,
-                extra_env: dict[str, str] | None = None) -> Stack:
+                extra_env: dict[str, str] | None = None, ssh_port: int = 0, http_port: int = 0,
+                k8s_port: int = 0) -> Stack:
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
     pg = Postgres(postgres_root(home), pg_port or free_port())
@@ -453,6 +454,9 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
             JITGATE_PUSH_ENDPOINTS=f"session-closed=http://127.0.0.1:{finalize_port}",
             JITGATE_PG_LISTEN=f"127.0.0.1:{broker_port}",
             JITGATE_METRICS_LISTEN="127.0.0.1:0",
+            JITGATE_SSH_LISTEN=f"127.0.0.1:{ssh_port}",
+            JITGATE_HTTP_LISTEN=f"127.0.0.1:{http_port}",
+            JITGATE_K8S_LISTEN=f"127.0.0.1:{k8s_port}",
             **(extra_env or {}),
         )
         procs.append(function_server("authorize", authorize_port, env, logs))

@@ -43,6 +43,11 @@ class Settings:
     spool_chunk_bytes: int = 1024 * 1024
     project: str = "local"
     broker_id: str = ""
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def listen(self, name: str, default: str = "") -> str:
+        """JITGATE_<NAME>_LISTEN: where an optional listener binds ('' = disabled)."""
+        return self.env.get(f"JITGATE_{name.upper()}_LISTEN", default)
 
     @property
     def spool_dir(self) -> Path:
@@ -81,4 +86,5 @@ class Settings:
             spool_chunk_bytes=int(env.get("JITGATE_SPOOL_CHUNK_BYTES", 1024 * 1024)),
             project=env.get("GOOGLE_CLOUD_PROJECT", "local"),
             broker_id=env.get("JITGATE_BROKER_ID", ""),
+            env={k: v for k, v in env.items() if k.startswith(("JITGATE_", "SLACK_", "GOOGLE_", "STORAGE_", "PUBSUB_", "FIRESTORE_"))},
         )
