@@ -1,0 +1,966 @@
+"""Classify PostgreSQL statements into guardrail classes.
+
+``classify_sql(text)`` parses the text with pglast (PostgreSQL's own grammar, so
+comments, quoting, dollar quoting and case folding are read exactly as the
+server reads them), walks every node of every statement, and returns the
+union of the classes found. The class names are those of
+``jitgate.policy.SQL_CLASSES``.
+
+Fail closed: text that does not parse, a statement type this module does not
+know, and ``EXECUTE`` of a statement prepared elsewhere are all
+``unclassified``, which the default policy refuses.
+
+What the walk looks at, beyond the statement type:
+
+- every statement nested anywhere (CTEs, ``COPY (query)``, ``CREATE TABLE AS``,
+  rule actions, ``BEGIN ATOMIC`` bodies, ``CREATE SCHEMA`` elements), so
+  ``WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d`` is
+  ``dml_unbounded`` as well as ``read``;
+- every function call (select lists, WHERE, subqueries, ``FROM f()``, default
+  expressions, RETURNING, index expressions ...), matched by its unqualified
+  name against the lists below. The schema is ignored on purpose:
+  ``"PG_CATALOG".pg_read_file`` and ``myschema.pg_read_file`` both count.
+  Names are compared after PostgreSQL's own case folding (pglast returns
+  unquoted identifiers already lower-cased and quoted ones verbatim), so
+  ``PG_READ_FILE(...)`` matches and ``"PG_READ_FILE"(...)``, a different
+  function to PostgreSQL, does not.
+
+What it cannot see: the body of a user-defined function, view, trigger or rule
+that already exists in the database. ``SELECT my_cleanup()`` is ``read`` even if
+``my_cleanup`` deletes rows; the text alone does not say.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from pglast import ast, enums, parse_sql
+
+__all__ = [
+    "Classification",
+    "StatementVerdict",
+    "classify_sql",
+    "classify_function_call_oid",
+    "SIDE_EFFECT_FUNCTIONS",
+    "SERVER_ADMIN_FUNCTIONS",
+    "READ_ONLY_SYSTEM_FUNCTIONS",
+]
+
+
+@dataclass(frozen=True)
+class StatementVerdict:
+    """One statement of a query (or one simple command of a shell line)."""
+
+    text: str
+    classes: frozenset[str]
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The verdict for a whole query: the union of its statements' classes."""
+
+    classes: frozenset[str]
+    statements: tuple[StatementVerdict, ...]
+    error: str | None = None
+
+
+# --- functions -------------------------------------------------------------------
+#
+# Functions that change state, reach outside the database, read server files or
+# run SQL given to them as a string (which this classifier cannot see into).
+# Every name here yields ``side_effect_function``.
+SIDE_EFFECT_FUNCTIONS = frozenset(
+    {
+        # server files (superuser / pg_read_server_files)
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_ls_dir",
+        "pg_stat_file",
+        "pg_ls_logdir",
+        "pg_ls_waldir",
+        "pg_ls_tmpdir",
+        "pg_ls_archive_statusdir",
+        "pg_ls_logicalsnapdir",
+        "pg_ls_logicalmapdir",
+        "pg_ls_replslotdir",
+        # adminpack: writes and renames server files
+        "pg_file_write",
+        "pg_file_rename",
+        "pg_file_unlink",
+        "pg_file_sync",
+        "pg_logdir_ls",
+        # large objects: lo_import/lo_export move server files in and out
+        "lo_import",
+        "lo_export",
+        "lo_unlink",
+        "lo_create",
+        "lo_creat",
+        "lo_from_bytea",
+        "lo_put",
+        "lo_truncate",
+        "lo_truncate64",
+        "lowrite",
+        # settings: set_config('role', ...) is SET ROLE in disguise
+        "set_config",
+        # sequences: setval rewinds a sequence (duplicate keys later). nextval is
+        # deliberately absent: every INSERT into a serial column calls it.
+        "setval",
+        # locks that outlive the statement
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_advisory_xact_lock",
+        "pg_advisory_xact_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+        "pg_try_advisory_xact_lock",
+        "pg_try_advisory_xact_lock_shared",
+        "pg_advisory_unlock",
+        "pg_advisory_unlock_shared",
+        "pg_advisory_unlock_all",
+        # holds a connection (and its locks) for as long as asked; the classic
+        # probe of blind SQL injection. Rare in legitimate agent work.
+        "pg_sleep",
+        "pg_sleep_for",
+        "pg_sleep_until",
+        # messages to other sessions (NOTIFY as a function)
+        "pg_notify",
+        # run SQL text passed as a string: the string is opaque to this walk
+        "query_to_xml",
+        "query_to_xmlschema",
+        "query_to_xml_and_xmlschema",
+        "ts_stat",
+        "ts_rewrite",
+        # index maintenance that writes
+        "brin_summarize_new_values",
+        "brin_summarize_range",
+        "brin_desummarize_range",
+        "gin_clean_pending_list",
+        # pg_stat_statements and friends
+        "pg_stat_statements_reset",
+    }
+)
+
+# Prefixes of function families that are side effects as a whole.
+SIDE_EFFECT_FUNCTION_PREFIXES = (
+    "dblink",  # dblink, dblink_exec, dblink_connect...: SQL on another server
+    "pg_logical_",  # consume replication slots, write WAL messages
+    "pg_replication_origin_",
+    "pg_background_",  # pg_background_launch runs SQL text in a worker
+    "binary_upgrade_",  # pg_upgrade internals, catalog surgery
+)
+
+# Functions that act on the server as a whole; they are side effects too.
+SERVER_ADMIN_FUNCTIONS = frozenset(
+    {
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_promote",
+        "pg_switch_wal",
+        "pg_switch_xlog",
+        "pg_create_restore_point",
+        "pg_backup_start",
+        "pg_backup_stop",
+        "pg_start_backup",
+        "pg_stop_backup",
+        "pg_wal_replay_pause",
+        "pg_wal_replay_resume",
+        "pg_log_backend_memory_contexts",
+        "pg_import_system_collations",
+        "pg_create_physical_replication_slot",
+        "pg_create_logical_replication_slot",
+        "pg_copy_physical_replication_slot",
+        "pg_copy_logical_replication_slot",
+        "pg_drop_replication_slot",
+        "pg_replication_slot_advance",
+        "pg_sync_replication_slots",
+        "pg_stat_reset",
+        "pg_stat_reset_shared",
+        "pg_stat_reset_single_table_counters",
+        "pg_stat_reset_single_function_counters",
+        "pg_stat_reset_slru",
+        "pg_stat_reset_replication_slot",
+        "pg_stat_reset_subscription_stats",
+        "pg_prewarm",
+    }
+)
+
+# PostgreSQL's administrative surface lives in functions named ``pg_*``, and
+# every release adds some. Rather than chase them, an unknown ``pg_*`` call is
+# treated as a side effect unless it is on this list of read-only ones (or has
+# one of the read-only prefixes below). A missing entry costs an approval, not
+# a hole.
+READ_ONLY_SYSTEM_FUNCTIONS = frozenset(
+    {
+        "pg_backend_pid",
+        "pg_blocking_pids",
+        "pg_safe_snapshot_blocking_pids",
+        "pg_client_encoding",
+        "pg_column_size",
+        "pg_column_compression",
+        "pg_conf_load_time",
+        "pg_current_logfile",
+        "pg_current_snapshot",
+        "pg_current_wal_flush_lsn",
+        "pg_current_wal_insert_lsn",
+        "pg_current_wal_lsn",
+        "pg_current_xact_id",
+        "pg_current_xact_id_if_assigned",
+        "pg_database_size",
+        "pg_describe_object",
+        "pg_encoding_to_char",
+        "pg_char_to_encoding",
+        "pg_filenode_relation",
+        "pg_has_role",
+        "pg_identify_object",
+        "pg_identify_object_as_address",
+        "pg_indexes_size",
+        "pg_index_column_has_property",
+        "pg_index_has_property",
+        "pg_indexam_has_property",
+        "pg_input_error_info",
+        "pg_input_is_valid",
+        "pg_jit_available",
+        "pg_last_committed_xact",
+        "pg_last_wal_receive_lsn",
+        "pg_last_wal_replay_lsn",
+        "pg_last_xact_replay_timestamp",
+        "pg_listening_channels",
+        "pg_lock_status",
+        "pg_my_temp_schema",
+        "pg_is_other_temp_schema",
+        "pg_notification_queue_usage",
+        "pg_options_to_table",
+        "pg_partition_ancestors",
+        "pg_partition_root",
+        "pg_partition_tree",
+        "pg_postmaster_start_time",
+        "pg_relation_filenode",
+        "pg_relation_filepath",
+        "pg_relation_size",
+        "pg_sequence_last_value",
+        "pg_sequence_parameters",
+        "pg_settings_get_flags",
+        "pg_show_all_settings",
+        "pg_show_all_file_settings",
+        "pg_size_bytes",
+        "pg_size_pretty",
+        "pg_snapshot_xip",
+        "pg_snapshot_xmax",
+        "pg_snapshot_xmin",
+        "pg_table_size",
+        "pg_tablespace_databases",
+        "pg_tablespace_location",
+        "pg_tablespace_size",
+        "pg_total_relation_size",
+        "pg_trigger_depth",
+        "pg_typeof",
+        "pg_visible_in_snapshot",
+        "pg_wal_lsn_diff",
+        "pg_walfile_name",
+        "pg_walfile_name_offset",
+        "pg_xact_commit_timestamp",
+        "pg_xact_commit_timestamp_origin",
+        "pg_xact_status",
+        "pg_available_extensions",
+        "pg_available_extension_versions",
+        "pg_collation_actual_version",
+        "pg_hba_file_rules",
+        "pg_ident_file_mappings",
+        "pg_prepared_statement",
+        "pg_prepared_xact",
+        "pg_cursor",
+        "pg_timezone_names",
+        "pg_timezone_abbrevs",
+        "pg_mcv_list_items",
+        "pg_stat_statements",
+        "pg_stat_statements_info",
+    }
+)
+READ_ONLY_SYSTEM_FUNCTION_PREFIXES = (
+    "pg_get_",  # pg_get_viewdef, pg_get_indexdef, pg_get_constraintdef ...
+    "pg_stat_get_",  # statistics accessors behind the pg_stat_* views
+    "pg_control_",  # pg_control_checkpoint, pg_control_system ...
+    "pg_is_",  # pg_is_in_recovery, pg_is_wal_replay_paused ...
+)
+
+
+def _function_classes(name: str) -> tuple[frozenset[str], str] | None:
+    """Classes for a call of the function named ``name`` (already case-folded)."""
+    if name in SERVER_ADMIN_FUNCTIONS:
+        return _SERVER_ADMIN_CALL, f"{name}() acts on the server"
+    if name in SIDE_EFFECT_FUNCTIONS or name.startswith(SIDE_EFFECT_FUNCTION_PREFIXES):
+        return _SIDE_EFFECT_CALL, f"{name}() has side effects"
+    if name.startswith("pg_") and not (
+        name in READ_ONLY_SYSTEM_FUNCTIONS
+        or name.endswith("_is_visible")
+        or name.startswith(READ_ONLY_SYSTEM_FUNCTION_PREFIXES)
+    ):
+        return _SIDE_EFFECT_CALL, f"{name}() is a system function not known to be read-only"
+    return None
+
+
+_SIDE_EFFECT_CALL = frozenset({"side_effect_function"})
+_SERVER_ADMIN_CALL = frozenset({"side_effect_function", "server_admin"})
+
+
+def classify_function_call_oid(oid: int) -> Classification:
+    """A FunctionCall (fast-path) message names its function by OID only.
+
+    Without a catalog lookup the function is unknown, and the fast path is what
+    ``lo_import``/``lo_export`` use, so every such call is a side effect.
+    """
+    reason = f"fast-path call of function OID {oid} (the function is not visible in text)"
+    verdict = StatementVerdict(f"<FunctionCall oid={oid}>", _SIDE_EFFECT_CALL, (reason,))
+    return Classification(_SIDE_EFFECT_CALL, (verdict,), None)
+
+
+# --- settings --------------------------------------------------------------------
+
+# SET/RESET of these is not an ordinary session tweak.
+_PRIVILEGE_SETTINGS = frozenset({"role", "session_authorization"})
+# Settings that switch off integrity or auditing (all superuser-only), or undo a
+# read-only session the gateway may have set up.
+_SERVER_ADMIN_SETTINGS = frozenset(
+    {
+        "session_replication_role",  # 'replica' disables triggers and foreign keys
+        "allow_system_table_mods",
+        "ignore_system_indexes",
+        "ignore_checksum_failure",
+        "ignore_invalid_pages",
+        "zero_damaged_pages",
+        "lo_compat_privileges",
+        "default_transaction_read_only",
+        "transaction_read_only",
+        "row_security",
+        "track_activities",
+        "track_counts",
+    }
+)
+_SERVER_ADMIN_SETTING_PREFIXES = ("log_", "debug_", "pgaudit.")
+
+
+# --- the walk ----------------------------------------------------------------------
+
+
+@dataclass
+class _Findings:
+    """Classes and reasons gathered while walking one top-level statement."""
+
+    classes: set[str] = field(default_factory=set)
+    reasons: list[str] = field(default_factory=list)
+
+    def add(self, klass: str | Iterable[str], reason: str) -> None:
+        self.classes.update((klass,) if isinstance(klass, str) else klass)
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+
+
+@dataclass
+class _Context:
+    """What one statement may know about earlier statements of the same text."""
+
+    # PREPARE name AS ... seen earlier in the same text: name -> its verdict
+    prepared: dict[str, tuple[frozenset[str], tuple[str, ...]]] = field(default_factory=dict)
+
+
+# A statement rule records what a statement does. It may return the children
+# to walk instead of all of them, as (node, executes, top) triples: ``executes``
+# is False under plain EXPLAIN (planned, not run); ``top`` marks the statement
+# whose result the client receives (only that one counts as ``read``).
+_Descend = list[tuple[object, bool, bool]] | None
+_StatementRule = Callable[[object, _Findings, bool, _Context], _Descend]
+
+
+def _walk(root: object, out: _Findings, ctx: _Context, *, executes: bool = True, top: bool = True) -> None:
+    # Iterative rather than recursive: PostgreSQL accepts nesting deep enough
+    # to exhaust Python's recursion limit, and a classifier must not raise.
+    stack: list[tuple[object, bool, bool]] = [(root, executes, top)]
+    while stack:
+        node, executes, top = stack.pop()
+        if isinstance(node, (tuple, list)):
+            stack.extend((child, executes, False) for child in node if child is not None)
+            continue
+        if not isinstance(node, ast.Node):
+            continue
+        kind = type(node)
+        expression_rule = _EXPRESSION_RULES.get(kind)
+        if expression_rule is not None:
+            expression_rule(node, out)
+        elif kind in _STATEMENT_RULES:
+            if executes:
+                descend = _STATEMENT_RULES[kind](node, out, top, ctx)
+                if descend is not None:
+                    stack.extend(descend)
+                    continue
+        elif kind.__name__.endswith("Stmt") and kind is not ast.RawStmt:
+            # A statement type added in a newer PostgreSQL, or one that only
+            # exists inside PL/pgSQL: nothing here vouches for it.
+            out.add("unclassified", f"{kind.__name__} is not a statement type jitgate knows")
+        for name in node.__slots__:
+            value = getattr(node, name, None)
+            if isinstance(value, (ast.Node, tuple, list)):
+                stack.append((value, executes, False))
+
+
+# --- expression rules ----------------------------------------------------------
+
+
+def _strings(nodes: Iterable[object] | None) -> list[str]:
+    return [n.sval for n in nodes or () if isinstance(n, ast.String)]
+
+
+def _on_function_call(node: ast.FuncCall, out: _Findings) -> None:
+    names = _strings(node.funcname)
+    if not names:
+        return
+    found = _function_classes(names[-1])
+    if found is not None:
+        out.add(*found)
+
+
+def _on_column_ref(node: ast.ColumnRef, out: _Findings) -> None:
+    # ``x.f`` is PostgreSQL's attribute notation for ``f(x)``; a "column" named
+    # like a dangerous function is treated as the call it may be.
+    names = _strings(node.fields)
+    if len(names) >= 2:
+        found = _function_classes(names[-1])
+        if found is not None:
+            out.add(*found)
+
+
+def _on_indirection(node: ast.A_Indirection, out: _Findings) -> None:
+    # ``(x).f`` is the same attribute notation.
+    for name in _strings(node.indirection):
+        found = _function_classes(name)
+        if found is not None:
+            out.add(*found)
+
+
+_EXPRESSION_RULES: dict[type, Callable[[object, _Findings], None]] = {
+    ast.FuncCall: _on_function_call,
+    ast.ColumnRef: _on_column_ref,
+    ast.A_Indirection: _on_indirection,
+}
+
+
+# --- statement rules ---------------------------------------------------------------
+
+
+def _relation(node: object) -> str:
+    if isinstance(node, ast.RangeVar):
+        return ".".join(p for p in (node.catalogname, node.schemaname, node.relname) if p)
+    return "?"
+
+
+def _object_name(node: object) -> str:
+    """Best-effort readable name of a DROP/COMMENT/GRANT object."""
+    if isinstance(node, ast.RangeVar):
+        return _relation(node)
+    if isinstance(node, ast.String):
+        return node.sval
+    if isinstance(node, (tuple, list)):
+        names = _strings(node)
+        return ".".join(names) if names else "?"
+    if isinstance(node, ast.TypeName):
+        return ".".join(_strings(node.names))
+    if isinstance(node, ast.ObjectWithArgs):
+        return ".".join(_strings(node.objname)) + "()"
+    return "?"
+
+
+def _object_kind(object_type: object) -> str:
+    """OBJECT_MATVIEW -> 'materialized view'."""
+    name = getattr(object_type, "name", str(object_type)).removeprefix("OBJECT_")
+    return {"MATVIEW": "materialized view", "FDW": "foreign-data wrapper"}.get(name, name.lower().replace("_", " "))
+
+
+def _select(node: ast.SelectStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    if node.intoClause is not None:
+        out.add("ddl", f"SELECT INTO creates table {_relation(node.intoClause.rel)}")
+    elif top:
+        out.add("read", "query returns rows")
+    return None
+
+
+def _column_refs(node: object, *, into_subqueries: bool) -> Iterable[ast.ColumnRef]:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (tuple, list)):
+            stack.extend(item)
+        elif isinstance(item, ast.ColumnRef):
+            yield item
+        elif isinstance(item, ast.Node):
+            if isinstance(item, ast.SubLink) and not into_subqueries:
+                continue
+            stack.extend(getattr(item, name, None) for name in item.__slots__)
+
+
+def _filters_rows(condition: object, target: ast.RangeVar) -> bool:
+    """Whether a WHERE/ON condition can tell the target's rows apart.
+
+    It must reference a column of the target: unqualified (assumed to be the
+    target's) or qualified by the target's name or alias. ``WHERE true``,
+    ``WHERE 1 = 1``, ``WHERE $1``, ``UPDATE t ... FROM s WHERE s.flag`` and
+    ``WHERE EXISTS (SELECT 1 FROM u)`` do not; a correlated subquery
+    (``WHERE EXISTS (SELECT 1 FROM u WHERE u.id = t.id)``) does.
+    """
+    if condition is None:
+        return False
+    if isinstance(condition, ast.CurrentOfExpr):
+        return True
+    names = {target.relname}
+    if target.alias is not None:
+        names.add(target.alias.aliasname)
+    for ref in _column_refs(condition, into_subqueries=False):
+        fields = _strings(ref.fields)
+        if len(fields) == 1 or (len(fields) >= 2 and fields[-2] in names):
+            return True
+    for ref in _column_refs(condition, into_subqueries=True):
+        fields = _strings(ref.fields)
+        if len(fields) >= 2 and fields[-2] in names:
+            return True
+    return False
+
+
+def _insert(node: ast.InsertStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    out.add("dml_bounded", f"INSERT into {_relation(node.relation)}")
+    return None
+
+
+def _update_or_delete(node: ast.UpdateStmt | ast.DeleteStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"
+    table = _relation(node.relation)
+    if node.whereClause is None:
+        out.add("dml_unbounded", f"{verb} without WHERE on {table}")
+    elif not _filters_rows(node.whereClause, node.relation):
+        out.add("dml_unbounded", f"{verb} on {table} with a WHERE that does not depend on its rows")
+    else:
+        out.add("dml_bounded", f"{verb} with WHERE on {table}")
+    return None
+
+
+def _merge(node: ast.MergeStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    table = _relation(node.relation)
+    by_source = [
+        c
+        for c in node.mergeWhenClauses or ()
+        if c.matchKind == enums.MergeMatchKind.MERGE_WHEN_NOT_MATCHED_BY_SOURCE
+        and c.commandType in (enums.CmdType.CMD_DELETE, enums.CmdType.CMD_UPDATE)
+    ]
+    if by_source:
+        # Every target row the source does not mention is touched: the source
+        # decides what survives, not a condition.
+        out.add("dml_unbounded", f"MERGE into {table} changes rows NOT MATCHED BY SOURCE")
+    elif not _filters_rows(node.joinCondition, node.relation):
+        out.add("dml_unbounded", f"MERGE into {table} with a join condition that does not depend on its rows")
+    else:
+        out.add("dml_bounded", f"MERGE into {table}")
+    return None
+
+
+def _truncate(node: ast.TruncateStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    tables = ", ".join(_relation(r) for r in node.relations or ())
+    out.add("dml_unbounded", f"TRUNCATE {tables}")
+    return None
+
+
+def _copy(node: ast.CopyStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    source = _relation(node.relation) if node.relation is not None else "(query)"
+    if node.is_program:
+        direction = "from" if node.is_from else "to"
+        out.add("copy_program", f"COPY {source} {direction} PROGRAM runs a shell command on the server")
+    elif node.filename is not None:
+        direction = "from" if node.is_from else "to"
+        out.add("copy_program", f"COPY {source} {direction} server file {node.filename!r}")
+    if node.is_from:
+        out.add("dml_bounded", f"COPY into {source}")
+    else:
+        out.add("read", f"COPY {source} out")
+    return None
+
+
+def _explain(node: ast.ExplainStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    out.add("read", "EXPLAIN")
+    if _explain_runs_query(node.options):
+        out.add((), "EXPLAIN ANALYZE runs the statement")
+        return [(node.query, True, True)]
+    # Planned, not run: only function calls still count (planning may evaluate
+    # functions, and a name-based list cannot tell which ones).
+    return [(node.query, False, False)]
+
+
+def _explain_runs_query(options: Iterable[object] | None) -> bool:
+    for option in options or ():
+        if isinstance(option, ast.DefElem) and option.defname in ("analyze", "analyse"):
+            value = option.arg
+            if value is None:
+                return True
+            text = str(getattr(value, "sval", getattr(value, "ival", getattr(value, "boolval", "")))).lower()
+            # Anything but an explicit "off" means ANALYZE (fail closed).
+            return text not in ("false", "off", "0", "no")
+    return False
+
+
+def _prepare(node: ast.PrepareStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    inner = _Findings()
+    _walk(node.query, inner, ctx)
+    ctx.prepared[node.name] = (frozenset(inner.classes), tuple(inner.reasons))
+    out.add("session", f"PREPARE {node.name}")
+    out.add(inner.classes, f"prepared statement {node.name}: " + "; ".join(inner.reasons))
+    return []
+
+
+def _execute(node: ast.ExecuteStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    known = ctx.prepared.get(node.name)
+    if known is None:
+        out.add("unclassified", f"EXECUTE {node.name}: the prepared statement's text is not part of this query")
+    else:
+        classes, reasons = known
+        out.add(classes, f"EXECUTE {node.name}: " + "; ".join(reasons))
+    return None  # parameters may hold function calls
+
+
+def _transaction(node: ast.TransactionStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    kind = node.kind
+    two_phase = {
+        enums.TransactionStmtKind.TRANS_STMT_PREPARE: "PREPARE TRANSACTION",
+        enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED: "COMMIT PREPARED",
+        enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED: "ROLLBACK PREPARED",
+    }
+    if kind in two_phase:
+        # A prepared transaction outlives the session, holds its locks until
+        # someone resolves it, and may have been prepared by anyone.
+        out.add(("transaction", "server_admin"), f"{two_phase[kind]} (two-phase commit acts beyond this session)")
+    else:
+        out.add("transaction", kind.name.removeprefix("TRANS_STMT_").replace("_", " "))
+    return None
+
+
+def _set(node: ast.VariableSetStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    kind = node.kind
+    if kind == enums.VariableSetKind.VAR_RESET_ALL:
+        out.add("session", "RESET ALL")
+        return None
+    name = node.name or ""
+    verb = "RESET" if kind == enums.VariableSetKind.VAR_RESET else "SET"
+    setting = name.lower()
+    if kind == enums.VariableSetKind.VAR_SET_MULTI:
+        # SET TRANSACTION ... / SET SESSION CHARACTERISTICS AS TRANSACTION ...
+        label = "transaction" if name == "TRANSACTION" else "session"
+        out.add(label, f"SET {name}")
+    elif setting in _PRIVILEGE_SETTINGS:
+        out.add("privilege", f"{verb} {setting} changes the acting role")
+    elif setting in _SERVER_ADMIN_SETTINGS or setting.startswith(_SERVER_ADMIN_SETTING_PREFIXES):
+        out.add("server_admin", f"{verb} {setting} weakens integrity, security or auditing")
+    else:
+        out.add("session", f"{verb} {setting}")
+    return None
+
+
+def _alter_table(node: ast.AlterTableStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    target = f"{_object_kind(node.objtype)} {_relation(node.relation)}"
+    out.add("ddl", f"ALTER {target}")
+    types = enums.AlterTableType
+    for cmd in node.cmds or ():
+        subtype = getattr(cmd, "subtype", None)
+        if subtype in (
+            types.AT_EnableRowSecurity,
+            types.AT_DisableRowSecurity,
+            types.AT_ForceRowSecurity,
+            types.AT_NoForceRowSecurity,
+        ):
+            out.add("privilege", f"ALTER {target}: row-level security")
+        elif subtype == types.AT_ChangeOwner:
+            out.add("privilege", f"ALTER {target}: OWNER TO")
+        elif subtype == types.AT_SetTableSpace:
+            out.add("server_admin", f"ALTER {target}: SET TABLESPACE rewrites it")
+    return None
+
+
+_DROP_CLASSES = {
+    enums.ObjectType.OBJECT_SCHEMA: "drop_database",
+    enums.ObjectType.OBJECT_EXTENSION: "server_admin",
+    enums.ObjectType.OBJECT_POLICY: "privilege",
+    enums.ObjectType.OBJECT_FOREIGN_SERVER: "server_admin",
+    enums.ObjectType.OBJECT_FDW: "server_admin",
+    enums.ObjectType.OBJECT_PUBLICATION: "server_admin",
+    enums.ObjectType.OBJECT_ACCESS_METHOD: "server_admin",
+}
+
+
+def _drop(node: ast.DropStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    names = ", ".join(_object_name(o) for o in node.objects or ())
+    cascade = " CASCADE" if node.behavior == enums.DropBehavior.DROP_CASCADE else ""
+    klass = _DROP_CLASSES.get(node.removeType, "ddl")
+    out.add(klass, f"DROP {_object_kind(node.removeType).upper()} {names}{cascade}")
+    return None
+
+
+def _rename(node: ast.RenameStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    kind = node.renameType
+    klass = {
+        enums.ObjectType.OBJECT_ROLE: "privilege",
+        enums.ObjectType.OBJECT_DATABASE: "server_admin",
+        enums.ObjectType.OBJECT_TABLESPACE: "server_admin",
+    }.get(kind, "ddl")
+    out.add(klass, f"RENAME {_object_kind(kind)} to {node.newname}")
+    return None
+
+
+def _vacuum(node: ast.VacuumStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    options = {o.defname for o in node.options or () if isinstance(o, ast.DefElem)}
+    if not node.is_vacuumcmd:
+        out.add("dml_bounded", "ANALYZE updates planner statistics")
+    elif "full" in options:
+        out.add("server_admin", "VACUUM FULL rewrites tables under an exclusive lock")
+    else:
+        # Plain VACUUM reclaims dead rows without blocking readers or writers
+        # and changes nothing a query can see.
+        out.add("dml_bounded", "VACUUM")
+    return None
+
+
+# Lock modes up to ROW SHARE are what SELECT and SELECT FOR UPDATE take anyway.
+_READ_LOCK_MODES = {1: "ACCESS SHARE", 2: "ROW SHARE"}
+
+
+def _lock(node: ast.LockStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    tables = ", ".join(_relation(r) for r in node.relations or ())
+    if node.mode in _READ_LOCK_MODES:
+        out.add("read", f"LOCK {tables} IN {_READ_LOCK_MODES[node.mode]} MODE")
+    else:
+        # No class fits exactly; a lock that blocks writers (or everyone) for the
+        # rest of the transaction affects every client of the table.
+        out.add("server_admin", f"LOCK {tables} in a mode that blocks other sessions")
+    return None
+
+
+def _alter_database_set(node: ast.AlterDatabaseSetStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    out.add("server_admin", f"ALTER DATABASE {node.dbname} SET")
+    return []  # the nested SET is the database default, not this session's
+
+
+def _alter_role_set(node: ast.AlterRoleSetStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    out.add("privilege", "ALTER ROLE ... SET changes a role's defaults")
+    return []
+
+
+def _alter_system(node: ast.AlterSystemStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    setting = getattr(node.setstmt, "name", None) or "ALL"
+    out.add("server_admin", f"ALTER SYSTEM {setting} rewrites postgresql.auto.conf")
+    return []
+
+
+def _constant(klass: str | tuple[str, ...], label: str) -> _StatementRule:
+    """A rule for statements whose class does not depend on their details."""
+
+    def rule(node: object, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+        detail = ""
+        relation = getattr(node, "relation", None)
+        if isinstance(relation, ast.RangeVar):
+            detail = " " + _relation(relation)
+        out.add(klass, label + detail)
+        return None
+
+    rule.__name__ = f"rule_{label.lower().replace(' ', '_')}"
+    return rule
+
+
+def _nothing(node: object, out: _Findings, top: bool, ctx: _Context) -> _Descend:
+    return None
+
+
+_STATEMENT_RULES: dict[type, _StatementRule] = {
+    # queries and DML
+    ast.SelectStmt: _select,
+    ast.SetOperationStmt: _nothing,
+    ast.InsertStmt: _insert,
+    ast.UpdateStmt: _update_or_delete,
+    ast.DeleteStmt: _update_or_delete,
+    ast.MergeStmt: _merge,
+    ast.TruncateStmt: _truncate,
+    ast.CopyStmt: _copy,
+    ast.ExplainStmt: _explain,
+    ast.DeclareCursorStmt: _constant("read", "DECLARE CURSOR"),
+    ast.FetchStmt: _constant("read", "FETCH"),
+    ast.ClosePortalStmt: _constant("session", "CLOSE"),
+    ast.LockStmt: _lock,
+    # session and transaction
+    ast.TransactionStmt: _transaction,
+    ast.ConstraintsSetStmt: _constant("transaction", "SET CONSTRAINTS"),
+    ast.VariableSetStmt: _set,
+    ast.VariableShowStmt: _constant("session", "SHOW"),
+    ast.DiscardStmt: _constant("session", "DISCARD"),
+    ast.ListenStmt: _constant("session", "LISTEN"),
+    ast.UnlistenStmt: _constant("session", "UNLISTEN"),
+    ast.NotifyStmt: _constant("session", "NOTIFY"),
+    ast.PrepareStmt: _prepare,
+    ast.ExecuteStmt: _execute,
+    ast.DeallocateStmt: _constant("session", "DEALLOCATE"),
+    # DDL
+    ast.CreateStmt: _constant("ddl", "CREATE TABLE"),
+    ast.CreateTableAsStmt: _constant("ddl", "CREATE TABLE AS"),
+    ast.CreateForeignTableStmt: _constant("ddl", "CREATE FOREIGN TABLE"),
+    ast.ImportForeignSchemaStmt: _constant("ddl", "IMPORT FOREIGN SCHEMA"),
+    ast.ViewStmt: _constant("ddl", "CREATE VIEW"),
+    ast.IndexStmt: _constant("ddl", "CREATE INDEX on"),
+    ast.CreateSeqStmt: _constant("ddl", "CREATE SEQUENCE"),
+    ast.AlterSeqStmt: _constant("ddl", "ALTER SEQUENCE"),
+    ast.CreateSchemaStmt: _constant("ddl", "CREATE SCHEMA"),
+    ast.CreateDomainStmt: _constant("ddl", "CREATE DOMAIN"),
+    ast.AlterDomainStmt: _constant("ddl", "ALTER DOMAIN"),
+    ast.CreateEnumStmt: _constant("ddl", "CREATE TYPE AS ENUM"),
+    ast.AlterEnumStmt: _constant("ddl", "ALTER TYPE (enum)"),
+    ast.CreateRangeStmt: _constant("ddl", "CREATE TYPE AS RANGE"),
+    ast.CompositeTypeStmt: _constant("ddl", "CREATE TYPE"),
+    ast.AlterTypeStmt: _constant("ddl", "ALTER TYPE"),
+    ast.DefineStmt: _constant("ddl", "CREATE (aggregate, operator, type, collation or text search object)"),
+    ast.CreateStatsStmt: _constant("ddl", "CREATE STATISTICS"),
+    ast.AlterStatsStmt: _constant("ddl", "ALTER STATISTICS"),
+    ast.AlterCollationStmt: _constant("ddl", "ALTER COLLATION"),
+    ast.CreateConversionStmt: _constant("ddl", "CREATE CONVERSION"),
+    ast.CreateCastStmt: _constant("ddl", "CREATE CAST"),
+    ast.CreateTransformStmt: _constant("ddl", "CREATE TRANSFORM"),
+    ast.CreateOpClassStmt: _constant("ddl", "CREATE OPERATOR CLASS"),
+    ast.CreateOpFamilyStmt: _constant("ddl", "CREATE OPERATOR FAMILY"),
+    ast.AlterOpFamilyStmt: _constant("ddl", "ALTER OPERATOR FAMILY"),
+    ast.AlterOperatorStmt: _constant("ddl", "ALTER OPERATOR"),
+    ast.AlterTSConfigurationStmt: _constant("ddl", "ALTER TEXT SEARCH CONFIGURATION"),
+    ast.AlterTSDictionaryStmt: _constant("ddl", "ALTER TEXT SEARCH DICTIONARY"),
+    ast.AlterTableStmt: _alter_table,
+    ast.AlterObjectSchemaStmt: _constant("ddl", "ALTER ... SET SCHEMA"),
+    ast.AlterObjectDependsStmt: _constant("ddl", "ALTER ... DEPENDS ON EXTENSION"),
+    ast.RenameStmt: _rename,
+    ast.CommentStmt: _constant("ddl", "COMMENT ON"),
+    ast.DropStmt: _drop,
+    ast.RefreshMatViewStmt: _constant("ddl", "REFRESH MATERIALIZED VIEW"),
+    ast.ReplicaIdentityStmt: _constant("ddl", "REPLICA IDENTITY"),
+    # databases and schemas going away
+    ast.DropdbStmt: _constant("drop_database", "DROP DATABASE"),
+    ast.DropOwnedStmt: _constant(("drop_database", "privilege"), "DROP OWNED drops every object of a role"),
+    # privileges
+    ast.GrantStmt: _constant("privilege", "GRANT/REVOKE"),
+    ast.GrantRoleStmt: _constant("privilege", "GRANT/REVOKE role membership"),
+    ast.AlterDefaultPrivilegesStmt: _constant("privilege", "ALTER DEFAULT PRIVILEGES"),
+    ast.CreateRoleStmt: _constant("privilege", "CREATE ROLE"),
+    ast.AlterRoleStmt: _constant("privilege", "ALTER ROLE"),
+    ast.AlterRoleSetStmt: _alter_role_set,
+    ast.DropRoleStmt: _constant("privilege", "DROP ROLE"),
+    ast.ReassignOwnedStmt: _constant("privilege", "REASSIGN OWNED"),
+    ast.AlterOwnerStmt: _constant("privilege", "ALTER ... OWNER TO"),
+    ast.CreatePolicyStmt: _constant("privilege", "CREATE POLICY (row-level security)"),
+    ast.AlterPolicyStmt: _constant("privilege", "ALTER POLICY (row-level security)"),
+    ast.SecLabelStmt: _constant("privilege", "SECURITY LABEL"),
+    ast.CreateUserMappingStmt: _constant(("privilege", "server_admin"), "CREATE USER MAPPING stores remote credentials"),
+    ast.AlterUserMappingStmt: _constant(("privilege", "server_admin"), "ALTER USER MAPPING"),
+    ast.DropUserMappingStmt: _constant(("privilege", "server_admin"), "DROP USER MAPPING"),
+    # the server
+    ast.AlterSystemStmt: _alter_system,
+    ast.LoadStmt: _constant("server_admin", "LOAD loads a shared library into the server"),
+    ast.CheckPointStmt: _constant("server_admin", "CHECKPOINT"),
+    ast.VacuumStmt: _vacuum,
+    ast.ClusterStmt: _constant("server_admin", "CLUSTER rewrites tables under an exclusive lock"),
+    ast.ReindexStmt: _constant("server_admin", "REINDEX"),
+    ast.CreateExtensionStmt: _constant("server_admin", "CREATE EXTENSION"),
+    ast.AlterExtensionStmt: _constant("server_admin", "ALTER EXTENSION"),
+    ast.AlterExtensionContentsStmt: _constant("server_admin", "ALTER EXTENSION ADD/DROP"),
+    ast.CreateTableSpaceStmt: _constant("server_admin", "CREATE TABLESPACE"),
+    ast.DropTableSpaceStmt: _constant("server_admin", "DROP TABLESPACE"),
+    ast.AlterTableSpaceOptionsStmt: _constant("server_admin", "ALTER TABLESPACE"),
+    ast.AlterTableMoveAllStmt: _constant("server_admin", "ALTER TABLE ALL IN TABLESPACE ... SET TABLESPACE"),
+    ast.CreatedbStmt: _constant("server_admin", "CREATE DATABASE"),
+    ast.AlterDatabaseStmt: _constant("server_admin", "ALTER DATABASE"),
+    ast.AlterDatabaseSetStmt: _alter_database_set,
+    ast.AlterDatabaseRefreshCollStmt: _constant("server_admin", "ALTER DATABASE REFRESH COLLATION VERSION"),
+    ast.CreateAmStmt: _constant("server_admin", "CREATE ACCESS METHOD"),
+    ast.CreateFdwStmt: _constant("server_admin", "CREATE FOREIGN DATA WRAPPER"),
+    ast.AlterFdwStmt: _constant("server_admin", "ALTER FOREIGN DATA WRAPPER"),
+    ast.CreateForeignServerStmt: _constant("server_admin", "CREATE SERVER (a connection to another server)"),
+    ast.AlterForeignServerStmt: _constant("server_admin", "ALTER SERVER"),
+    ast.CreatePublicationStmt: _constant("server_admin", "CREATE PUBLICATION"),
+    ast.AlterPublicationStmt: _constant("server_admin", "ALTER PUBLICATION"),
+    ast.CreateSubscriptionStmt: _constant("server_admin", "CREATE SUBSCRIPTION"),
+    ast.AlterSubscriptionStmt: _constant("server_admin", "ALTER SUBSCRIPTION"),
+    ast.DropSubscriptionStmt: _constant("server_admin", "DROP SUBSCRIPTION"),
+    # code that runs in the server
+    ast.DoStmt: _constant("procedural", "DO runs an anonymous code block"),
+    ast.CallStmt: _constant("procedural", "CALL runs a procedure"),
+    ast.CreateFunctionStmt: _constant("procedural", "CREATE FUNCTION/PROCEDURE"),
+    ast.AlterFunctionStmt: _constant("procedural", "ALTER FUNCTION/PROCEDURE"),
+    ast.CreateTrigStmt: _constant("procedural", "CREATE TRIGGER on"),
+    ast.CreateEventTrigStmt: _constant("procedural", "CREATE EVENT TRIGGER"),
+    ast.AlterEventTrigStmt: _constant("procedural", "ALTER EVENT TRIGGER"),
+    ast.RuleStmt: _constant("procedural", "CREATE RULE on"),
+    ast.CreatePLangStmt: _constant("procedural", "CREATE LANGUAGE"),
+}
+
+
+# --- entry point -------------------------------------------------------------------
+
+# Statements whose text is longer than this are classified but not cached, so
+# a few huge queries cannot pin hundreds of megabytes in the cache.
+_CACHEABLE_LENGTH = 8192
+_UNCLASSIFIED = frozenset({"unclassified"})
+_EMPTY = Classification(frozenset({"read"}), (), None)
+
+
+def classify_sql(sql: str) -> Classification:
+    """Classify every statement of a simple Query or an extended-protocol Parse.
+
+    Repeated texts (the usual case for prepared statements and benchmarks) are
+    answered from an LRU cache; results are immutable, so sharing is safe.
+    """
+    if len(sql) > _CACHEABLE_LENGTH:
+        return _classify_uncached(sql)
+    return _classify_cached(sql)
+
+
+@functools.lru_cache(maxsize=4096)
+def _classify_cached(sql: str) -> Classification:
+    return _classify_uncached(sql)
+
+
+def _classify_uncached(sql: str) -> Classification:
+    if "\x00" in sql:
+        # The parser reads a C string and would stop at the NUL, while the
+        # bytes after it could still reach a server or a log: refuse to guess.
+        return _parse_failure(sql, "the query text contains a NUL byte")
+    try:
+        raw_statements = parse_sql(sql)
+    except Exception as exc:  # noqa: BLE001 - ParseError, or anything the parser trips on
+        return _parse_failure(sql, f"{type(exc).__name__}: {exc}")
+    if not raw_statements:
+        return _EMPTY  # only whitespace, comments or semicolons: an empty query
+
+    ctx = _Context()
+    verdicts = []
+    for raw in raw_statements:
+        findings = _Findings()
+        try:
+            _walk(raw.stmt, findings, ctx)
+        except Exception as exc:  # noqa: BLE001 - a surprise in the tree must not open the gate
+            findings.add("unclassified", f"the classifier failed on this statement ({type(exc).__name__})")
+        if not findings.classes:
+            findings.add("unclassified", "no rule matched this statement")
+        verdicts.append(
+            StatementVerdict(_statement_text(sql, raw), frozenset(findings.classes), tuple(findings.reasons))
+        )
+    classes = frozenset().union(*(v.classes for v in verdicts))
+    return Classification(classes, tuple(verdicts), None)
+
+
+def _statement_text(sql: str, raw: ast.RawStmt) -> str:
+    start = raw.stmt_location or 0
+    # stmt_len 0 means "up to the end of the text" (the last statement).
+    end = start + raw.stmt_len if raw.stmt_len else len(sql)
+    return sql[start:end].strip()
+
+
+def _parse_failure(sql: str, error: str) -> Classification:
+    verdict = StatementVerdict(sql, _UNCLASSIFIED, (f"cannot parse: {error}",))
+    return Classification(_UNCLASSIFIED, (verdict,), error)
