@@ -1,0 +1,268 @@
+"""Masker: turns a target's masking rules into per-result plans and masks free text.
+
+How rules combine (policy order matters, the first match wins):
+
+- A rule with ``columns`` and no ``detectors`` is a *column rule*: the whole
+  value of a matching column is masked with its strategy. The first column rule
+  that matches a column decides; detectors are not run on that column.
+- A rule with ``detectors`` and no ``columns`` scans every text-like column.
+- A rule with both scans only the columns it matches (e.g. detectors in
+  ``notes`` only).
+- When several detector rules name the same detector for a column, the first
+  one's strategy is used.
+
+A column matches a pattern by its name in the RowDescription (the alias, if the
+query renamed it) and, when the broker passes ``column_names``, also by the
+table column it comes from, so ``SELECT email AS e FROM users`` is still
+masked. Table-qualified patterns (``customers.email``) match the unqualified
+table name and the ``schema.table`` name.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Mapping, Protocol, Sequence
+
+from jitgate.masking import columns as column_maskers
+from jitgate.masking.copy import CopyPlan
+from jitgate.masking.errors import MaskingRefused
+from jitgate.masking.rows import RowPlan
+from jitgate.masking.scanner import DetectorStrategy, Scanner
+from jitgate.masking.strategies import COLUMN_MARKER, Hasher, render_whole_text
+from jitgate.policy import MaskingConfig, MaskingRule, column_matches
+
+TEXT_OID = 25
+
+
+class FieldLike(Protocol):
+    """What ``plan`` reads of ``broker.pg.codec.FieldDescription``."""
+
+    name: str
+    table_oid: int
+    column_attr: int
+    type_oid: int
+    type_modifier: int
+    format: int
+
+
+# "Key (email)=(bob@example.com) already exists." and its siblings in constraint errors.
+_KEY_DETAIL = re.compile(
+    r"Key \((?P<columns>[^()]*)\)=\((?P<values>.*?)\)"
+    r"(?= already exists| is not present| is still referenced| conflicts with|\.|$)",
+    re.S,
+)
+# "Failing row contains (1, bob@example.com, ...)." (NOT NULL and CHECK violations).
+_FAILING_ROW = re.compile(r"(Failing row contains \()(.*)(\)\.?)", re.S)
+
+
+class Masker:
+    """The masking engine of one target. Pure: no I/O, safe to share between sessions."""
+
+    def __init__(self, config: MaskingConfig, hmac_key: bytes):
+        self._rules: tuple[MaskingRule, ...] = tuple(config.rules)
+        self._hasher = Hasher(hmac_key) if self._rules else None
+        self._column_rules = tuple(r for r in self._rules if r.columns and not r.detectors)
+        self._detector_rules = tuple(r for r in self._rules if r.detectors)
+        self._scanners: dict[tuple, Scanner] = {}
+        free_text = _first_strategy_per_detector(self._detector_rules)
+        # Free text has no column, so every detector of every rule applies to it.
+        self._free_text_scanner = (
+            Scanner(free_text, self._hasher, null_as_redact=True) if free_text and self._hasher else None
+        )
+
+    @property
+    def active(self) -> bool:
+        return bool(self._rules)
+
+    # --- result sets ---
+
+    def plan(
+        self,
+        fields: Sequence[FieldLike],
+        table_names: Mapping[int, str],
+        column_names: Mapping[tuple[int, int], str] | None = None,
+    ) -> RowPlan | None:
+        """A plan for the DataRows that follow this RowDescription; None when nothing can need masking.
+
+        ``table_names``: table OID -> 'table' or 'schema.table' from the catalog.
+        ``column_names`` (optional): (table OID, attribute number) -> the table column's
+        name, so that renaming a column in the query does not escape a column rule.
+        The fields' ``format`` must be the one the DataRows use (see ``apply_result_formats``).
+        """
+        if not self._rules:
+            return None
+        steps = []
+        masked = []
+        for index, field in enumerate(fields):
+            binary = column_maskers.check_format(field.format, field.name)
+            names = [field.name]
+            if column_names and field.table_oid:
+                source = column_names.get((field.table_oid, field.column_attr))
+                if source and source != field.name:
+                    names.append(source)
+            table = table_names.get(field.table_oid)
+            masker = self._masker_for(names, table, field.type_oid, field.type_modifier, binary)
+            if masker is not None:
+                steps.append((index, masker))
+                masked.append(field.name)
+        return RowPlan(len(fields), steps, masked) if steps else None
+
+    def plan_copy(
+        self,
+        column_names: Sequence[str] | None,
+        table: str | None,
+        *,
+        format: str = "text",
+        type_oids: Sequence[int] | None = None,
+        delimiter: str | None = None,
+        null: str | None = None,
+        header: bool = False,
+    ) -> CopyPlan | None:
+        """A plan for the rows of ``COPY ... TO STDOUT``; None when nothing can need masking.
+
+        ``column_names``: the copied columns in order, when the broker knows them (from
+        the statement's column list or the catalog); ``table``: the copied table.
+        ``type_oids`` (optional, same order) lets hashes of non-text columns keep their
+        type; without it every field is treated as text. ``delimiter``/``null``/``header``
+        are the COPY options (defaults: tab and ``\\N`` for text, ',' and '' for CSV).
+        """
+        if not self._rules:
+            return None
+        if format == "binary":
+            raise MaskingRefused(
+                "COPY ... TO STDOUT (FORMAT binary) cannot be masked on this target: "
+                "use FORMAT text or FORMAT csv, or SELECT the rows"
+            )
+        if format not in ("text", "csv"):
+            raise MaskingRefused(f"unknown COPY format {format!r}; use text or csv")
+        csv = format == "csv"
+        delimiter_b = (delimiter if delimiter is not None else ("," if csv else "\t")).encode()
+        null_b = (null if null is not None else ("" if csv else "\\N")).encode()
+        if len(delimiter_b) != 1:
+            raise MaskingRefused("COPY delimiter must be a single one-byte character")
+        maskers: dict[int, column_maskers.ValueMasker] = {}
+        every_field = None
+        if column_names is None:
+            if self._column_rules_may_apply(table):
+                raise MaskingRefused(
+                    "this COPY does not name its columns, so column masking rules cannot be applied; "
+                    "list the columns (COPY t (a, b) TO STDOUT) or use SELECT"
+                )
+            # Detector rules scoped to some columns are applied to every field: over-masking
+            # a little is the safe side of not knowing which field is which.
+            if self._detector_rules:
+                every_field = column_maskers.detector_masker(
+                    TEXT_OID, -1, False, self._scanner_for(list(self._detector_rules))
+                )
+        else:
+            for index, name in enumerate(column_names):
+                type_oid = type_oids[index] if type_oids is not None else TEXT_OID
+                masker = self._masker_for([name], table, type_oid, -1, False)
+                if masker is not None:
+                    maskers[index] = masker
+        if not maskers and every_field is None:
+            return None
+        return CopyPlan(maskers, every_field, csv=csv, delimiter=delimiter_b, null=null_b, header=header)
+
+    # --- free text ---
+
+    def mask_text(self, text: str, *, table: str | None = None) -> str:
+        """Masks free text: ErrorResponse/NoticeResponse fields, log lines, statement parameters.
+
+        Values in a constraint error's ``Key (col)=(value)`` are masked by the column rule of
+        their column; a ``Failing row contains (...)`` tuple is redacted whole when a column
+        rule could apply (its columns are not named). The null strategy redacts here.
+        """
+        if not self._rules or not text:
+            return text
+        if self._column_rules:
+            if "Key (" in text:
+                text = _KEY_DETAIL.sub(lambda m: self._mask_key_detail(m, table), text)
+            if "Failing row contains (" in text and self._column_rules_may_apply(table):
+                text = _FAILING_ROW.sub(lambda m: m.group(1) + COLUMN_MARKER + m.group(3), text)
+        if self._free_text_scanner is not None:
+            masked = self._free_text_scanner.mask(text)
+            if masked is not None:
+                text = masked
+        return text
+
+    def _mask_key_detail(self, m: re.Match[str], table: str | None) -> str:
+        names = [n.strip().strip('"') for n in m.group("columns").split(",")]
+        values = m.group("values").split(", ")
+        rules = [self._column_rule_for([n], table) for n in names]
+        if not any(rules):
+            return m.group()
+        if len(values) != len(names):
+            # A value holds ", ": no way to tell the values apart, so hide them all.
+            return f"Key ({m.group('columns')})=({COLUMN_MARKER})"
+        shown = []
+        for value, rule in zip(values, rules):
+            if rule is None:
+                shown.append(value)
+            else:
+                strategy = "redact" if rule.strategy == "null" else rule.strategy
+                shown.append(render_whole_text(value, strategy, rule.keep_last, self._hasher))
+        return f"Key ({m.group('columns')})=({', '.join(shown)})"
+
+    # --- rule resolution ---
+
+    def _masker_for(
+        self, names: list[str], table: str | None, type_oid: int, type_modifier: int, binary: bool
+    ) -> column_maskers.ValueMasker | None:
+        rule = self._column_rule_for(names, table)
+        if rule is not None:
+            return column_maskers.whole_value_masker(
+                type_oid, type_modifier, binary, rule.strategy, rule.keep_last, self._hasher
+            )
+        applicable = [r for r in self._detector_rules if not r.columns or _matches(r.columns, names, table)]
+        if not applicable:
+            return None
+        return column_maskers.detector_masker(type_oid, type_modifier, binary, self._scanner_for(applicable))
+
+    def _column_rule_for(self, names: list[str], table: str | None) -> MaskingRule | None:
+        for rule in self._column_rules:
+            if _matches(rule.columns, names, table):
+                return rule
+        return None
+
+    def _column_rules_may_apply(self, table: str | None) -> bool:
+        """Could a column rule match some column of this table (whose columns we do not know)?"""
+        tables = _table_candidates(table)
+        for rule in self._column_rules:
+            for pattern in rule.columns:
+                want_table = pattern.lower().rpartition(".")[0]
+                if not want_table or table is None:
+                    return True
+                if any(fnmatch.fnmatchcase(t, want_table) for t in tables if t is not None):
+                    return True
+        return False
+
+    def _scanner_for(self, rules: list[MaskingRule]) -> Scanner:
+        strategies = _first_strategy_per_detector(rules)
+        key = tuple(sorted((k, s.strategy, s.keep_last) for k, s in strategies.items()))
+        scanner = self._scanners.get(key)
+        if scanner is None:
+            scanner = self._scanners[key] = Scanner(strategies, self._hasher)
+        return scanner
+
+
+def _first_strategy_per_detector(rules: Sequence[MaskingRule]) -> dict[str, DetectorStrategy]:
+    strategies: dict[str, DetectorStrategy] = {}
+    for rule in rules:
+        for kind in rule.detectors:
+            strategies.setdefault(kind, DetectorStrategy(rule.strategy, rule.keep_last))
+    return strategies
+
+
+def _table_candidates(table: str | None) -> list[str | None]:
+    if table is None:
+        return [None]
+    table = table.lower()
+    if "." in table:
+        return [table, table.rpartition(".")[2]]
+    return [table]
+
+
+def _matches(patterns: Sequence[str], names: Sequence[str], table: str | None) -> bool:
+    tables = _table_candidates(table)
+    return any(column_matches(p, t, n) for p in patterns for t in tables for n in names)

@@ -1,0 +1,124 @@
+"""RowPlan: masks DataRow messages of one result, with every decision taken in advance.
+
+Wire format of a DataRow payload (after the 5-byte 'D' + int32 length header):
+``int16 column count``, then per column ``int32 length`` (-1 for NULL) and that
+many bytes. ``mask_row`` walks the lengths with ``struct.unpack_from`` (no copy
+of the payload), calls the masker of each affected column, and builds a new
+message from the column values: runs of unaffected columns are carried over as
+their (length, value) encodings, byte for byte what ``build_data_row`` would
+produce for them, and every masked column is written with its new length.
+Nothing is patched in place, so a value whose length changes can never shift or
+corrupt its neighbours.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+from typing import Sequence
+
+from jitgate.masking.columns import ValueMasker
+from jitgate.masking.errors import MalformedRow
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_NULL_LENGTH = b"\xff\xff\xff\xff"
+
+
+class RowPlan:
+    """How to mask each DataRow of one RowDescription (see ``Masker.plan``)."""
+
+    __slots__ = ("column_count", "_steps", "masked_columns")
+
+    def __init__(self, column_count: int, maskers: Sequence[tuple[int, ValueMasker]], column_names: Sequence[str] = ()):
+        self.column_count = column_count
+        # (column index, masker), ascending: one forward walk over the row serves them all.
+        self._steps = tuple(sorted(maskers, key=lambda step: step[0]))
+        # Names of the columns that may be masked, for the recording and for debugging.
+        self.masked_columns = tuple(column_names)
+
+    def mask_row(self, payload: bytes) -> bytes:
+        """A DataRow payload in, a complete DataRow message (with header) out."""
+        if not isinstance(payload, bytes):
+            payload = bytes(payload)
+        size = len(payload)
+        if size < 2:
+            raise MalformedRow("DataRow is shorter than its column count")
+        (count,) = _I16.unpack_from(payload, 0)
+        if count != self.column_count:
+            raise MalformedRow(f"DataRow has {count} columns but its RowDescription announced {self.column_count}")
+        unpack = _I32.unpack_from
+        parts: list[bytes] = []
+        carried_from = 0  # start of the run of columns copied over unchanged
+        pos = 2
+        column = 0
+        for target, masker in self._steps:
+            while column < target:  # skip to the next affected column
+                if pos + 4 > size:
+                    raise MalformedRow("DataRow ends inside a column length")
+                (length,) = unpack(payload, pos)
+                pos += 4
+                if length > 0:
+                    pos += length
+                elif length < -1:
+                    raise MalformedRow(f"DataRow column {column} has invalid length {length}")
+                column += 1
+            if pos + 4 > size:
+                raise MalformedRow("DataRow ends inside a column length")
+            (length,) = unpack(payload, pos)
+            value_end = pos + 4 + length
+            if length == -1:  # NULL stays NULL under every strategy
+                pos += 4
+                column += 1
+                continue
+            if length < -1 or value_end > size:
+                raise MalformedRow(f"DataRow column {column} has invalid length {length}")
+            value = payload[pos + 4 : value_end]
+            masked = masker(value)
+            if masked is not value:
+                parts.append(payload[carried_from:pos])
+                if masked is None:
+                    parts.append(_NULL_LENGTH)
+                else:
+                    parts.append(_I32.pack(len(masked)))
+                    parts.append(masked)
+                carried_from = value_end
+            pos = value_end
+            column += 1
+        # The columns after the last affected one are checked, not only copied: a row whose
+        # lengths do not add up to its message is refused as a whole.
+        while column < count:
+            if pos + 4 > size:
+                raise MalformedRow("DataRow ends inside a column length")
+            (length,) = unpack(payload, pos)
+            pos += 4
+            if length > 0:
+                pos += length
+            elif length < -1:
+                raise MalformedRow(f"DataRow column {column} has invalid length {length}")
+            column += 1
+        if pos != size:
+            raise MalformedRow("DataRow lengths do not add up to its message length")
+        if carried_from == 0:
+            body = payload
+        else:
+            parts.append(payload[carried_from:])
+            body = b"".join(parts)
+        return b"D" + _I32.pack(len(body) + 4) + body
+
+
+def apply_result_formats(fields: list, result_formats: Sequence[int]) -> list:
+    """The fields as DataRows will carry them after a Bind with these result format codes.
+
+    A RowDescription answering Describe of a *statement* reports format 0 for every
+    column because formats are only chosen at Bind; plan with the Bind's codes
+    (none: all text; one: all columns; else one per column), or describe the portal.
+    """
+    if not result_formats:
+        formats = [0] * len(fields)
+    elif len(result_formats) == 1:
+        formats = [result_formats[0]] * len(fields)
+    elif len(result_formats) == len(fields):
+        formats = list(result_formats)
+    else:
+        raise MalformedRow(f"Bind has {len(result_formats)} result formats for {len(fields)} columns")
+    return [f if f.format == fmt else replace(f, format=fmt) for f, fmt in zip(fields, formats)]
