@@ -26,6 +26,7 @@ logger = logging.getLogger("jitgate.broker.session")
 
 from jitgate.guardrails.shell import classify_command as _classify_command
 from jitgate.guardrails.sql import classify_sql as _classify_sql
+from jitgate.guardrails.sql import classify_sql_in_session
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Session:
     masker: object | None = None
     # Set by the protocol adapter: tell the client something while it waits (a NOTICE for PostgreSQL).
     notify: Callable[[str], Awaitable[None]] | None = None
+    # PREPAREd statement names -> their classes, so a later EXECUTE is classified, not refused.
+    prepared: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, *, principal, target_name, policy, client, kind, settings, backends, session_id=None, live=None):
@@ -99,7 +102,7 @@ class Session:
         return session
 
     def decide_sql(self, sql: str) -> Verdict:
-        return self._decide(*classify_sql(sql), what="statement")
+        return self._decide(*_reasons(classify_sql_in_session(sql, self.prepared)), what="statement")
 
     def decide_command(self, command: str | list[str]) -> Verdict:
         """Exec commands (SSH exec, kubectl exec) through the shell guardrails."""

@@ -26,6 +26,7 @@ from broker.pg import codec
 from broker.pg.upstream_auth import UpstreamAuthError, UpstreamLogin
 from broker.session import Session, Verdict, new_backend_key
 from broker.tls import upstream_context
+from jitgate.masking import MaskingRefused, apply_result_formats
 from jitgate.backends import Backends
 from jitgate.logs import log
 from jitgate.policy import PolicyHolder, Target
@@ -76,6 +77,13 @@ class Pending:
     rows: int = 0
     tags: list = field(default_factory=list)
     error: str | None = None
+    # Masking: which statement/portal produced the rows, and in which formats.
+    statement: str = ""
+    portal: str = ""
+    result_formats: tuple = ()
+    plan: object = None
+    planned: bool = False
+    copy_plan: object = None
 
 
 @dataclass
@@ -149,6 +157,11 @@ class PgConnection:
         self.upstream_key: codec.BackendKeyData | None = None
         self.target: Target | None = None
         self.hold: asyncio.Task | None = None
+        # Masking bookkeeping: Describe requests in flight, and what their answers said.
+        self.describes: collections.deque[tuple[int, str, str]] = collections.deque()
+        self.statement_fields: dict[str, list] = {}
+        self.portal_fields: dict[str, list] = {}
+        self.copy_plan = None
         self._closing_reason: str | None = None
 
     # -- helpers --------------------------------------------------------------------
@@ -468,10 +481,17 @@ class PgConnection:
                         out = bytearray()
                         await writer.drain()
                         verdict = await self._gate(sql, "simple")
+                    copy_plan = None
+                    if verdict.allowed and session.masker is not None:
+                        copy_plan, refusal = copy_masking_plan(session.masker, sql)
+                        if refusal:
+                            verdict = Verdict("deny", verdict.classes, verdict.reasons, f"jitgate: {refusal}")
                     statement_id = session.record_statement(sql, protocol="simple", verdict=verdict)
                     self.client_cycle += 1
                     if verdict.allowed:
-                        self.pending.append(Pending(statement_id, time.perf_counter(), self.client_cycle - 1, True))
+                        entry = Pending(statement_id, time.perf_counter(), self.client_cycle - 1, True)
+                        entry.copy_plan = copy_plan
+                        self.pending.append(entry)
                         out += data[start:end]
                     else:
                         marker = self._denial_marker()
@@ -495,15 +515,23 @@ class PgConnection:
                         out += codec.build_parse(parse.name, marker)
                 elif kind == 0x42:  # 'B'
                     bind = codec.parse_bind(data[start + 5 : end])
-                    self.portals[bind.portal] = (bind.statement, describe_params(bind.params, [bind.param_format(i) for i in range(len(bind.params))]))
+                    self.portals[bind.portal] = (bind.statement, describe_params(bind.params, [bind.param_format(i) for i in range(len(bind.params))]), bind.result_formats)
+                    self.portal_fields.pop(bind.portal, None)
                     out += data[start:end]
                 elif kind == 0x45:  # 'E'
                     execute = codec.parse_execute(data[start + 5 : end])
-                    statement_name, params = self.portals.get(execute.portal, ("", ()))
+                    statement_name, params, result_formats = self.portals.get(execute.portal, ("", (), ()))
                     sql, verdict = self.statements.get(statement_name, ("", None))
                     if verdict is not None and verdict.allowed:
                         statement_id = session.record_statement(sql, protocol="extended", verdict=verdict, params=list(params))
-                        self.pending.append(Pending(statement_id, time.perf_counter(), self.client_cycle, False))
+                        self.pending.append(Pending(statement_id, time.perf_counter(), self.client_cycle, False,
+                                                    statement=statement_name, portal=execute.portal,
+                                                    result_formats=result_formats))
+                    out += data[start:end]
+                elif kind == 0x44:  # 'D' Describe: its answer tells the columns of a statement or portal
+                    if session.masker is not None:
+                        describe = codec.parse_describe(data[start + 5 : end])
+                        self.describes.append((self.client_cycle, describe.kind, describe.name))
                     out += data[start:end]
                 elif kind == 0x53:  # 'S' Sync
                     self.client_cycle += 1
@@ -555,6 +583,7 @@ class PgConnection:
         reader, writer = self.u_reader, self.c_writer
         session = self.session
         pending = self.pending
+        masker = session.masker
         while True:
             chunk = await reader.read(READ_SIZE)
             if not chunk:
@@ -567,12 +596,21 @@ class PgConnection:
                 if kind == 0x44:  # 'D' DataRow: the hot path
                     if pending:
                         pending[0].rows += 1
-                    plan = self._row_plan
-                    if plan is not None:
+                    if masker is not None:
+                        plan = await self._plan_for_rows(data[start + 5 : end])
+                        if plan is not None:
+                            if parts is None:
+                                parts = []
+                            parts.append(data[last:start])
+                            parts.append(plan.mask_row(data[start + 5 : end]))
+                            last = end
+                    continue
+                if kind == 0x64:  # 'd' CopyData (COPY TO STDOUT rows)
+                    if self.copy_plan is not None:
                         if parts is None:
                             parts = []
                         parts.append(data[last:start])
-                        parts.append(plan.mask_row(data[start + 5 : end]))
+                        parts.append(codec.message("d", self.copy_plan.mask_line(data[start + 5 : end])))
                         last = end
                     continue
                 if kind == 0x43:  # 'C' CommandComplete
@@ -606,13 +644,24 @@ class PgConnection:
                         self._finish(pending.popleft())
                     while self.denials and self.denials[0][0] <= cycle:
                         self.denials.popleft()
+                    while self.describes and self.describes[0][0] <= cycle:
+                        self.describes.popleft()  # skipped after an error: they will not be answered
+                    self.copy_plan = None
                     self.ready_cycle += 1
                 elif kind == 0x54:  # 'T' RowDescription
-                    self._row_plan = None
-                    masker = session.masker
-                    if masker is not None and getattr(masker, "active", False):
+                    if masker is not None:
                         fields = codec.parse_row_description(data[start + 5 : end])
-                        self._row_plan = masker.plan(fields, await self._table_names(fields))
+                        await masker.resolve({f.table_oid for f in fields})
+                        if self.describes:
+                            _, described, name = self.describes.popleft()
+                            (self.statement_fields if described == "S" else self.portal_fields)[name] = fields
+                        elif pending and pending[0].simple:
+                            pending[0].plan, pending[0].planned = masker.plan(fields), True
+                elif kind == 0x6E:  # 'n' NoData answers a Describe too
+                    if masker is not None and self.describes:
+                        self.describes.popleft()
+                elif kind == 0x48:  # 'H' CopyOutResponse
+                    self.copy_plan = pending[0].copy_plan if pending else None
                 elif kind in (0x73, 0x49):  # 's' PortalSuspended, 'I' EmptyQueryResponse
                     if pending and not pending[0].simple:
                         self._finish(pending.popleft())
@@ -630,13 +679,29 @@ class PgConnection:
                 writer.write(b"".join(parts))
             await writer.drain()
 
-    _row_plan = None
+    async def _plan_for_rows(self, payload: bytes):
+        """The masking plan for the DataRows of the statement at the head of the queue.
 
-    async def _table_names(self, fields) -> dict[int, str]:
-        resolver = getattr(self.session.masker, "table_names", None)
-        if resolver is None:
-            return {}
-        return await resolver(self, {f.table_oid for f in fields if f.table_oid})
+        When the columns of a result cannot be known (an Execute of a statement that was
+        never described), every value becomes NULL: masking never lets a value through
+        that it could not inspect.
+        """
+        if not self.pending:
+            return _NULL_ALL
+        head = self.pending[0]
+        if not head.planned:
+            fields = self.portal_fields.get(head.portal)
+            if fields is None and head.statement in self.statement_fields:
+                fields = apply_result_formats(self.statement_fields[head.statement], head.result_formats)
+            if fields is None:
+                log(logger, logging.WARNING, "result columns unknown; masking every value as NULL",
+                    session_id=self.session.session_id)
+                head.plan = _NULL_ALL
+            else:
+                await self.session.masker.resolve({f.table_oid for f in fields})
+                head.plan = self.session.masker.plan(fields)
+            head.planned = True
+        return head.plan
 
     def _mask_fields(self, kind: str, fields: dict[str, str]) -> bytes:
         masker = self.session.masker
@@ -653,3 +718,53 @@ class PgConnection:
         if error is None and not entry.tags and not entry.simple:
             error = "not executed: an earlier message in the same batch failed"
         self.session.record_result(entry.statement_id, started=entry.started, rows=rows, tag=tag, error=error)
+
+
+class _NullAllPlan:
+    """Fail-closed plan: every column of the row becomes SQL NULL."""
+
+    def mask_row(self, payload: bytes) -> bytes:
+        count = int.from_bytes(payload[:2], "big", signed=True)
+        return codec.build_data_row([None] * max(count, 0))
+
+
+_NULL_ALL = _NullAllPlan()
+
+
+def copy_masking_plan(masker, sql: str):
+    """(plan, refusal) for a COPY ... TO STDOUT statement under masking; (None, None) for anything else."""
+    if "copy" not in sql.lower():
+        return None, None
+    try:
+        from pglast import ast, parse_sql
+
+        statements = parse_sql(sql)
+    except Exception:  # noqa: BLE001 - unparsable text is refused upstream anyway
+        return None, None
+    for raw in statements:
+        stmt = raw.stmt
+        if not isinstance(stmt, ast.CopyStmt) or stmt.is_from or stmt.filename is not None:
+            continue
+        options = {}
+        for opt in stmt.options or ():
+            value = getattr(opt.arg, "sval", None) if opt.arg is not None else None
+            if value is None and opt.arg is not None:
+                value = getattr(opt.arg, "ival", None) if hasattr(opt.arg, "ival") else getattr(opt.arg, "boolval", None)
+            options[opt.defname] = value
+        columns = [c.sval for c in stmt.attlist] if stmt.attlist else None
+        table = None
+        if stmt.relation is not None:
+            table = f"{stmt.relation.schemaname}.{stmt.relation.relname}" if stmt.relation.schemaname else stmt.relation.relname
+            if columns is None:
+                return None, (
+                    "COPY of a whole table cannot be masked column by column here; list the columns "
+                    "(COPY t (a, b) TO STDOUT) or use SELECT"
+                ) if masker.masker._column_rules else None
+        try:
+            plan = masker.plan_copy(columns, table, format=str(options.get("format") or "text").lower(),
+                                    delimiter=options.get("delimiter"), null=options.get("null"),
+                                    header=bool(options.get("header")))
+        except MaskingRefused as exc:
+            return None, str(exc)
+        return plan, None
+    return None, None

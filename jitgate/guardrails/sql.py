@@ -31,10 +31,13 @@ that already exists in the database. ``SELECT my_cleanup()`` is ``read`` even if
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from pglast.stream import RawStream
 from pglast import ast, enums, parse_sql
 
 __all__ = [
@@ -288,6 +291,30 @@ READ_ONLY_SYSTEM_FUNCTION_PREFIXES = (
 )
 
 
+def _load_stable_functions() -> frozenset[str]:
+    path = Path(__file__).with_name("pg_stable_functions.txt")
+    return frozenset(
+        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
+    )
+
+
+# Volatile system functions that only read (sizes, WAL positions, lock views).
+_VOLATILE_READ_FUNCTIONS = frozenset(
+    {
+        "pg_blocking_pids", "pg_collation_actual_version", "pg_current_wal_flush_lsn", "pg_current_wal_insert_lsn",
+        "pg_current_wal_lsn", "pg_database_collation_actual_version", "pg_database_size", "pg_indexes_size",
+        "pg_is_in_recovery", "pg_is_wal_replay_paused", "pg_jit_available", "pg_last_committed_xact",
+        "pg_last_wal_receive_lsn", "pg_last_wal_replay_lsn", "pg_last_xact_replay_timestamp", "pg_lock_status",
+        "pg_notification_queue_usage", "pg_partition_ancestors", "pg_partition_tree", "pg_prepared_xact",
+        "pg_relation_size", "pg_safe_snapshot_blocking_pids", "pg_sequence_last_value", "pg_stat_have_stats",
+        "pg_table_size", "pg_tablespace_size", "pg_total_relation_size", "pg_xact_commit_timestamp",
+        "pg_xact_commit_timestamp_origin", "pg_xact_status", "pg_export_snapshot", "pg_get_wal_replay_pause_state",
+        "pg_get_wal_resource_managers", "pg_stat_clear_snapshot",
+    }
+)
+_READ_ONLY_PG_FUNCTIONS = _load_stable_functions() | _VOLATILE_READ_FUNCTIONS
+
+
 def _function_classes(name: str) -> tuple[frozenset[str], str] | None:
     """Classes for a call of the function named ``name`` (already case-folded)."""
     if name in SERVER_ADMIN_FUNCTIONS:
@@ -296,6 +323,7 @@ def _function_classes(name: str) -> tuple[frozenset[str], str] | None:
         return _SIDE_EFFECT_CALL, f"{name}() has side effects"
     if name.startswith("pg_") and not (
         name in READ_ONLY_SYSTEM_FUNCTIONS
+        or name in _READ_ONLY_PG_FUNCTIONS
         or name.endswith("_is_visible")
         or name.startswith(READ_ONLY_SYSTEM_FUNCTION_PREFIXES)
     ):
@@ -333,9 +361,9 @@ _SERVER_ADMIN_SETTINGS = frozenset(
         "ignore_invalid_pages",
         "zero_damaged_pages",
         "lo_compat_privileges",
-        "default_transaction_read_only",
-        "transaction_read_only",
-        "row_security",
+        # Not here on purpose: row_security (off makes a query that RLS would filter
+        # fail instead of bypassing; only BYPASSRLS roles bypass, and pg_dump sets it
+        # off), transaction_read_only / default_transaction_read_only (they restrict).
         "track_activities",
         "track_counts",
     }
@@ -417,9 +445,32 @@ def _on_function_call(node: ast.FuncCall, out: _Findings) -> None:
     names = _strings(node.funcname)
     if not names:
         return
+    if names[-1] == "set_config" and _set_config_literal(node, out):
+        return
     found = _function_classes(names[-1])
     if found is not None:
         out.add(*found)
+
+
+def _set_config_literal(node: ast.FuncCall, out: _Findings) -> bool:
+    """set_config('name', ...) with a literal name is SET in function form: classify it as SET.
+
+    pg_dump and many drivers open with ``set_config('search_path', '', false)``;
+    a name that is not a literal stays a side effect (it could name any setting).
+    """
+    args = node.args or ()
+    first = args[0] if args else None
+    value = getattr(first, "val", None) if isinstance(first, ast.A_Const) else None
+    if not isinstance(value, ast.String):
+        return False
+    setting = value.sval.lower()
+    if setting in _PRIVILEGE_SETTINGS:
+        out.add("privilege", f"set_config({setting}) changes the acting role")
+    elif setting in _SERVER_ADMIN_SETTINGS or setting.startswith(_SERVER_ADMIN_SETTING_PREFIXES):
+        out.add("server_admin", f"set_config({setting}) weakens integrity, security or auditing")
+    else:
+        out.add("session", f"set_config({setting})")
+    return True
 
 
 def _on_column_ref(node: ast.ColumnRef, out: _Findings) -> None:
@@ -925,7 +976,20 @@ def _classify_cached(sql: str) -> Classification:
     return _classify_uncached(sql)
 
 
-def _classify_uncached(sql: str) -> Classification:
+def classify_sql_in_session(sql: str, prepared: dict[str, tuple[frozenset[str], tuple[str, ...]]]) -> Classification:
+    """Like classify_sql, but EXECUTE sees the PREPAREs of earlier queries of the same session.
+
+    ``prepared`` is the session's memory (name -> classes, reasons); PREPAREs found in
+    ``sql`` are added to it. Tools such as pg_dump PREPARE in one query and EXECUTE
+    in later ones, which text-by-text classification would have to refuse.
+    """
+    lowered = sql.lower()
+    if "execute" not in lowered and "prepare" not in lowered:
+        return classify_sql(sql)
+    return _classify_uncached(sql, prepared)
+
+
+def _classify_uncached(sql: str, prepared: dict | None = None) -> Classification:
     if "\x00" in sql:
         # The parser reads a C string and would stop at the NUL, while the
         # bytes after it could still reach a server or a log: refuse to guess.
@@ -938,9 +1002,15 @@ def _classify_uncached(sql: str) -> Classification:
         return _EMPTY  # only whitespace, comments or semicolons: an empty query
 
     ctx = _Context()
+    if prepared is not None:
+        ctx.prepared = prepared  # shared on purpose: new PREPAREs are remembered for the session
     verdicts = []
     for raw in raw_statements:
         findings = _Findings()
+        if _canonical(raw.stmt) in _KNOWN_TOOL_STATEMENTS:
+            findings.add("session", "a known setting statement of PostgreSQL's own tools")
+            verdicts.append(StatementVerdict(_statement_text(sql, raw), frozenset(findings.classes), tuple(findings.reasons)))
+            continue
         try:
             _walk(raw.stmt, findings, ctx)
         except Exception as exc:  # noqa: BLE001 - a surprise in the tree must not open the gate
@@ -964,3 +1034,29 @@ def _statement_text(sql: str, raw: ast.RawStmt) -> str:
 def _parse_failure(sql: str, error: str) -> Classification:
     verdict = StatementVerdict(sql, _UNCLASSIFIED, (f"cannot parse: {error}",))
     return Classification(_UNCLASSIFIED, (verdict,), error)
+
+
+def _canonical(stmt) -> str | None:
+    try:
+        return RawStream()(stmt)
+    except Exception:  # noqa: BLE001 - a statement pglast cannot print is simply not on the list
+        return None
+
+
+# Exact statements that PostgreSQL's own clients send and that look riskier than they
+# are. Compared on pglast's canonical rendering, so whitespace and case do not matter
+# but every literal does.
+_KNOWN_TOOL_STATEMENTS = frozenset(
+    filter(
+        None,
+        (
+            _canonical(raw.stmt)
+            for text in (
+                # pg_dump >= 15.8 (CVE-2024-7348): restricts, does not widen, what may be read
+                "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings "
+                "WHERE name = 'restrict_nonsystem_relation_kind'",
+            )
+            for raw in parse_sql(text)
+        ),
+    )
+)

@@ -68,7 +68,12 @@ CORPUS: list[tuple[str, set[str]]] = [
     # side-effect functions anywhere
     ("SELECT pg_read_file('/etc/passwd')", {R, SIDE}),
     ('SELECT "PG_CATALOG".pg_read_file(\'/etc/passwd\')', {R, SIDE}),
-    ("SELECT pg_catalog.set_config('role', 'postgres', false)", {R, SIDE}),
+    ("SELECT pg_catalog.set_config('role', 'postgres', false)", {R, "privilege"}),
+    ("SELECT pg_catalog.set_config('search_path', '', false)", {R, "session"}),  # pg_dump's opening
+    ("SET row_security = off", {"session"}),  # pg_dump: fail rather than silently filter
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", {"session"}),
+    ("SELECT set_config('log_statement', 'none', false)", {R, "server_admin"}),
+    ("SELECT set_config(name, 'x', false) FROM pg_settings", {R, SIDE}),
     ("SELECT id FROM orders WHERE lo_import('/etc/passwd') > 0", {R, SIDE}),
     ("SELECT * FROM (SELECT dblink_exec('host=evil', 'DROP TABLE x')) s", {R, SIDE}),
     ("SELECT * FROM pg_ls_dir('.')", {R, SIDE}),

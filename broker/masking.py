@@ -1,0 +1,110 @@
+"""Masking in the broker: one Masker per target, and a per-session catalog cache.
+
+Column rules may name ``table.column``; a RowDescription only carries the table's
+OID and the column's attribute number. The broker resolves those through the
+upstream catalog on a side connection (with the same held credential) and caches
+them for the session. A rename in the query (``SELECT email AS e``) does not
+escape a column rule, because the source column's name is resolved too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets as pysecrets
+from pathlib import Path
+
+import asyncpg
+
+from jitgate.logs import log
+from jitgate.masking import Masker
+from jitgate.policy import Target
+
+logger = logging.getLogger("jitgate.broker.masking")
+
+
+def load_hmac_key(settings, backends) -> bytes:
+    """The key behind the hash strategy: a secret reference in production, a local file otherwise."""
+    ref = settings.env.get("JITGATE_MASKING_KEY")
+    if ref:
+        return backends.secrets.get(ref)
+    path = Path(settings.keys_dir) / "masking-hmac.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pysecrets.token_bytes(32))
+    return path.read_bytes()
+
+
+class SessionMasker:
+    """What the PostgreSQL relay asks: is masking on, a plan per result, masked free text."""
+
+    def __init__(self, masker: Masker, target: Target, backends):
+        self.masker = masker
+        self.active = masker.active
+        self._target = target
+        self._backends = backends
+        self._tables: dict[int, str] = {}
+        self._columns: dict[tuple[int, int], str] = {}
+
+    def mask_text(self, text: str) -> str:
+        return self.masker.mask_text(text)
+
+    def plan(self, fields):
+        """A RowPlan for these fields, using the catalog names already resolved."""
+        return self.masker.plan(fields, self._tables, self._columns)
+
+    def plan_copy(self, *args, **kwargs):
+        return self.masker.plan_copy(*args, **kwargs)
+
+    def knows(self, oids: set[int]) -> bool:
+        return oids.issubset(self._tables)
+
+    async def resolve(self, oids: set[int]) -> None:
+        missing = sorted(o for o in oids if o and o not in self._tables)
+        if not missing:
+            return
+        target = self._target
+        password = self._backends.secrets.get(target.credential).decode()
+        ssl = None if target.tls == "disable" else ("require" if target.tls in ("require", "verify-full") else "prefer")
+        try:
+            conn = await asyncpg.connect(host=target.host, port=target.port, user=target.username, password=password,
+                                         database=target.database, ssl=ssl, timeout=10)
+        except Exception as exc:  # the plan then masks by name only, and NULLs what it cannot place
+            log(logger, logging.WARNING, "catalog lookup failed", error=type(exc).__name__)
+            for oid in missing:
+                self._tables.setdefault(oid, "")
+            return
+        try:
+            rows = await conn.fetch(
+                "SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = ANY($1::oid[])", missing)
+            for row in rows:
+                self._tables[row["oid"]] = f"{row['nspname']}.{row['relname']}"
+            cols = await conn.fetch(
+                "SELECT attrelid, attnum, attname FROM pg_attribute WHERE attrelid = ANY($1::oid[]) AND attnum > 0",
+                missing)
+            for row in cols:
+                self._columns[(row["attrelid"], row["attnum"])] = row["attname"]
+            for oid in missing:
+                self._tables.setdefault(oid, "")
+        finally:
+            await conn.close()
+
+
+def install(pg, settings, backends) -> None:
+    key = load_hmac_key(settings, backends)
+    cache: dict[str, tuple[str, Masker]] = {}
+
+    def factory(target: Target, principal) -> SessionMasker | None:
+        config_key = target.masking.model_dump_json()
+        found = cache.get(id(target).__str__())
+        if found is None or found[0] != config_key:
+            found = (config_key, Masker(target.masking, key))
+            cache[id(target).__str__()] = found
+        masker = found[1]
+        if not masker.active:
+            return None
+        return SessionMasker(masker, target, backends)
+
+    pg.masker_factory = factory
