@@ -77,7 +77,9 @@ def find_emails(text: str, start: int = 0, end: int | None = None) -> list[Span]
     while at >= 0:
         window = text[max(0, at - 64) : at][::-1]
         local = _EMAIL_LOCAL_REVERSED.match(window)
-        domain = _EMAIL_DOMAIN.match(text, at + 1, end) if local else None
+        # A domain name has at most 253 characters; the bound keeps a long run of
+        # dotted labels after many '@' from costing more than that per '@'.
+        domain = _EMAIL_DOMAIN.match(text, at + 1, min(end, at + 1 + 256)) if local else None
         if domain:
             found.append((at - local.end(), domain.end(), "email"))
             at = text.find("@", domain.end(), end)
@@ -88,8 +90,10 @@ def find_emails(text: str, start: int = 0, end: int | None = None) -> list[Span]
 
 # --- payment cards -------------------------------------------------------------------
 
-# Maximal runs of digit groups; which window of them is a card is decided in Python.
-_DIGIT_GROUPS = re.compile(r"(?<![\w.-])[0-9]+(?:[ -][0-9]+)*(?![\w]|[.,-][0-9])")
+# Maximal runs of digit groups (single space or dash between groups). No look-around
+# here: a regex that backtracks over group boundaries is quadratic on a long run of
+# "1 1 1 1 ...", so boundaries are checked in Python, once per run.
+_DIGIT_RUN = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
 _GROUP = re.compile(r"[0-9]+")
 _TIMESTAMP_DIGITS = re.compile(r"(?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])")
 
@@ -116,15 +120,21 @@ def _is_card_number(digits: str, separated: bool) -> bool:
 
 def find_cards(text: str, start: int = 0, end: int | None = None) -> list[Span]:
     found: list[Span] = []
-    for run in _DIGIT_GROUPS.finditer(text, start, len(text) if end is None else end):
+    end = len(text) if end is None else end
+    for run in _DIGIT_RUN.finditer(text, start, end):
         if run.end() - run.start() < 13:
             continue
-        groups = [(g.start(), g.end()) for g in _GROUP.finditer(text, run.start(), run.end())]
-        if len(groups) == 1:
-            start, end = groups[0]
-            if _is_card_number(text[start:end], separated=False):
-                found.append((start, end, "card"))
-            continue
+        groups = [g.span() for g in _GROUP.finditer(text, run.start(), run.end())]
+        # A group glued to a word, a dash or a dot ("ORD-4111...", "v4111...", "...1111x",
+        # "...1111.50") belongs to an identifier or an amount, not to a card.
+        first = groups[0][0]
+        if first > 0 and (text[first - 1].isalnum() or text[first - 1] in "_.-"):
+            groups.pop(0)
+        if groups:
+            last = groups[-1][1]
+            after = text[last : last + 2]
+            if after[:1].isalnum() or after[:1] == "_" or (len(after) == 2 and after[0] in ".,-" and after[1].isdigit()):
+                groups.pop()
         found.extend(_cards_in_groups(text, groups))
     return found
 
@@ -132,18 +142,17 @@ def find_cards(text: str, start: int = 0, end: int | None = None) -> list[Span]:
 def _cards_in_groups(text: str, groups: list[tuple[int, int]]) -> list[Span]:
     """Group-aligned windows of 13-19 digits that pass Luhn, longest first, left to right."""
     found: list[Span] = []
+    parts = [text[s:e] for s, e in groups]
     i = 0
     while i < len(groups):
         best = None
-        count = 0
+        digits = ""
         for j in range(i, len(groups)):
-            count += groups[j][1] - groups[j][0]
-            if count > 19:
+            digits += parts[j]
+            if len(digits) > 19:
                 break
-            if count >= 13:
-                digits = "".join(text[s:e] for s, e in groups[i : j + 1])
-                if _is_card_number(digits, separated=j > i):
-                    best = j  # keep looking: a longer window wins
+            if len(digits) >= 13 and _is_card_number(digits, separated=j > i):
+                best = j  # keep looking: a longer window wins
         if best is not None:
             found.append((groups[i][0], groups[best][1], "card"))
             i = best + 1
@@ -248,7 +257,9 @@ def find_phones(text: str, start: int = 0, end: int | None = None) -> list[Span]
 _SECRET = re.compile(
     # A PEM private key, up to its END line, or (truncated) as far as its body goes.
     r"-----BEGIN (?P<pem>(?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----"
-    r"(?:(?s:.*?)-----END (?P=pem)-----|[A-Za-z0-9+/=\s\\:,-]*)"
+    # (A 4096-bit RSA key is about 3.3 KB; the bound keeps BEGIN lines without an END
+    # from each scanning the rest of a large value.)
+    r"(?:(?s:.{0,16384}?)-----END (?P=pem)-----|[A-Za-z0-9+/=\s\\:,-]*)"
     r"|(?<![\w-])eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"
     r"|(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"
     r"|(?<![\w-])xox[baprs]-[A-Za-z0-9-]{10,}"

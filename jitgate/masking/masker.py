@@ -140,6 +140,8 @@ class Masker:
         null_b = (null if null is not None else ("" if csv else "\\N")).encode()
         if len(delimiter_b) != 1:
             raise MaskingRefused("COPY delimiter must be a single one-byte character")
+        if type_oids is not None and (column_names is None or len(type_oids) != len(column_names)):
+            raise ValueError("type_oids must give one type per copied column")
         maskers: dict[int, column_maskers.ValueMasker] = {}
         every_field = None
         if column_names is None:

@@ -183,3 +183,29 @@ def test_pii_is_found_whatever_surrounds_it(text: str, before: str, after: str) 
     masked = scanner().mask(f"{before} {text} {after}")
     for secret in dict(PII_CORPUS)[text]:
         assert secret not in masked
+
+
+# Inputs built to make a backtracking regex go quadratic or worse. A value can be
+# megabytes long; each of these 100 KB texts must take well under a second of CPU on
+# a normal machine (the bound is generous for shared CI runners).
+ADVERSARIAL = {
+    "digit groups": "1 " * 50000 + "x",
+    "dashed groups": "4-" * 50000 + "x",
+    "dotted domains": ("a@" + "b." * 200) * 250,
+    "BEGIN without END": "-----BEGIN PRIVATE KEY-----\nabc " * 2000,
+    "plus signs": "+1 " * 50000,
+    "JWT openings": "eyJ" * 30000,
+    "IBAN openings": "DE89" * 25000,
+    "SSN fragments": "123-45-" * 15000,
+    "digits": "4" * 100000,
+    "local part without end": "a" * 100000 + "@b.com",
+}
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_adversarial_input_takes_linear_time(name: str) -> None:
+    import time
+
+    started = time.process_time()
+    scanner().mask(ADVERSARIAL[name])
+    assert time.process_time() - started < 15
