@@ -75,6 +75,8 @@ class Session:
     statements: int = 0
     approval_step: ApprovalStep | None = None
     masker: object | None = None
+    # Masks what goes into the recording, even for callers who see clear text.
+    record_masker: object | None = None
     # Set by the protocol adapter: tell the client something while it waits (a NOTICE for PostgreSQL).
     notify: Callable[[str], Awaitable[None]] | None = None
     # PREPAREd statement names -> their classes, so a later EXECUTE is classified, not refused.
@@ -154,7 +156,7 @@ class Session:
         return sid
 
     def mask_for_record(self, text: str) -> str:
-        masker = self.masker
+        masker = self.record_masker or self.masker
         if masker is not None and getattr(masker, "active", False):
             return masker.mask_text(text)
         return text

@@ -301,8 +301,13 @@ class PgConnection:
         )
         self.session.approval_step = self.broker.approval_step
         self.session.notify = self._notice
-        if self.broker.masker_factory is not None and not target.sees_clear_text(grant.principal.groups):
-            self.session.masker = self.broker.masker_factory(target, grant.principal)
+        if self.broker.masker_factory is not None:
+            masker = self.broker.masker_factory(target, grant.principal)
+            # Recordings are masked for everyone (auditors are not all in the clear-text group);
+            # the data path only for callers outside it.
+            self.session.record_masker = masker
+            if not target.sees_clear_text(grant.principal.groups):
+                self.session.masker = masker
         params = {k: v for k, v in startup.params.items() if k.lower() in FORWARDED_PARAMS}
         await self._connect_upstream(target, params)
 
