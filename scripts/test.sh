@@ -7,6 +7,6 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bash scripts/install.sh
+bash scripts/install.sh --test
 export GOOGLE_CLOUD_PROJECT="${GOOGLE_CLOUD_PROJECT:-jitgate-test}"
 exec python3 -m pytest -p no:cacheprovider "$@"
