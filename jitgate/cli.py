@@ -155,10 +155,25 @@ def cmd_replay(args) -> int:
 
     _, recording, _ = _load_sealed(args)
     events = parse_events(recording)
+    if getattr(args, "asciicast", False):  # a terminal (SSH PTY) as an asciicast v2 file for asciinema
+        from jitgate.recording.asciicast import to_asciicast
+
+        try:
+            sys.stdout.write(to_asciicast(events, args.channel, title=f"jitgate session {args.session}"))
+        except LookupError as exc:
+            print(f"jitgate replay --asciicast: {exc}", file=sys.stderr)
+            return 1
+        return 0
     t0 = events[0]["ts"] if events else 0
     for e in events:
         offset = f"+{e['ts'] - t0:8.3f}s"
         kind = e["type"]
+        if kind == "term.output":  # terminal bytes are replayed as they were shown, not as a log line
+            sys.stdout.write(e["event"][2])
+            sys.stdout.flush()
+            if args.speed:
+                time.sleep(min(2.0, 0.05 / args.speed))
+            continue
         if kind == "session.start":
             p = e["principal"]
             line = f"session {e['session']} by {p['username']} (groups: {', '.join(p['groups']) or '-'}) to {e['target']} from {e['client']}"
@@ -243,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("replay", help="show a session's recording in order")
     p.add_argument("session")
     p.add_argument("--speed", type=float, default=0, help="pace the output (0: print at once)")
+    p.add_argument("--asciicast", action="store_true",
+                   help="write an SSH terminal as asciicast v2 (asciinema play FILE) instead of the event log")
+    p.add_argument("--channel", type=int, help="with --asciicast: which terminal of the session (default: the first)")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("verify", help="check a recording's hash chain and signature")

@@ -26,7 +26,7 @@ from broker.pg import codec
 from broker.pg.upstream_auth import UpstreamAuthError, UpstreamLogin
 from broker.session import Session, Verdict, new_backend_key
 from broker.tls import upstream_context
-from jitgate.masking import MaskingRefused, apply_result_formats
+from jitgate.masking import MalformedRow, MaskingRefused, apply_result_formats
 from jitgate.backends import Backends
 from jitgate.logs import log
 from jitgate.policy import PolicyHolder, Target
@@ -435,8 +435,11 @@ class PgConnection:
         else:
             exc = upstream_task.exception()
             reason = upstream_task.result() if exc is None else f"upstream error: {exc!r}"
-            if isinstance(exc, codec.ProtocolError):
+            if isinstance(exc, (codec.ProtocolError, MalformedRow)):
+                # Never forward what could not be inspected: end the session with a clear error.
                 await self._refuse(f"jitgate: upstream protocol error: {exc}", "08P01")
+            elif isinstance(exc, MaskingRefused):
+                await self._refuse(f"jitgate: {exc}", "42501")
             self.c_writer.close()
             client_task.cancel()
             await asyncio.gather(client_task, return_exceptions=True)
