@@ -50,6 +50,8 @@ jitgate is up.
   broker (PostgreSQL)  127.0.0.1:{bport}  TLS with a self-signed dev certificate
   dev OIDC issuer      {stack.issuer.issuer}   (DEV ONLY: issues a token for anyone)
   authorize function   {stack.authorize_url}
+  approval console     {stack.console_url}   (`jitgate approvals list|approve|deny` works too){'''
+  slack interactions   ''' + stack.slack_interactions_url if stack.slack_interactions_url else ''}
   policy               {stack.policy_path}
   recordings           {home / 'recordings'}
   logs                 {home / 'logs'}

@@ -411,6 +411,8 @@ class Stack:
     broker_info: dict
     authorize_url: str
     env: dict[str, str]
+    console_url: str = ""
+    slack_interactions_url: str = ""
 
     @property
     def broker_port(self) -> int:
@@ -446,12 +448,15 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
             policy_path = home / "demo-policy.yaml"
             policy_path.write_text(demo_policy(issuer.issuer, pg))
         authorize_port, finalize_port = free_port(), free_port()
+        notify_port, slack_port, expire_port, console_port = free_port(), free_port(), free_port(), free_port()
         env = base_env(
             home, policy_path,
             JITGATE_DEMO_DB_PASSWORD=pg.broker_password,
             JITGATE_DEMO_MD5_PASSWORD=pg.md5_password,
             JITGATE_AUTHORIZE_URL=f"http://127.0.0.1:{authorize_port}",
-            JITGATE_PUSH_ENDPOINTS=f"session-closed=http://127.0.0.1:{finalize_port}",
+            JITGATE_PUSH_ENDPOINTS=f"session-closed=http://127.0.0.1:{finalize_port},"
+                                   f"approval-requested=http://127.0.0.1:{notify_port}",
+            JITGATE_EXPIRE_URL=f"http://127.0.0.1:{expire_port}",
             JITGATE_PG_LISTEN=f"127.0.0.1:{broker_port}",
             JITGATE_METRICS_LISTEN="127.0.0.1:0",
             JITGATE_SSH_LISTEN=f"127.0.0.1:{ssh_port}",
@@ -461,12 +466,23 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
         )
         procs.append(function_server("authorize", authorize_port, env, logs))
         procs.append(function_server("finalize_recording", finalize_port, env, logs, signature="cloudevent"))
+        # Approvals: Slack when SLACK_BOT_TOKEN is set (extra_env), the local console always.
+        procs.append(function_server("notify_approvers", notify_port, env, logs, signature="cloudevent"))
+        if env.get("SLACK_BOT_TOKEN") and env.get("SLACK_SIGNING_SECRET"):
+            procs.append(function_server("slack_interactions", slack_port, env, logs))
+        procs.append(function_server("expire_approvals", expire_port, env, logs))
+        console = spawn("console", [sys.executable, "-m", "jitgate.console", "--port", str(console_port)], logs, env=env, cwd=REPO)
+        procs.append(console)
+        wait_for(lambda: _answers(console_port), 30, "approval console", console)
+        console_url = f"http://127.0.0.1:{console_port}"
+        slack_url = f"http://127.0.0.1:{slack_port}" if env.get("SLACK_BOT_TOKEN") and env.get("SLACK_SIGNING_SECRET") else ""
         broker, info = start_broker(home, env, logs)
         procs.append(broker)
         state = {"issuer": issuer.issuer, "broker": info, "authorize": env["JITGATE_AUTHORIZE_URL"], "pg_port": pg.port,
-                 "policy": str(policy_path)}
+                 "policy": str(policy_path), "console": console_url, "slack_interactions": slack_url}
         (home / "stack.json").write_text(json.dumps(state, indent=2))
-        return Stack(home, pg, issuer, policy_path, procs, info, env["JITGATE_AUTHORIZE_URL"], env)
+        return Stack(home, pg, issuer, policy_path, procs, info, env["JITGATE_AUTHORIZE_URL"], env,
+                     console_url=console_url, slack_interactions_url=slack_url)
     except BaseException:
         for proc in reversed(procs):
             proc.stop()

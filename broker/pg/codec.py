@@ -507,22 +507,21 @@ def build_fields(kind: str, fields: dict[str, str]) -> bytes:
     return message(kind, b"".join(k.encode() + cstr(v) for k, v in fields.items()) + b"\x00")
 
 
-def build_error(message_text: str, code: str = "28000", severity: str = "FATAL", **extra: str) -> bytes:
+def _report(kind: str, message_text: str, code: str, severity: str, extra: dict[str, str]) -> bytes:
     fields = {"S": severity, "V": severity, "C": code, "M": message_text}
     for key, value in extra.items():
         letter = {"detail": "D", "hint": "H"}.get(key)
         if letter and value:
             fields[letter] = value
-    return build_fields("E", fields)
+    return build_fields(kind, fields)
+
+
+def build_error(message_text: str, code: str = "28000", severity: str = "FATAL", **extra: str) -> bytes:
+    return _report("E", message_text, code, severity, extra)
 
 
 def build_notice(message_text: str, code: str = "01000", severity: str = "NOTICE", **extra: str) -> bytes:
-    fields = {"S": severity, "V": severity, "C": code, "M": message_text}
-    for key, value in extra.items():
-        letter = {"detail": "D", "hint": "H"}.get(key)
-        if letter and value:
-            fields[letter] = value
-    return build_fields("N", fields)
+    return _report("N", message_text, code, severity, extra)
 
 
 @dataclass(frozen=True)
