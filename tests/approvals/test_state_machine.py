@@ -1,0 +1,112 @@
+"""The pure approval state machine (jitgate.approvals): no store, no Slack."""
+import pytest
+
+from jitgate import approvals as ap
+from jitgate.policy import ApprovalConfig
+
+DANA = ap.Approver("dana@example.com", frozenset({"dba"}), via="slack")
+ERIN = ap.Approver("erin@example.com", frozenset({"dba"}), via="slack")
+BOB = ap.Approver("bob@example.com", frozenset({"analysts"}), via="slack")
+ALICE_DBA = ap.Approver("Alice@Example.com", frozenset({"dba"}), via="cli")
+
+
+def request(statement="ALTER TABLE orders ADD COLUMN x int", now=1000.0, **config):
+    cfg = ApprovalConfig(**{"approver_groups": ["dba"], **config})
+    return ap.new_request(requester="alice@example.com", requester_groups={"sre"}, target="demo", session_id="s1",
+                          statement=statement, classes={"ddl"}, config=cfg, now=now)
+
+
+def test_transition_table_is_the_documented_machine():
+    assert ap.TRANSITIONS[ap.PENDING] == {ap.APPROVED, ap.DENIED, ap.EXPIRED, ap.CANCELLED}
+    assert ap.TRANSITIONS[ap.APPROVED] == {ap.CONSUMED}
+    assert ap.TERMINAL == {ap.DENIED, ap.EXPIRED, ap.CANCELLED, ap.CONSUMED}
+
+
+def test_request_is_bound_to_requester_target_session_and_hash():
+    r = request()
+    assert r["status"] == ap.PENDING and r["requester"] == "alice@example.com" and r["target"] == "demo"
+    assert r["session_id"] == "s1" and r["sha256"] == ap.statement_sha256("ALTER TABLE orders ADD COLUMN x int")
+    assert r["expires_at"] == 1000.0 + 3600
+
+
+def test_self_approval_is_refused_even_for_an_approver_group_member():
+    with pytest.raises(ap.DecisionError) as exc:
+        ap.decide(request(), ALICE_DBA, "approve", now=1001)
+    assert exc.value.code == "self_approval"
+
+
+def test_non_approver_is_refused_and_approver_users_need_no_group():
+    with pytest.raises(ap.DecisionError) as exc:
+        ap.decide(request(), BOB, "approve", now=1001)
+    assert exc.value.code == "not_approver"
+    r = request(approver_groups=[], approver_users=["Bob@example.com"])
+    assert ap.decide(r, BOB, "approve", now=1001)["status"] == ap.APPROVED
+
+
+def test_first_decision_wins_and_a_later_one_is_answered():
+    approved = ap.decide(request(), DANA, "approve", now=1001)
+    assert approved["status"] == ap.APPROVED and approved["decided_by"] == "dana@example.com"
+    with pytest.raises(ap.DecisionError) as exc:
+        ap.decide(approved, ERIN, "deny", reason="no", now=1002)
+    assert exc.value.code == "already_decided" and "dana@example.com" in str(exc.value)
+
+
+def test_required_two_needs_two_distinct_approvers():
+    r = request(required=2)
+    one = ap.decide(r, DANA, "approve", now=1001)
+    assert one["status"] == ap.PENDING and len(one["approvals"]) == 1
+    with pytest.raises(ap.DecisionError) as exc:
+        ap.decide(one, DANA, "approve", now=1002)
+    assert exc.value.code == "duplicate_approver"
+    two = ap.decide(one, ERIN, "approve", now=1003)
+    assert two["status"] == ap.APPROVED and [a["email"] for a in two["approvals"]] == ["dana@example.com", "erin@example.com"]
+
+
+def test_a_deny_by_one_approver_ends_a_two_approver_request():
+    one = ap.decide(request(required=2), DANA, "approve", now=1001)
+    denied = ap.decide(one, ERIN, "deny", reason="not now", now=1002)
+    assert denied["status"] == ap.DENIED and denied["reason"] == "not now"
+
+
+def test_expired_request_cannot_be_approved():
+    r = request(ttl=60)
+    with pytest.raises(ap.DecisionError) as exc:
+        ap.decide(r, DANA, "approve", now=1061)
+    assert exc.value.code == "expired"
+    assert ap.expire_if_due(r, 1059) is None
+    assert ap.expire_if_due(r, 1060)["status"] == ap.EXPIRED
+
+
+def test_grant_covers_only_the_same_statement_requester_and_target():
+    approved = ap.decide(request(grant_window=900), DANA, "approve", now=1001)
+    same = dict(requester="alice@example.com", target="demo", sha256=approved["sha256"], session_id="other", now=1100)
+    assert ap.grant_covers(approved, **same)
+    assert not ap.grant_covers(approved, **{**same, "sha256": ap.statement_sha256("DROP TABLE orders")})
+    assert not ap.grant_covers(approved, **{**same, "requester": "mallory@example.com"})
+    assert not ap.grant_covers(approved, **{**same, "target": "prod"})
+    assert not ap.grant_covers(approved, **{**same, "now": 1001 + 900})
+
+
+def test_one_time_grant_is_consumed_by_its_one_use():
+    approved = ap.decide(request(grant_window=1), DANA, "approve", now=1001)
+    assert ap.use(approved, now=1001.5)["status"] == ap.APPROVED  # a window keeps it reusable
+    once = ap.decide(request(grant_window=60), DANA, "approve", now=1001)
+    once["grant_window"] = 0
+    used = ap.use(once, now=1002)
+    assert used["status"] == ap.CONSUMED and used["uses"] == 1
+    with pytest.raises(ap.DecisionError):
+        ap.use(used)
+
+
+def test_session_scope_covers_any_statement_of_that_session_only():
+    approved = ap.decide(request(session_access=600), DANA, "approve", now=1001)
+    assert approved["scope"] == ap.SCOPE_SESSION and approved["grant_until"] == 1601
+    kw = dict(requester="alice@example.com", target="demo", sha256="anything", now=1100)
+    assert ap.grant_covers(approved, session_id="s1", **kw)
+    assert not ap.grant_covers(approved, session_id="s2", **kw)
+
+
+def test_cancel_only_from_pending():
+    r = request()
+    assert ap.cancel(r, "client went away", now=1001)["status"] == ap.CANCELLED
+    assert ap.cancel(ap.decide(r, DANA, "approve", now=1001), "x") is None
