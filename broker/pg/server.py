@@ -632,20 +632,22 @@ class PgConnection:
                     payload = data[start + 5 : end]
                     fields = codec.parse_fields(payload)
                     replacement = None
-                    if self.denials and self.denials[0][1] in fields.get("M", ""):
+                    refused_here = bool(self.denials) and self.denials[0][1] in fields.get("M", "")
+                    if refused_here:  # the marker of a statement the broker refused (already recorded)
                         replacement = self.denials.popleft()[2]
-                    elif self.session.masker is not None and getattr(self.session.masker, "active", False):
-                        replacement = self._mask_fields("E", fields)
+                    else:
+                        if masker is not None:
+                            replacement = self._mask_fields("E", fields)
+                        if pending:
+                            pending[0].error = f"{fields.get('C', '')}: {fields.get('M', '')}"
+                            if not pending[0].simple:
+                                self._finish(pending.popleft())
                     if replacement is not None:
                         if parts is None:
                             parts = []
                         parts.append(data[last:start])
                         parts.append(replacement)
                         last = end
-                    elif pending:
-                        pending[0].error = f"{fields.get('C', '')}: {fields.get('M', '')}"
-                        if not pending[0].simple:
-                            self._finish(pending.popleft())
                 elif kind == 0x5A:  # 'Z' ReadyForQuery
                     cycle = self.ready_cycle
                     while pending and pending[0].cycle <= cycle:
@@ -674,7 +676,7 @@ class PgConnection:
                     if pending and not pending[0].simple:
                         self._finish(pending.popleft())
                 elif kind == 0x4E:  # 'N' NoticeResponse
-                    if session.masker is not None and getattr(session.masker, "active", False):
+                    if masker is not None:
                         if parts is None:
                             parts = []
                         parts.append(data[last:start])

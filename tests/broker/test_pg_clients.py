@@ -135,12 +135,12 @@ def test_pg_dump_through_broker_matches_direct(stack, token, tmp_path):
     # A member of the clear-text group: the dump must be byte-identical, masking off.
     env = dict(os.environ, PGPASSWORD=token(groups=("sre", "privacy-officers")), PGSSLMODE="require")
     through = subprocess.run(
-        ["pg_dump", "--no-sync", "-h", "127.0.0.1", "-p", str(stack.broker_port), "-U", "alice@example.com", "demo"],
+        ["pg_dump", "--no-sync", "--restrict-key=jitgatetest", "-h", "127.0.0.1", "-p", str(stack.broker_port), "-U", "alice@example.com", "demo"],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert through.returncode == 0, through.stderr
     direct = subprocess.run(
-        ["pg_dump", "--no-sync", "-h", str(stack.pg.socket_dir), "-p", str(stack.pg.port), "-U", "jitgate_broker", "demo"],
+        ["pg_dump", "--no-sync", "--restrict-key=jitgatetest", "-h", str(stack.pg.socket_dir), "-p", str(stack.pg.port), "-U", "jitgate_broker", "demo"],
         capture_output=True, text=True, timeout=120,
     )
     assert direct.returncode == 0, direct.stderr
