@@ -23,6 +23,9 @@ def _settings(args) -> Settings:
     state = _home(args) / "stack.json"
     if "JITGATE_POLICY" not in env and state.exists():
         env["JITGATE_POLICY"] = json.loads(state.read_text()).get("policy", "")
+    if "JITGATE_BACKENDS" not in env and state.exists():  # a stack started with --backends gcp
+        for key, value in json.loads(state.read_text()).get("backends_env", {}).items():
+            env.setdefault(key, value)
     return Settings.from_env(env)
 
 
@@ -38,7 +41,7 @@ def cmd_up(args) -> int:
         stack = start_stack(
             home, broker_port=port, policy_path=Path(args.policy).resolve() if args.policy else None,
             ssh_port=2222 if port_is_free(2222) else 0, http_port=8443 if port_is_free(8443) else 0,
-            k8s_port=6443 if port_is_free(6443) else 0,
+            k8s_port=6443 if port_is_free(6443) else 0, backends=args.backends,
         )
     except StackError as exc:
         print(f"jitgate up failed: {exc}", file=sys.stderr)
@@ -240,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("up", help="start the local stack (demo PostgreSQL, dev issuer, functions, broker)")
     p.add_argument("--port", type=int, default=6432, help="broker PostgreSQL port (default 6432)")
     p.add_argument("--policy", help="use this policy file instead of the generated demo policy")
+    p.add_argument("--backends", choices=("embedded", "gcp"), default="embedded",
+                   help="embedded (default) or gcp: Firestore/Pub/Sub/Cloud Storage emulators (uses "
+                        "*_EMULATOR_HOST when set, else starts the emulators from the Google Cloud SDK)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("login", help="print an OIDC ID token to use as the password")

@@ -427,7 +427,9 @@ class Stack:
 
 def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = None, pg_port: int = 0,
                 extra_env: dict[str, str] | None = None, ssh_port: int = 0, http_port: int = 0,
-                k8s_port: int = 0) -> Stack:
+                k8s_port: int = 0, backends: str = "embedded", emulator_env: dict[str, str] | None = None) -> Stack:
+    """backends="gcp": Firestore, Pub/Sub and Cloud Storage emulators (emulator_env, else the
+    *_EMULATOR_HOST variables of this process, else emulators started here and stopped with the stack)."""
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
     pg = Postgres(postgres_root(home), pg_port or free_port())
@@ -443,6 +445,7 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
     procs: list[Proc] = []
     issuer = None
     try:
+        gcp_env = _gcp_stack_env(home, emulator_env, procs) if backends == "gcp" else {}
         issuer = DevIssuer.start(home)
         if policy_path is None:
             policy_path = home / "demo-policy.yaml"
@@ -462,8 +465,11 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
             JITGATE_SSH_LISTEN=f"127.0.0.1:{ssh_port}",
             JITGATE_HTTP_LISTEN=f"127.0.0.1:{http_port}",
             JITGATE_K8S_LISTEN=f"127.0.0.1:{k8s_port}",
+            **gcp_env,
             **(extra_env or {}),
         )
+        if backends == "gcp":
+            _provision_gcp(home, env)
         procs.append(function_server("authorize", authorize_port, env, logs))
         procs.append(function_server("finalize_recording", finalize_port, env, logs, signature="cloudevent"))
         # Approvals: Slack when SLACK_BOT_TOKEN is set (extra_env), the local console always.
@@ -479,7 +485,8 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
         broker, info = start_broker(home, env, logs)
         procs.append(broker)
         state = {"issuer": issuer.issuer, "broker": info, "authorize": env["JITGATE_AUTHORIZE_URL"], "pg_port": pg.port,
-                 "policy": str(policy_path), "console": console_url, "slack_interactions": slack_url}
+                 "policy": str(policy_path), "console": console_url, "slack_interactions": slack_url,
+                 "backends_env": gcp_env}
         (home / "stack.json").write_text(json.dumps(state, indent=2))
         return Stack(home, pg, issuer, policy_path, procs, info, env["JITGATE_AUTHORIZE_URL"], env,
                      console_url=console_url, slack_interactions_url=slack_url)
@@ -490,3 +497,37 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
             issuer.proc.stop()
         pg.stop()
         raise
+
+
+def _gcp_stack_env(home: Path, emulator_env: dict[str, str] | None, procs: list[Proc]) -> dict[str, str]:
+    names = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")
+    env = dict(emulator_env or {})
+    if not all(env.get(n) for n in names):
+        if all(os.environ.get(n) for n in names):
+            env = {n: os.environ[n] for n in names} | env
+        else:
+            from jitgate.backends.gcp.emulators import Emulators
+
+            emulators = Emulators(home / "emulators").start()
+            procs.extend(emulators.procs.values())  # stopped last, after the broker and functions
+            env = emulators.env() | env
+    project = env.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT") or "jitgate-local"
+    env.update(JITGATE_BACKENDS="gcp", GOOGLE_CLOUD_PROJECT=project)
+    env.setdefault("JITGATE_RECORDINGS_BUCKET", f"{project}-jitgate-recordings")
+    if not env["STORAGE_EMULATOR_HOST"].startswith(("http://", "https://")):
+        env["STORAGE_EMULATOR_HOST"] = "http://" + env["STORAGE_EMULATOR_HOST"]
+    return env
+
+
+def _provision_gcp(home: Path, env: dict[str, str]) -> None:
+    """Topics, push subscriptions to the functions, the bucket; and, on a local fake-gcs-server,
+    <home>/recordings as a view of the bucket so recordings can be looked at as files."""
+    from jitgate.backends.gcp import provision
+    from jitgate.settings import Settings
+
+    settings = Settings.from_env(env)
+    provision(settings)
+    root = env.get("JITGATE_GCS_EMULATOR_ROOT")
+    link = home / "recordings"
+    if root and not link.exists() and not link.is_symlink():
+        link.symlink_to(Path(root) / env["JITGATE_RECORDINGS_BUCKET"], target_is_directory=True)

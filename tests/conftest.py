@@ -11,6 +11,9 @@ from jitgate.devstack import Stack, dev_token, start_stack
 
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "jitgate-test")
 
+# gcp_emulators: the Pub/Sub, Firestore and Cloud Storage emulators, started once per session when needed.
+pytest_plugins = ["tests.gcp.fixtures"]
+
 # Extra targets the tests need beside the demo target (appended to the generated demo policy).
 TEST_TARGETS = """
   demo-md5:
@@ -40,10 +43,14 @@ TEST_TARGETS = """
 """
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> Stack:
-    home = tmp_path_factory.mktemp("stack")
-    s = start_stack(home, extra_env={"JITGATE_TEST_WRONG_PASSWORD": "not-the-password"})
+@pytest.fixture(scope="session", params=["embedded", "gcp"])
+def stack(request, tmp_path_factory) -> Stack:
+    """The whole stack, once on the embedded backends, then once on the GCP emulators."""
+    home = tmp_path_factory.mktemp(f"stack-{request.param}")
+    kwargs = {}
+    if request.param == "gcp":
+        kwargs = {"backends": "gcp", "emulator_env": request.getfixturevalue("gcp_emulators").env("jitgate-stack")}
+    s = start_stack(home, extra_env={"JITGATE_TEST_WRONG_PASSWORD": "not-the-password"}, **kwargs)
     with open(s.policy_path, "a") as fh:
         fh.write(TEST_TARGETS.format(pg_port=s.pg.port))
     time.sleep(0.05)

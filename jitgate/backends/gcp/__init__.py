@@ -261,6 +261,7 @@ class PubSubBus:
         self._streams: dict[str, Any] = {}  # subscription path -> StreamingPullFuture
         self._callbacks: dict[str, tuple[str, Callable]] = {}
         self._closing = threading.Event()
+        self._down_until = 0.0
 
     @property
     def publisher(self):
@@ -295,8 +296,17 @@ class PubSubBus:
     def subscribe(self, topic: str, callback: Callable[[dict[str, Any]], None]) -> None:
         path = self.subscription_path(topic)
         self._callbacks[path] = (topic, callback)
-        self._ensure_subscription(topic, path)
-        self._start_stream(path)
+        try:
+            if time.monotonic() < self._down_until:
+                raise BackendUnavailable("Pub/Sub was unreachable moments ago")
+            self._ensure_subscription(topic, path)
+            self._start_stream(path)
+        except BackendUnavailable:
+            # Keep trying in the background: the subscription starts once Pub/Sub answers. Meanwhile
+            # callers fall back to reading the store (a held statement polls its approval).
+            self._down_until = time.monotonic() + 30
+            self._restart_later(path, None)
+            raise
 
     def _ensure_subscription(self, topic: str, path: str) -> None:
         from google.api_core import exceptions as gexc
@@ -310,7 +320,7 @@ class PubSubBus:
                     "message_retention_duration": {"seconds": 3600},
                     "expiration_policy": {"ttl": {"seconds": SUBSCRIPTION_TTL_SECONDS}},
                 },
-                timeout=15,
+                timeout=10, retry=None,
             )
             log(logger, logging.INFO, "subscription created", subscription=path)
         except gexc.AlreadyExists:
@@ -349,7 +359,7 @@ class PubSubBus:
         if self._closing.is_set():
             return
         try:
-            error = future.exception(timeout=0)
+            error = future.exception(timeout=0) if future is not None else "not started"
         except Exception as exc:  # noqa: BLE001
             error = exc
         log(logger, logging.WARNING, "subscription stream ended; reopening", subscription=path, error=repr(error))
@@ -741,6 +751,19 @@ def _apply_emulator_env(env: dict[str, str]) -> None:
             os.environ[key] = env[key]
 
 
+def _emulators_answer(env: dict[str, str]) -> None:
+    """Fail fast (instead of retrying for minutes) when an emulator does not accept connections."""
+    for key in EMULATOR_VARS:
+        address = env.get(key, "").split("://")[-1].rstrip("/")
+        if not address:
+            continue
+        host, _, port = address.rpartition(":")
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            if sock.connect_ex((host or "127.0.0.1", int(port))) != 0:
+                raise BackendUnavailable(f"{key}={env[key]} does not answer")
+
+
 def recordings_bucket(settings) -> str:
     return settings.env.get("JITGATE_RECORDINGS_BUCKET") or f"{settings.project}-jitgate-recordings"
 
@@ -816,6 +839,7 @@ def open_gcp_backends(settings):
                tuple(sorted(settings.push_endpoints.items())))
         if key not in _provisioned:
             try:
+                _emulators_answer(env)
                 provision(settings)
                 _provisioned.add(key)
             except Exception as exc:  # noqa: BLE001 - an emulator down: start anyway, calls fail and retry later

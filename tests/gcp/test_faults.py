@@ -1,0 +1,207 @@
+"""Faults on the GCP backends (emulators), nothing lost: storage down mid-session, Pub/Sub down
+(decisions read from the store), duplicate delivery, a broker killed with SIGKILL mid-session,
+two brokers sharing one set of backends."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+
+from jitgate import approvals as ap
+from jitgate.backends import open_backends
+from jitgate.backends.base import TOPIC_SESSION_CLOSED
+from jitgate.devstack import dev_token, free_port, start_broker, start_stack
+from jitgate.recording.finalize import MANIFEST, RECORDING
+from jitgate.recording.seal import parse_events, verify
+from jitgate.settings import Settings
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def fault_stack(gcp_emulators, tmp_path_factory):
+    home = tmp_path_factory.mktemp("faults")
+    stack = start_stack(home, backends="gcp", emulator_env=gcp_emulators.env("jitgate-faults"),
+                        extra_env={"JITGATE_SPOOL_CHUNK_BYTES": "1024", "JITGATE_PUBSUB_PUBLISH_TIMEOUT": "5",
+                                   "JITGATE_BROKER_ID": "broker-one"})
+    yield stack
+    stack.stop()
+
+
+def _backends(stack):
+    return open_backends(Settings.from_env(stack.env))
+
+
+def _dsn(stack, port: int, user="alice@example.com", groups=("sre",)) -> str:
+    token = dev_token(stack.issuer.issuer, user, list(groups))
+    return f"host=127.0.0.1 port={port} dbname=demo user={user} password={token} sslmode=require connect_timeout=10"
+
+
+def _sealed(backends, session_id: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = backends.index.get_session(session_id)
+        if entry:
+            return entry
+        time.sleep(0.3)
+    raise AssertionError(f"session {session_id} was not sealed within {timeout}s")
+
+
+def _new_sessions(backends, before: set[str], timeout: float = 90, count: int = 1) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = [r for r in backends.index.list_sessions(limit=500) if r["session_id"] not in before]
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.3)
+    raise AssertionError("no new sealed session appeared")
+
+
+def _statements(backends, session_id: str) -> list[str]:
+    events = parse_events(backends.recordings.get_object(session_id, RECORDING))
+    return [e.get("text") or e.get("statement") or "" for e in events if e.get("type") == "statement"]
+
+
+def test_storage_down_mid_session_nothing_lost(fault_stack, gcp_emulators):
+    backends = _backends(fault_stack)
+    before = {r["session_id"] for r in backends.index.list_sessions(limit=500)}
+    with psycopg.connect(_dsn(fault_stack, fault_stack.broker_port), autocommit=True) as conn:
+        for i in range(20):
+            conn.execute(f"SELECT {i} AS before_outage, repeat('x', 100)").fetchall()
+        gcp_emulators.stop_storage()
+        try:
+            t_end = time.monotonic() + 30
+            i = 0
+            while time.monotonic() < t_end:  # the session keeps working while storage is down
+                assert conn.execute(f"SELECT {i} AS during_outage, repeat('y', 100)").fetchone()[0] == i
+                i += 1
+                time.sleep(0.2)
+        finally:
+            gcp_emulators.start_storage()
+        conn.execute("SELECT 'after recovery'").fetchall()
+    rows = _new_sessions(backends, before, timeout=120)
+    session_id = rows[0]["session_id"]
+    recording = backends.recordings.get_object(session_id, RECORDING)
+    assert verify(recording, backends.recordings.get_object(session_id, MANIFEST), backends.public_keys).ok
+    text = recording.decode()
+    assert all(f"SELECT {n} AS before_outage" in text for n in range(20))
+    assert all(f"SELECT {n} AS during_outage" in text for n in range(i))
+    assert "after recovery" in text
+
+
+def test_duplicate_session_closed_finalizes_once(fault_stack):
+    backends = _backends(fault_stack)
+    before = {r["session_id"] for r in backends.index.list_sessions(limit=500)}
+    with psycopg.connect(_dsn(fault_stack, fault_stack.broker_port), autocommit=True) as conn:
+        conn.execute("SELECT 'duplicate delivery'").fetchall()
+    session_id = _new_sessions(backends, before)[0]["session_id"]
+    generation = backends.recordings.bucket.get_blob(f"{session_id}/{MANIFEST}").generation
+    for _ in range(3):
+        backends.bus.publish(TOPIC_SESSION_CLOSED, {"session_id": session_id})
+    time.sleep(4)
+    assert backends.recordings.bucket.get_blob(f"{session_id}/{MANIFEST}").generation == generation
+    assert [r["session_id"] for r in backends.index.list_sessions(limit=500)].count(session_id) == 1
+
+
+def test_broker_killed_mid_session_spool_sealed_on_restart(fault_stack):
+    backends = _backends(fault_stack)
+    before = {r["session_id"] for r in backends.index.list_sessions(limit=500)}
+    broker = next(p for p in fault_stack.procs if p.name == "broker")
+    conn = psycopg.connect(_dsn(fault_stack, fault_stack.broker_port), autocommit=True)
+    ran = []
+    for i in range(5):
+        conn.execute(f"SELECT {i} AS went_upstream").fetchall()
+        ran.append(f"SELECT {i} AS went_upstream")
+    broker.stop(sig=signal.SIGKILL)
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001
+        pass
+    logs = fault_stack.home / "logs"
+    new, info = start_broker(fault_stack.home, fault_stack.env, logs)
+    fault_stack.procs[fault_stack.procs.index(broker)] = new
+    fault_stack.broker_info.update(info)
+    entry = _new_sessions(backends, before, timeout=120)[0]
+    assert entry["end_reason"].startswith("crash"), entry
+    recording = backends.recordings.get_object(entry["session_id"], RECORDING).decode()
+    assert all(statement in recording for statement in ran)
+
+
+def _held_statement(dsn: str, statement: str, out: dict) -> threading.Thread:
+    def run():
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(statement)
+                out["ok"] = True
+        except Exception as exc:  # noqa: BLE001
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _pending(backends, table: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in backends.approvals.list_approvals(status=ap.PENDING, target="demo"):
+            if table in record.get("statement", ""):
+                return record
+        time.sleep(0.2)
+    raise AssertionError(f"no pending approval for {table}")
+
+
+def _second_broker(fault_stack, tmp_path, name: str, **extra):
+    env = dict(fault_stack.env)
+    env.update(JITGATE_HOME=str(tmp_path / name), JITGATE_PG_LISTEN=f"127.0.0.1:{free_port()}",
+               JITGATE_SSH_LISTEN="", JITGATE_HTTP_LISTEN="", JITGATE_K8S_LISTEN="", JITGATE_BROKER_ID=name, **extra)
+    (tmp_path / name).mkdir()
+    proc, info = start_broker(tmp_path / name, env, tmp_path / name / "logs", name=name)
+    return proc, int(info["pg"].rpartition(":")[2])
+
+
+def test_two_brokers_one_index_and_approval_resumes_where_held(fault_stack, tmp_path):
+    backends = _backends(fault_stack)
+    before = {r["session_id"] for r in backends.index.list_sessions(limit=500)}
+    proc, port = _second_broker(fault_stack, tmp_path, "broker-two")
+    try:
+        with psycopg.connect(_dsn(fault_stack, fault_stack.broker_port), autocommit=True) as conn:
+            conn.execute("SELECT 'via broker one'").fetchall()
+        with psycopg.connect(_dsn(fault_stack, port), autocommit=True) as conn:
+            conn.execute("SELECT 'via broker two'").fetchall()
+        table = f"two_brokers_{int(time.time())}"
+        out: dict = {}
+        thread = _held_statement(_dsn(fault_stack, port), f"CREATE TABLE {table} (id int)", out)
+        record = _pending(backends, table)
+        ap.apply_decision(backends, record["approval_id"], ap.Approver("dana@example.com", frozenset({"dba"})), "approve")
+        thread.join(60)
+        assert out.get("ok"), out
+        rows = _new_sessions(backends, before, timeout=120, count=3)
+        brokers = {r.get("broker") for r in rows}
+        assert len(brokers) >= 2, rows
+    finally:
+        proc.stop()
+
+
+def test_pubsub_down_broker_reads_decisions_from_the_store(fault_stack, tmp_path):
+    """A broker whose Pub/Sub is unreachable still resumes a held statement: it polls the store."""
+    backends = _backends(fault_stack)
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    proc, port = _second_broker(fault_stack, tmp_path, "broker-nopubsub", PUBSUB_EMULATOR_HOST=dead)
+    try:
+        table = f"no_pubsub_{int(time.time())}"
+        out: dict = {}
+        thread = _held_statement(_dsn(fault_stack, port), f"CREATE TABLE {table} (id int)", out)
+        record = _pending(backends, table, timeout=90)
+        ap.apply_decision(backends, record["approval_id"], ap.Approver("dana@example.com", frozenset({"dba"})), "approve")
+        thread.join(90)
+        assert out.get("ok"), out
+        spool = tmp_path / "broker-nopubsub" / "spool"
+        # hand-over (session-closed) cannot be published: the spool is kept for the retry, not lost
+        time.sleep(1)
+        assert list(spool.glob("*.jsonl")), "the spool of the unsealed session is kept"
+    finally:
+        proc.stop()
