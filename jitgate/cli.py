@@ -47,6 +47,9 @@ def cmd_up(args) -> int:
         print(f"jitgate up failed: {exc}", file=sys.stderr)
         return 1
     bport = stack.broker_port
+    agent = stack.broker_info.get("http")
+    agents_line = (f"\nAgents (MCP, streamable HTTP): https://{agent}/mcp   HTTP API: https://{agent}/openapi.json\n"
+                   f"  send Authorization: Bearer <token>; trust {home / 'tls' / 'broker-dev.crt'} (docs/agents.md)\n") if agent else ""
     print(
         f"""
 jitgate is up.
@@ -62,7 +65,7 @@ jitgate is up.
 Connect as alice (group sre) to the demo target:
 
   PGPASSWORD="$(jitgate login --dev --user alice@example.com --groups sre)" psql "host=127.0.0.1 port={bport} dbname=demo user=alice@example.com sslmode=require"
-
+{agents_line}
 Then: jitgate sessions | jitgate replay <id> | jitgate verify <id>
 Press Ctrl-C to stop.
 """,

@@ -1,0 +1,335 @@
+"""One statement on a PostgreSQL target, run by the broker with its held credential.
+
+The agent API has no client wire protocol to relay, so the broker is the
+PostgreSQL client here: it logs in exactly as the relay does (same codec, same
+``UpstreamLogin``, same TLS rules), runs one statement with the extended query
+protocol (parameters travel as text, never spliced into the SQL), and masks the
+DataRows with the same ``RowPlan`` the relay uses before it turns them into JSON.
+
+Limits: ``Execute`` asks for at most ``max_rows`` rows, so a huge SELECT stops at
+the server (PortalSuspended) instead of streaming into memory; ``max_bytes``
+caps the row bytes kept; ``statement_timeout`` is set for the upstream session
+and an asyncio deadline sends a CancelRequest if the server does not stop in time.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import struct
+import time
+from dataclasses import dataclass, field
+
+from broker.pg import codec
+from broker.pg.upstream_auth import UpstreamAuthError, UpstreamLogin
+from broker.tls import upstream_context
+from jitgate.masking import Masker
+from jitgate.policy import Target
+
+READ_SIZE = 256 * 1024
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+
+# Type OIDs turned into JSON numbers/booleans/objects; everything else stays text.
+_INTS = {20, 21, 23, 26, 28}
+_FLOATS = {700, 701}
+_BOOL = 16
+_JSON = {114, 3802}
+
+
+class UpstreamUnavailable(Exception):
+    """The gateway could not reach or log in to the target (not the caller's fault)."""
+
+
+class StatementFailed(Exception):
+    """PostgreSQL refused or aborted the statement; fields are already masked by the caller's masker."""
+
+    def __init__(self, sqlstate: str, message: str, detail: str = "", hint: str = ""):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+
+
+class StatementTimeout(Exception):
+    pass
+
+
+@dataclass
+class QueryResult:
+    columns: list[dict]
+    rows: list[list]
+    row_count: int | None
+    tag: str | None
+    truncated: bool = False
+    truncation: str | None = None
+    masked_columns: list[str] = field(default_factory=list)
+    row_bytes: int = 0
+    notices: list[str] = field(default_factory=list)
+
+
+def encode_param(value) -> bytes | None:
+    """A JSON parameter as PostgreSQL text: null -> NULL, true -> 'true', objects/arrays -> JSON text."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, (int, float)):
+        return repr(value).encode() if isinstance(value, float) else str(value).encode()
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value).encode()
+
+
+def build_bind(params: list[bytes | None]) -> bytes:
+    parts = [codec.cstr(""), codec.cstr(""), _I16.pack(0), _I16.pack(len(params))]
+    for p in params:
+        if p is None:
+            parts.append(_I32.pack(-1))
+        else:
+            parts.append(_I32.pack(len(p)))
+            parts.append(p)
+    parts.append(_I16.pack(0))  # all results in text
+    return codec.message("B", b"".join(parts))
+
+
+def build_describe_portal() -> bytes:
+    return codec.message("D", b"P" + codec.cstr(""))
+
+
+def build_execute(max_rows: int) -> bytes:
+    return codec.message("E", codec.cstr("") + _I32.pack(max_rows))
+
+
+def to_json(raw: bytes | None, type_oid: int):
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        if type_oid in _INTS:
+            return int(text)
+        if type_oid in _FLOATS:
+            number = float(text)
+            return number if math.isfinite(number) else text
+        if type_oid == _BOOL:
+            return text == "t"
+        if type_oid in _JSON:
+            return json.loads(text)
+    except ValueError:
+        return text
+    return text
+
+
+class Upstream:
+    """One logged-in connection to a PostgreSQL target."""
+
+    def __init__(self, target: Target, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.target = target
+        self.reader, self.writer = reader, writer
+        self.key: codec.BackendKeyData | None = None
+        self.framer = codec.MessageReader(1 << 30)
+
+    @classmethod
+    async def connect(cls, target: Target, password: str, *, timeout_s: float, application: str = "jitgate-agent") -> "Upstream":
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port, limit=READ_SIZE), 15)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise UpstreamUnavailable(f"the target is unreachable ({type(exc).__name__})") from None
+        self = cls(target, reader, writer)
+        try:
+            await self._login(password, timeout_s, application)
+        except BaseException:
+            writer.close()
+            raise
+        return self
+
+    async def _login(self, password: str, timeout_s: float, application: str) -> None:
+        target, reader, writer = self.target, self.reader, self.writer
+        encrypted = False
+        if target.tls != "disable":
+            writer.write(codec.build_ssl_request())
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readexactly(1), 15)
+            if answer == b"S":
+                await writer.start_tls(upstream_context(target.tls), server_hostname=target.host)
+                encrypted = True
+            elif target.tls in ("require", "verify-full"):
+                raise UpstreamUnavailable("the target does not offer TLS, which its policy requires")
+        params = {"user": target.username, "database": target.database, "client_encoding": "UTF8",
+                  "application_name": application, "statement_timeout": str(max(1, int(timeout_s * 1000)))}
+        writer.write(codec.build_startup(params))
+        await writer.drain()
+        login = UpstreamLogin(target.username, password, encrypted=encrypted)
+        while True:
+            for kind, payload in await self._messages(30):
+                if kind == "R":
+                    try:
+                        reply = login.respond(codec.parse_authentication(payload))
+                    except UpstreamAuthError as exc:
+                        raise UpstreamUnavailable(f"the gateway could not log in: {exc}") from None
+                    if reply:
+                        writer.write(reply)
+                        await writer.drain()
+                elif kind == "E":
+                    fields = codec.parse_fields(payload)
+                    raise UpstreamUnavailable(
+                        f"the target refused the gateway's held credential (upstream SQLSTATE {fields.get('C', '?')}); "
+                        "an administrator must rotate or fix it")
+                elif kind == "K":
+                    self.key = codec.parse_backend_key(payload)
+                elif kind == "Z":
+                    if not login.done:
+                        raise UpstreamUnavailable("the target finished login without authenticating")
+                    return
+
+    async def _messages(self, timeout: float) -> list[tuple[str, bytes]]:
+        while True:
+            messages = self.framer.messages()
+            if messages:
+                return messages
+            chunk = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            if not chunk:
+                raise UpstreamUnavailable("the target closed the connection")
+            self.framer.feed(chunk)
+
+    async def cancel(self) -> None:
+        if self.key is None:
+            return
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.target.host, self.target.port), 5)
+            writer.write(codec.build_cancel_request(self.key.pid, self.key.secret))
+            await writer.drain()
+            writer.close()
+        except (OSError, asyncio.TimeoutError):
+            pass
+
+    def close(self) -> None:
+        try:
+            self.writer.write(codec.TERMINATE)
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+        self.writer.close()
+
+    async def run(self, sql: str, params: list, *, max_rows: int, max_bytes: int, masker=None) -> QueryResult:
+        self.writer.write(
+            codec.build_parse("", sql) + build_bind([encode_param(p) for p in params]) + build_describe_portal()
+            + build_execute(max_rows) + codec.SYNC
+        )
+        await self.writer.drain()
+        fields: list[codec.FieldDescription] = []
+        raw_rows: list[bytes] = []
+        kept_bytes = 0
+        seen_rows = 0
+        truncated, truncation, tag, error = False, None, None, None
+        notices: list[str] = []
+        while True:
+            for kind, payload in await self._messages(3600):
+                if kind == "D":
+                    seen_rows += 1
+                    if not truncated and kept_bytes + len(payload) > max_bytes:
+                        truncated = True
+                        truncation = (f"result cut at {len(raw_rows)} rows: the rows kept reached the {max_bytes}-byte limit; "
+                                      "select fewer columns or add LIMIT/OFFSET to page through it")
+                    if not truncated:
+                        raw_rows.append(payload)
+                        kept_bytes += len(payload)
+                elif kind == "T":
+                    fields = codec.parse_row_description(payload)
+                elif kind == "C":
+                    tag = codec.parse_command_complete(payload)
+                elif kind == "s":  # PortalSuspended: more rows than max_rows
+                    if not truncated:
+                        truncated = True
+                        truncation = (f"result cut at {max_rows} rows (max_rows); more rows exist; "
+                                      "add LIMIT/OFFSET or a narrower WHERE to page through it")
+                elif kind == "E":
+                    error = codec.parse_fields(payload)
+                elif kind == "N":
+                    notices.append(codec.parse_fields(payload).get("M", ""))
+                elif kind == "Z":
+                    return await self._finish(fields, raw_rows, seen_rows, tag, truncated, truncation, error, notices,
+                                              kept_bytes, masker)
+
+    async def _finish(self, fields, raw_rows, seen_rows, tag, truncated, truncation, error, notices, kept_bytes, masker):
+        active = masker is not None and getattr(masker, "active", False)
+
+        def clean(text: str) -> str:
+            return masker.mask_text(text) if active and text else text
+
+        if error is not None:
+            raise StatementFailed(error.get("C", ""), clean(error.get("M", "")), clean(error.get("D", "")), clean(error.get("H", "")))
+        plan = None
+        if active and fields:
+            plan = await self._plan(masker, fields)
+        rows = []
+        for payload in raw_rows:
+            if plan is not None:
+                payload = plan.mask_row(payload)[5:]
+            values = codec.parse_data_row(payload)
+            rows.append([to_json(v, f.type_oid) for v, f in zip(values, fields)])
+        row_count = codec.rows_from_tag(tag) if tag else None
+        if row_count is None and not truncated:
+            row_count = seen_rows
+        return QueryResult(
+            columns=[{"name": f.name, "type_oid": f.type_oid} for f in fields],
+            rows=rows,
+            row_count=None if truncated and tag is None else row_count,
+            tag=tag,
+            truncated=truncated,
+            truncation=truncation,
+            masked_columns=list(plan.masked_columns) if plan is not None else [],
+            row_bytes=kept_bytes,
+            notices=[clean(n) for n in notices],
+        )
+
+    async def _plan(self, masker, fields):
+        """The relay's RowPlan for these fields. The broker's SessionMasker wraps a pure Masker: use
+        that with the catalog read on this connection; otherwise let the masker resolve names itself."""
+        oids = {f.table_oid for f in fields if f.table_oid}
+        inner = getattr(masker, "masker", masker)
+        if isinstance(inner, Masker):
+            table_names, column_names = await self._catalog(oids)
+            return inner.plan(fields, table_names, column_names)
+        resolve = getattr(masker, "resolve", None)
+        if resolve is not None:
+            await resolve(oids)
+        return masker.plan(fields)
+
+    async def _catalog(self, oids: set[int]) -> tuple[dict[int, str], dict[tuple[int, int], str]]:
+        """Table names (schema.table) and column names for the masking plan, from the target's catalog."""
+        if not oids:
+            return {}, {}
+        listed = ",".join(str(int(o)) for o in sorted(oids))
+        sql = ("SELECT c.oid, n.nspname || '.' || c.relname, a.attnum, a.attname FROM pg_class c "
+               "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid "
+               f"WHERE c.oid IN ({listed}) AND a.attnum > 0")
+        self.writer.write(codec.build_query(sql))
+        await self.writer.drain()
+        tables: dict[int, str] = {}
+        columns: dict[tuple[int, int], str] = {}
+        while True:
+            for kind, payload in await self._messages(30):
+                if kind == "D":
+                    oid, table, attnum, attname = (v.decode() for v in codec.parse_data_row(payload))
+                    tables[int(oid)] = table
+                    columns[(int(oid), int(attnum))] = attname
+                elif kind == "Z":
+                    return tables, columns
+
+
+async def run_query(target: Target, password: str, sql: str, params: list, *, max_rows: int, max_bytes: int,
+                    timeout_s: float, masker=None) -> tuple[QueryResult, float]:
+    """Connect, run one statement, disconnect. Returns the result and the time spent in the target."""
+    upstream = await Upstream.connect(target, password, timeout_s=timeout_s)
+    started = time.perf_counter()
+    try:
+        try:
+            result = await asyncio.wait_for(
+                upstream.run(sql, params, max_rows=max_rows, max_bytes=max_bytes, masker=masker), timeout_s + 2)
+        except asyncio.TimeoutError:
+            await upstream.cancel()
+            raise StatementTimeout(f"the statement ran longer than {timeout_s:g}s and was cancelled") from None
+        return result, started
+    finally:
+        upstream.close()
