@@ -352,7 +352,7 @@ class Bench:
 
     @property
     def broker_pid(self) -> int:
-        return self.stack.procs[-1].popen.pid
+        return broker_proc(self.stack).popen.pid
 
     def stack_pids(self) -> list[int]:
         return [p.popen.pid for p in self.stack.procs]
@@ -531,6 +531,13 @@ class Bench:
 
 
 # --- setup ---------------------------------------------------------------------------
+
+
+def broker_proc(stack: devstack.Stack) -> devstack.Proc:
+    for proc in stack.procs:
+        if proc.name == "broker":
+            return proc
+    return stack.procs[-1]
 
 
 def uvloop_site(scratch: Path) -> Path:
@@ -791,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
             extra_env["PYTHONPATH"] = os.pathsep.join([str(uvloop_site(scratch)), str(REPO), os.environ.get("PYTHONPATH", "")])
         say(f"starting the local stack in {home}" + (" (broker on uvloop)" if args.uvloop else ""))
         stack = start_stack(home, extra_env=extra_env)
-        if args.uvloop and "uvloop" not in Path(f"/proc/{stack.procs[-1].popen.pid}/maps").read_text():
+        if args.uvloop and "uvloop" not in Path(f"/proc/{broker_proc(stack).popen.pid}/maps").read_text():
             raise RuntimeError("--uvloop: the broker did not load uvloop")
         pg = stack.pg
         # Add the bench target; the broker and authorize reload the policy file for new sessions.
@@ -808,11 +815,11 @@ def main(argv: list[str] | None = None) -> int:
             "pgbouncer": Endpoint("pgbouncer", "127.0.0.1", bouncer.port, Postgres.BROKER_ROLE, pg.broker_password,
                                   "require", cpu_pid=bouncer.pid),
             "broker": Endpoint("broker", "127.0.0.1", stack.broker_port, BENCH_USER, token, "require",
-                               cpu_pid=stack.procs[-1].popen.pid),
+                               cpu_pid=broker_proc(stack).popen.pid),
         }
         if args.broker_plain:
             endpoints["broker-plain"] = Endpoint("broker-plain", "127.0.0.1", stack.broker_port, BENCH_USER, token,
-                                                 "disable", cpu_pid=stack.procs[-1].popen.pid)
+                                                 "disable", cpu_pid=broker_proc(stack).popen.pid)
         for ep in endpoints.values():  # every path answers, and over TLS where it should
             got = ep.psql("SELECT count(*) FROM pgbench_branches")
             if got != str(args.scale):
@@ -873,6 +880,9 @@ def main(argv: list[str] | None = None) -> int:
         if stack is not None:
             say("stopping the stack")
             stack.stop()
+            pg_root = stack.pg.root
+            if pg_root.name.startswith("jitgate-pg-") or pg_root.parent == home:
+                shutil.rmtree(pg_root, ignore_errors=True)  # the cluster (with the 1M-row table) lives outside home
         shutil.rmtree(scratch, ignore_errors=True)
         if args.keep_home:
             say(f"kept {home}")
