@@ -148,7 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ready-file", help="write the bound addresses here as JSON once listening")
     args = parser.parse_args(argv)
     logs.setup()
-    asyncio.run(serve(Settings.from_env(), ready_file=args.ready_file))
+    try:  # uvloop's event loop costs a quarter less CPU per statement (bench/README.md)
+        import uvloop
+    except ImportError:
+        runner = asyncio.Runner()
+    else:
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    with runner:
+        runner.run(serve(Settings.from_env(), ready_file=args.ready_file))
 
 
 if __name__ == "__main__":

@@ -76,8 +76,16 @@ class Recorder:
         self._since_upload = 0
         self._upload_task: asyncio.Task | None = None
 
+    # When True, statement and result events wait for flush() (the relay calls it before
+    # forwarding upstream); every other event is written at once.
+    batching = False
+
+    def flush(self) -> None:
+        self.spool.flush()
+
     def event(self, event_type: str, **fields) -> dict:
-        event = self.spool.append(event_type, **fields)
+        defer = self.batching and event_type in ("statement", "result")
+        event = self.spool.append(event_type, defer=defer, **fields)
         self._since_upload += 200  # rough size; exact bytes are counted at upload time
         if self._since_upload >= self.settings.spool_chunk_bytes and (self._upload_task is None or self._upload_task.done()):
             self._since_upload = 0

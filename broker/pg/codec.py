@@ -144,11 +144,13 @@ class MessageReader:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def spans(self) -> tuple[bytes, list[tuple[int, int, int]]]:
+    def spans(self, skip: int = -1) -> tuple[bytes, list[tuple[int, int, int]]]:
         """Take every complete message: (bytes, [(type byte, start, end), ...]).
 
         start..end covers the whole message including its 5-byte header. Bytes
-        of an incomplete trailing message stay buffered.
+        of an incomplete trailing message stay buffered. Messages of type ``skip``
+        are framed and checked but not listed (the relay skips DataRows this way
+        when it has nothing to do with them).
         """
         buf = self._buf
         n = len(buf)
@@ -167,7 +169,9 @@ class MessageReader:
             end = pos + 1 + length
             if end > n:
                 break
-            out.append((buf[pos], pos, end))
+            kind = buf[pos]
+            if kind != skip:
+                out.append((kind, pos, end))
             pos = end
         if pos == 0:
             return b"", out

@@ -300,6 +300,7 @@ class PgConnection:
             settings=settings, backends=self.broker.backends, live=self.broker.live_sessions,
         )
         self.session.approval_step = self.broker.approval_step
+        self.session.recorder.batching = True
         self.session.notify = self._notice
         if self.broker.masker_factory is not None:
             masker = self.broker.masker_factory(target, grant.principal)
@@ -485,6 +486,7 @@ class PgConnection:
                     sql = codec.parse_query(memoryview(data)[start + 5 : end].tobytes()).sql
                     verdict = session.decide_sql(sql)
                     if verdict.action == "approve":
+                        session.recorder.flush()  # spooled before it goes upstream
                         writer.write(out)
                         out = bytearray()
                         await writer.drain()
@@ -509,6 +511,7 @@ class PgConnection:
                     parse = codec.parse_parse(data[start + 5 : end])
                     verdict = session.decide_sql(parse.sql)
                     if verdict.action == "approve":
+                        session.recorder.flush()  # spooled before it goes upstream
                         writer.write(out)
                         out = bytearray()
                         await writer.drain()
@@ -554,6 +557,7 @@ class PgConnection:
                     verdict = self.session.target.decide(frozenset({"side_effect_function"}), session.principal.groups)
                     verdict = Verdict(verdict[0], ("side_effect_function",), (), f"jitgate: fast-path function calls need approval or are refused on {session.target_name!r}")
                     if verdict.action == "approve":
+                        session.recorder.flush()  # spooled before it goes upstream
                         writer.write(out)
                         out = bytearray()
                         await writer.drain()
@@ -569,12 +573,14 @@ class PgConnection:
                         out += codec.build_query(marker)
                 elif kind == 0x58:  # 'X' Terminate
                     out += data[start:end]
+                    session.recorder.flush()  # spooled before it goes upstream
                     writer.write(out)
                     await writer.drain()
                     return "client terminated the session"
                 else:
                     out += data[start:end]
             if out:
+                session.recorder.flush()  # spooled before it goes upstream
                 writer.write(out)
                 await writer.drain()
 
@@ -597,7 +603,8 @@ class PgConnection:
             if not chunk:
                 return "upstream closed the connection"
             framer.feed(chunk)
-            data, spans = framer.spans()
+            # Without masking, DataRows pass untouched and are counted from CommandComplete.
+            data, spans = framer.spans(-1 if masker is not None else 0x44)
             parts = None  # set to a list once any message is rewritten
             last = 0
             for kind, start, end in spans:
@@ -673,8 +680,10 @@ class PgConnection:
                 elif kind == 0x48:  # 'H' CopyOutResponse
                     self.copy_plan = pending[0].copy_plan if pending else None
                 elif kind in (0x73, 0x49):  # 's' PortalSuspended, 'I' EmptyQueryResponse
-                    if pending and not pending[0].simple:
-                        self._finish(pending.popleft())
+                    if pending:
+                        pending[0].tags.append("PORTAL SUSPENDED" if kind == 0x73 else "EMPTY QUERY")
+                        if not pending[0].simple:
+                            self._finish(pending.popleft())
                 elif kind == 0x4E:  # 'N' NoticeResponse
                     if masker is not None:
                         if parts is None:
@@ -682,6 +691,7 @@ class PgConnection:
                         parts.append(data[last:start])
                         parts.append(self._mask_fields("N", codec.parse_fields(data[start + 5 : end])))
                         last = end
+            session.recorder.flush()
             if parts is None:
                 writer.write(data)
             else:

@@ -1007,7 +1007,9 @@ def _classify_uncached(sql: str, prepared: dict | None = None) -> Classification
     verdicts = []
     for raw in raw_statements:
         findings = _Findings()
-        if _canonical(raw.stmt) in _KNOWN_TOOL_STATEMENTS:
+        # Re-printing a statement costs more than classifying it: only try the known tool
+        # statements when the text names the setting they change.
+        if _KNOWN_TOOL_MARKER in sql and _canonical(raw.stmt) in _KNOWN_TOOL_STATEMENTS:
             findings.add("session", "a known setting statement of PostgreSQL's own tools")
             verdicts.append(StatementVerdict(_statement_text(sql, raw), frozenset(findings.classes), tuple(findings.reasons)))
             continue
@@ -1042,6 +1044,8 @@ def _canonical(stmt) -> str | None:
     except Exception:  # noqa: BLE001 - a statement pglast cannot print is simply not on the list
         return None
 
+
+_KNOWN_TOOL_MARKER = "restrict_nonsystem_relation_kind"
 
 # Exact statements that PostgreSQL's own clients send and that look riskier than they
 # are. Compared on pglast's canonical rendering, so whitespace and case do not matter
