@@ -112,7 +112,12 @@ def cmd_login(args) -> int:
         issuer = json.loads(state.read_text())["issuer"]
     groups = [g for g in (args.groups or "").split(",") if g]
     try:
-        print(dev_token(issuer, args.user, groups, ttl=args.ttl))
+        token = dev_token(issuer, args.user, groups, ttl=args.ttl)
+        if getattr(args, "exec_credential", False):  # kubectl's exec credential plugin protocol
+            from broker.k8s.kubeconfig import exec_credential
+
+            token = exec_credential(token)
+        print(token)
     except (StackError, OSError) as exc:
         print(f"login failed: {exc}", file=sys.stderr)
         return 1
@@ -120,6 +125,12 @@ def cmd_login(args) -> int:
         print(f"login failed: cannot reach the dev issuer at {issuer} ({type(exc).__name__}); is `jitgate up` running?", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_kubeconfig(args) -> int:
+    from broker.k8s.kubeconfig import cmd_kubeconfig as write_kubeconfig
+
+    return write_kubeconfig(args, _home(args))
 
 
 def _fmt_time(ts: float) -> str:
@@ -257,7 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--groups", default="", help="comma-separated groups, e.g. sre,dba")
     p.add_argument("--ttl", type=int, help="token lifetime in seconds (default 3600)")
     p.add_argument("--issuer", help="dev issuer URL (default: from the running stack)")
+    p.add_argument("--exec-credential", action="store_true", help="print a kubectl ExecCredential (JSON) instead of the token")
     p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("kubeconfig", help="write a kubeconfig for the broker's Kubernetes endpoint (one target)")
+    p.add_argument("--target", required=True)
+    p.add_argument("--server", help="https://HOST:PORT of the broker's k8s listener (default: the local stack's)")
+    p.add_argument("--ca", help="PEM file to trust for the broker (default: the local stack's dev certificate)")
+    p.add_argument("--token", help="a static bearer token (your IdP's ID token) instead of the dev exec plugin")
+    p.add_argument("--dev", action="store_true", help="exec plugin: a fresh dev-issuer token per kubectl call (DEV ONLY)")
+    p.add_argument("--user", default="alice@example.com", help="with --dev: who to be")
+    p.add_argument("--groups", default="", help="with --dev: comma-separated groups")
+    p.add_argument("--namespace", help="default namespace of the context")
+    p.add_argument("-o", "--output", help="write here (mode 0600) instead of stdout")
+    p.set_defaults(func=cmd_kubeconfig)
 
     p = sub.add_parser("sessions", help="list sealed sessions")
     p.add_argument("--target")
