@@ -423,6 +423,10 @@ class Stack:
             proc.stop()
         self.issuer.proc.stop()
         self.pg.stop()
+        if not self.pg.root.is_relative_to(self.home):
+            # A cluster parked in the temp dir (see postgres_root) goes with its stack;
+            # the demo database is loaded again at the next start.
+            shutil.rmtree(self.pg.root, ignore_errors=True)
 
 
 def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = None, pg_port: int = 0,

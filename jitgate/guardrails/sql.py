@@ -33,12 +33,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import collections
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pglast.stream import RawStream
 from pglast import ast, enums, parse_sql
+from pglast.parser import normalize as pg_normalize
 
 __all__ = [
     "Classification",
@@ -380,6 +382,9 @@ class _Findings:
 
     classes: set[str] = field(default_factory=set)
     reasons: list[str] = field(default_factory=list)
+    # True when a rule looked at a constant's value: the verdict then holds for this
+    # exact text only, not for every query of the same shape (see classify_sql).
+    literal_sensitive: bool = False
 
     def add(self, klass: str | Iterable[str], reason: str) -> None:
         self.classes.update((klass,) if isinstance(klass, str) else klass)
@@ -464,6 +469,7 @@ def _set_config_literal(node: ast.FuncCall, out: _Findings) -> bool:
     if not isinstance(value, ast.String):
         return False
     setting = value.sval.lower()
+    out.literal_sensitive = True
     if setting in _PRIVILEGE_SETTINGS:
         out.add("privilege", f"set_config({setting}) changes the acting role")
     elif setting in _SERVER_ADMIN_SETTINGS or setting.startswith(_SERVER_ADMIN_SETTING_PREFIXES):
@@ -637,6 +643,8 @@ def _copy(node: ast.CopyStmt, out: _Findings, top: bool, ctx: _Context) -> _Desc
 
 def _explain(node: ast.ExplainStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
     out.add("read", "EXPLAIN")
+    if node.options:
+        out.literal_sensitive = True  # ANALYZE false/true may be written as constants
     if _explain_runs_query(node.options):
         out.add((), "EXPLAIN ANALYZE runs the statement")
         return [(node.query, True, True)]
@@ -973,7 +981,46 @@ def classify_sql(sql: str) -> Classification:
 
 @functools.lru_cache(maxsize=4096)
 def _classify_cached(sql: str) -> Classification:
-    return _classify_uncached(sql)
+    return _classify_by_shape(sql)
+
+
+# Queries that differ only in their constants ("... WHERE aid = 17" and "... aid = 42")
+# have the same parse tree but for the constants' values, so they get the same verdict,
+# unless a rule read a constant's value (set_config's setting name, EXPLAIN options),
+# which marks the verdict literal-sensitive and keeps it out of this cache. The key is
+# PostgreSQL's own normalization (pg_query_normalize: constants become $n, every
+# identifier stays as written). pg_query's fingerprint is NOT safe here: it ignores
+# alias names, so "UPDATE t x ... FROM s y WHERE y.f" and "UPDATE t y ... FROM s x
+# WHERE y.f" would share a key while one is bounded and the other is not.
+_SHAPE_CACHE: collections.OrderedDict[str, Classification] = collections.OrderedDict()
+_SHAPE_CACHE_SIZE = 4096
+
+
+def _classify_by_shape(sql: str) -> Classification:
+    # A NUL would cut the C string the normalizer reads (the key would describe only
+    # the text before it), and the tool statements are matched on their literals.
+    if "\x00" in sql or _KNOWN_TOOL_MARKER in sql:
+        return _classify_uncached(sql)
+    try:
+        shape = pg_normalize(sql)
+    except Exception:  # noqa: BLE001 - the full path reports the parse error
+        return _classify_uncached(sql)
+    hit = _SHAPE_CACHE.get(shape)
+    if hit is not None:
+        _SHAPE_CACHE.move_to_end(shape)
+        # Same classes and reasons; the statement texts are this query's own.
+        if len(hit.statements) == 1:
+            only = hit.statements[0]
+            return Classification(hit.classes, (StatementVerdict(sql.strip(), only.classes, only.reasons),), hit.error)
+        return hit
+    outcome = _classify_uncached(sql, report_sensitivity=True)
+    # Parse failures and empty queries come back bare: they are never cached by shape.
+    result, literal_sensitive = outcome if isinstance(outcome, tuple) else (outcome, True)
+    if not literal_sensitive and result.error is None:
+        _SHAPE_CACHE[shape] = result
+        if len(_SHAPE_CACHE) > _SHAPE_CACHE_SIZE:
+            _SHAPE_CACHE.popitem(last=False)
+    return result
 
 
 def classify_sql_in_session(sql: str, prepared: dict[str, tuple[frozenset[str], tuple[str, ...]]]) -> Classification:
@@ -989,7 +1036,7 @@ def classify_sql_in_session(sql: str, prepared: dict[str, tuple[frozenset[str], 
     return _classify_uncached(sql, prepared)
 
 
-def _classify_uncached(sql: str, prepared: dict | None = None) -> Classification:
+def _classify_uncached(sql: str, prepared: dict | None = None, *, report_sensitivity: bool = False):
     if "\x00" in sql:
         # The parser reads a C string and would stop at the NUL, while the
         # bytes after it could still reach a server or a log: refuse to guess.
@@ -1005,6 +1052,7 @@ def _classify_uncached(sql: str, prepared: dict | None = None) -> Classification
     if prepared is not None:
         ctx.prepared = prepared  # shared on purpose: new PREPAREs are remembered for the session
     verdicts = []
+    sensitive = False
     for raw in raw_statements:
         findings = _Findings()
         # Re-printing a statement costs more than classifying it: only try the known tool
@@ -1019,11 +1067,15 @@ def _classify_uncached(sql: str, prepared: dict | None = None) -> Classification
             findings.add("unclassified", f"the classifier failed on this statement ({type(exc).__name__})")
         if not findings.classes:
             findings.add("unclassified", "no rule matched this statement")
+        sensitive = sensitive or findings.literal_sensitive
         verdicts.append(
             StatementVerdict(_statement_text(sql, raw), frozenset(findings.classes), tuple(findings.reasons))
         )
     classes = frozenset().union(*(v.classes for v in verdicts))
-    return Classification(classes, tuple(verdicts), None)
+    result = Classification(classes, tuple(verdicts), None)
+    if report_sensitivity:
+        return result, sensitive
+    return result
 
 
 def _statement_text(sql: str, raw: ast.RawStmt) -> str:

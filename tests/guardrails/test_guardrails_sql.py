@@ -232,3 +232,22 @@ def test_never_raises_on_sql_like_text(words: list[str]) -> None:
     assert result.classes <= set(SQL_CLASSES)
     if result.error is not None:
         assert result.classes == frozenset({"unclassified"})
+
+
+def test_queries_of_one_shape_share_a_verdict_only_when_constants_do_not_matter():
+    """The shape cache (constants normalized away) must never carry a verdict across
+    queries that a constant, an alias or a NUL byte tells apart."""
+    from jitgate.guardrails.sql import classify_sql
+
+    assert classify_sql("SELECT abalance FROM pgbench_accounts WHERE aid = 1").classes == {"read"}
+    assert classify_sql("SELECT abalance FROM pgbench_accounts WHERE aid = 2").classes == {"read"}
+    # same constants-free shape, different meaning: each classified on its own
+    assert classify_sql("select set_config('search_path', '', false)").classes == {"read", "session"}
+    assert "privilege" in classify_sql("select set_config('role', 'x', false)").classes
+    assert classify_sql("EXPLAIN (ANALYZE false) DELETE FROM t").classes == {"read"}
+    assert "dml_unbounded" in classify_sql("EXPLAIN (ANALYZE true) DELETE FROM t").classes
+    # aliases are part of the key (pg_query's fingerprint would merge these two)
+    assert classify_sql("UPDATE t x SET a = 1 FROM s y WHERE y.f").classes == {"dml_unbounded"}
+    assert classify_sql("UPDATE t y SET a = 1 FROM s x WHERE y.f").classes == {"dml_bounded"}
+    classify_sql("SELECT 7")
+    assert classify_sql("SELECT 7\x00; DROP TABLE x").classes == {"unclassified"}
