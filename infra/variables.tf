@@ -163,7 +163,7 @@ variable "expiry_time_zone" {
 }
 
 variable "oidc_issuer" {
-  description = "OIDC issuer URL of your IdP (e.g. https://accounts.google.com, https://login.microsoftonline.com/<tenant>/v2.0, https://<org>.okta.com). Passed to the broker and authorize as JITGATE_OIDC_ISSUER."
+  description = "OIDC issuer URL of your IdP (e.g. https://accounts.google.com, https://login.microsoftonline.com/<tenant>/v2.0, https://<org>.okta.com). Passed to authorize as JITGATE_OIDC_ISSUER, which pins it: a policy file whose identity.issuer differs is refused."
   type        = string
 }
 

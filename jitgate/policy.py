@@ -482,13 +482,28 @@ def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:
     return policy
 
 
-def load_policy(path: str | Path) -> Policy:
-    path = Path(path)
+def _gcs_blob(uri: str):
+    from google.cloud import storage  # noqa: PLC0415 - only deployments that keep the policy in GCS need it
+
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    return storage.Client().bucket(bucket).blob(name)
+
+
+def read_policy_bytes(location: str | Path) -> bytes:
+    if isinstance(location, str) and location.startswith("gs://"):
+        try:
+            return _gcs_blob(location).download_as_bytes()
+        except Exception as exc:  # noqa: BLE001 - NotFound, Forbidden, transport errors
+            raise PolicyError(location, [PolicyProblem(None, "", f"cannot read the policy object: {type(exc).__name__}: {exc}")]) from None
+    path = Path(location)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise PolicyError(str(path), [PolicyProblem(None, "", f"cannot read the policy file: {exc.strerror}")]) from None
-    return parse_policy(data, str(path))
+
+
+def load_policy(path: str | Path) -> Policy:
+    return parse_policy(read_policy_bytes(path), str(path))
 
 
 class PolicyHolder:
@@ -498,13 +513,30 @@ class PolicyHolder:
     so a typo pushed to a running gateway never opens or closes everything at once.
     """
 
+    # How often a policy kept in Cloud Storage is checked for a new generation.
+    GCS_CHECK_SECONDS = 10.0
+
     def __init__(self, path: str | Path, *, on_error=None):
-        self.path = Path(path)
+        self.path = path if isinstance(path, str) and path.startswith("gs://") else Path(path)
         self._on_error = on_error
+        self._checked = 0.0
         self._stamp = self._stat()
         self._policy = load_policy(self.path)
 
-    def _stat(self) -> tuple[int, int] | None:
+    def _stat(self):
+        if isinstance(self.path, str):  # gs://: the object's generation, checked at most every few seconds
+            import time
+
+            now = time.monotonic()
+            if self._checked and now - self._checked < self.GCS_CHECK_SECONDS:
+                return self._stamp
+            self._checked = now
+            try:
+                blob = _gcs_blob(self.path)
+                blob.reload()
+                return blob.generation
+            except Exception:  # noqa: BLE001 - storage unreachable: keep the policy in force
+                return self._stamp if hasattr(self, "_stamp") else None
         try:
             st = self.path.stat()
         except OSError:

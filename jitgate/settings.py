@@ -26,10 +26,14 @@ def _endpoints(value: str | None) -> dict[str, str]:
     return out
 
 
+def _policy_location(value: str) -> Path | str:
+    return value if value.startswith("gs://") else Path(value)
+
+
 @dataclass
 class Settings:
     home: Path
-    policy_path: Path
+    policy_path: Path | str  # a local path, or a gs://bucket/object URI (production)
     backends: str = "embedded"
     authorize_url: str = "http://127.0.0.1:8081"
     pg_listen: str = "127.0.0.1:6432"
@@ -48,6 +52,11 @@ class Settings:
     def listen(self, name: str, default: str = "") -> str:
         """JITGATE_<NAME>_LISTEN: where an optional listener binds ('' = disabled)."""
         return self.env.get(f"JITGATE_{name.upper()}_LISTEN", default)
+
+    @property
+    def policy_base_dir(self) -> Path | None:
+        """Where relative file: credential references resolve (beside a local policy file)."""
+        return None if isinstance(self.policy_path, str) else self.policy_path.parent
 
     @property
     def spool_dir(self) -> Path:
@@ -73,7 +82,7 @@ class Settings:
         key = env.get("JITGATE_TLS_KEY")
         return cls(
             home=home,
-            policy_path=Path(env.get("JITGATE_POLICY") or home / "policy.yaml"),
+            policy_path=_policy_location(env.get("JITGATE_POLICY") or str(home / "policy.yaml")),
             backends=env.get("JITGATE_BACKENDS", "embedded"),
             authorize_url=env.get("JITGATE_AUTHORIZE_URL", "http://127.0.0.1:8081"),
             pg_listen=env.get("JITGATE_PG_LISTEN", "127.0.0.1:6432"),

@@ -35,7 +35,7 @@ def open_backends(settings: Settings) -> Backends:
             approvals=state,
             bus=InProcessBus(settings.push_endpoints, settings.project),
             recordings=LocalRecordingStore(settings.recordings_dir),
-            secrets=EnvFileSecrets(settings.policy_path.parent),
+            secrets=EnvFileSecrets(settings.policy_base_dir),
             signer=signer,
             public_keys=public,
             name="embedded",

@@ -35,7 +35,8 @@ class Authorizer:
         from jitgate.settings import Settings
 
         settings = Settings.from_env()
-        key_pem = os.environ.get("JITGATE_GRANT_KEY_PEM")
+        # JITGATE_GRANT_SIGNING_KEY: the PEM itself, as Cloud Functions inject a Secret Manager secret.
+        key_pem = os.environ.get("JITGATE_GRANT_SIGNING_KEY") or os.environ.get("JITGATE_GRANT_KEY_PEM")
         signer = LocalSigner.from_pem(key_pem.encode()) if key_pem else LocalSigner(
             Path(os.environ.get("JITGATE_GRANT_KEY", settings.keys_dir / "grant-signing.pem"))
         )
@@ -43,11 +44,29 @@ class Authorizer:
 
     def _verifier(self) -> OIDCVerifier:
         identity = self.policy_holder.policy.identity
+        self._check_pinned(identity)
         key = identity.model_dump_json()
         verifier = self._verifiers.get(key)
         if verifier is None:
             verifier = self._verifiers[key] = OIDCVerifier(identity)
         return verifier
+
+    @staticmethod
+    def _check_pinned(identity) -> None:
+        """infra/ pins the trusted IdP (JITGATE_OIDC_*): a policy edit must not switch it."""
+        pins = {
+            "issuer": (os.environ.get("JITGATE_OIDC_ISSUER"), identity.issuer),
+            "groups_claim": (os.environ.get("JITGATE_OIDC_GROUPS_CLAIM"), identity.groups_claim),
+        }
+        audience = os.environ.get("JITGATE_OIDC_AUDIENCE")
+        if audience and audience not in identity.audiences:
+            raise TokenError(f"the policy's identity.audience does not include {audience!r}, which this deployment pins")
+        for name, (pinned, configured) in pins.items():
+            if pinned and pinned != configured:
+                raise TokenError(
+                    f"the policy's identity.{name} is {configured!r} but this deployment pins {pinned!r}; "
+                    "fix the policy file (or the deployment's JITGATE_OIDC_* settings)"
+                )
 
     def jwks(self) -> dict:
         return public_jwks(self.signer)
@@ -55,7 +74,7 @@ class Authorizer:
     def decide(self, token: str, target_name: str, requested_user: str | None = None) -> Decision:
         policy = self.policy_holder.policy
         try:
-            principal = self._verifier().verify(token)
+            principal = self._verifier().verify(token)  # raises TokenError, also for a pin mismatch
         except TokenError as exc:
             log(logger, logging.INFO, "token refused", target=target_name, reason=str(exc))
             return Decision(401, {"allowed": False, "code": "invalid_token", "reason": str(exc)})

@@ -871,7 +871,7 @@ def open_gcp_backends(settings):
             part_bytes=int(env.get("JITGATE_GCS_PART_BYTES") or 32 * 1024 * 1024),
             resumable_bytes=int(env.get("JITGATE_GCS_RESUMABLE_BYTES") or 8 * 1024 * 1024),
         ),
-        secrets=SecretManagerSecrets(project, EnvFileSecrets(settings.policy_path.parent),
+        secrets=SecretManagerSecrets(project, EnvFileSecrets(settings.policy_base_dir),
                                      cache_seconds=float(env.get("JITGATE_SECRET_CACHE_SECONDS") or 300)),
         signer=signer,
         public_keys=public_keys,
