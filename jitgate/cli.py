@@ -50,6 +50,11 @@ def cmd_up(args) -> int:
     agent = stack.broker_info.get("http")
     agents_line = (f"\nAgents (MCP, streamable HTTP): https://{agent}/mcp   HTTP API: https://{agent}/openapi.json\n"
                    f"  send Authorization: Bearer <token>; trust {home / 'tls' / 'broker-dev.crt'} (docs/agents.md)\n") if agent else ""
+    for name, how in (("ssh", "ssh -l <you>+<ssh target> -p {port} 127.0.0.1   (targets of kind ssh)"),
+                      ("k8s", "jitgate kubeconfig --target <kubernetes target> --dev   (port {port})")):
+        address = stack.broker_info.get(name)
+        if address:
+            agents_line += f"{'SSH' if name == 'ssh' else 'kubectl'}: " + how.format(port=address.rpartition(":")[2]) + "\n"
     print(
         f"""
 jitgate is up.
