@@ -81,6 +81,7 @@ class Session:
     notify: Callable[[str], Awaitable[None]] | None = None
     # PREPAREd statement names -> their classes, so a later EXECUTE is classified, not refused.
     prepared: dict = field(default_factory=dict)
+    _admission: Verdict | None = None
 
     @classmethod
     def open(cls, *, principal, target_name, policy, client, kind, settings, backends, session_id=None, live=None):
@@ -121,6 +122,26 @@ class Session:
         elif action == "approve":
             message = f"jitgate: {what} needs approval on target {self.target_name!r} (class: {', '.join(why)})"
         return Verdict(action, tuple(sorted(classes)), reasons, message)
+
+    async def admit(self) -> Verdict:
+        """Time-boxed access (Target.session_approval): one approval for the whole session,
+        asked before its first statement runs. Allow when the target does not ask for it."""
+        if not self.target.session_approval:
+            return Verdict("allow", ())
+        if self._admission is None:
+            what = f"{self.kind} session on {self.target_name} as {self.target.username}"
+            verdict = Verdict("approve", ("session",), (),
+                              f"jitgate: target {self.target_name!r} needs an approval for each session (time-boxed access)")
+            final = await self.resolve(what, verdict)
+            if final.action != "allow" and final.approval_id and "pending" in final.message:
+                final = Verdict(final.action, final.classes, final.reasons,
+                                f"jitgate: access to target {self.target_name!r} waits for approval request "
+                                f"{final.approval_id}; once it is approved, connect again (see `jitgate approvals show "
+                                f"{final.approval_id}`)", final.approval_id)
+            self.recorder.event("session.approval", decision=final.action, approval_id=final.approval_id,
+                                reason=final.message if final.action != "allow" else None)
+            self._admission = final
+        return self._admission
 
     async def resolve(self, statement: str, verdict: Verdict) -> Verdict:
         """Turn 'approve' into allow or deny by waiting for a human (when approvals are wired in)."""

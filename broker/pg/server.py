@@ -446,6 +446,18 @@ class PgConnection:
             await asyncio.gather(client_task, return_exceptions=True)
         return reason
 
+    async def _admit(self) -> Verdict:
+        """Hold the session's first statement until its time-boxed access is approved."""
+        self.hold = asyncio.ensure_future(self.session.admit())
+        try:
+            return await self.hold
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            return Verdict("deny", ("session",), (), "jitgate: canceled while waiting for session approval")
+        finally:
+            self.hold = None
+
     def _denial_marker(self) -> str:
         return f"jitgate_refused_{secrets.token_hex(6)}"
 
@@ -480,6 +492,14 @@ class PgConnection:
             except codec.ProtocolError as exc:
                 await self._send_client(codec.build_error(f"jitgate: protocol violation: {exc}", exc.sqlstate, "FATAL"))
                 return f"protocol error: {exc}"
+            if session.target.session_approval and session._admission is None:
+                admission = await self._admit()
+                if not admission.allowed:
+                    await self._send_client(codec.build_error(admission.message or "jitgate: session not approved", "28000", "FATAL"))
+                    return f"session not approved: {admission.message}"
+                window = session.target.approvals.session_access
+                if window:
+                    asyncio.get_running_loop().call_later(window, self.shutdown, f"approved access window of {window}s elapsed")
             out = bytearray()
             for kind, start, end in spans:
                 if kind == 0x51:  # 'Q'
