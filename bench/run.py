@@ -34,6 +34,7 @@ Everything listens on and connects to 127.0.0.1 only; every loop is bounded.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import datetime
 import json
 import os
@@ -848,7 +849,8 @@ def main(argv: list[str] | None = None) -> int:
             "bulk_wire_mb": bulk_bytes / 1e6,
             "quick": args.quick,
             "paths": list(endpoints),
-            "broker_event_loop": "uvloop (experiment via sitecustomize)" if args.uvloop else "asyncio (default)",
+            "broker_event_loop": "uvloop (experiment via sitecustomize)" if args.uvloop else (
+                "uvloop (installed; broker/main.py uses it)" if importlib.util.find_spec("uvloop") else "asyncio"),
             "elapsed_s": None,
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],

@@ -632,7 +632,8 @@ class PgConnection:
                     if pending:
                         pending[0].rows += 1
                     if masker is not None:
-                        plan = await self._plan_for_rows(data[start + 5 : end])
+                        head = pending[0] if pending else None
+                        plan = head.plan if head is not None and head.planned else await self._plan_for_rows(data[start + 5 : end])
                         if plan is not None:
                             if parts is None:
                                 parts = []
