@@ -1,8 +1,8 @@
 """One statement on a PostgreSQL target, run by the broker with its held credential.
 
 The agent API has no client wire protocol to relay, so the broker is the
-PostgreSQL client here: it logs in exactly as the relay does (same codec, same
-``UpstreamLogin``, same TLS rules), runs one statement with the extended query
+PostgreSQL client here: it logs in through the relay's own code path
+(``broker.pg.upstream.open_upstream``), runs one statement with the extended query
 protocol (parameters travel as text, never spliced into the SQL), and masks the
 DataRows with the same ``RowPlan`` the relay uses before it turns them into JSON.
 
@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from broker.pg import codec
-from broker.pg.upstream_auth import UpstreamAuthError, UpstreamLogin
-from broker.tls import upstream_context
+from broker.pg.upstream import UpstreamLoginError, open_upstream
 from jitgate.masking import Masker
 from jitgate.policy import Target
 
@@ -132,56 +131,15 @@ class Upstream:
 
     @classmethod
     async def connect(cls, target: Target, password: str, *, timeout_s: float, application: str = "jitgate-agent") -> "Upstream":
+        params = {"client_encoding": "UTF8", "application_name": application,
+                  "statement_timeout": str(max(1, int(timeout_s * 1000)))}
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port, limit=READ_SIZE), 15)
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise UpstreamUnavailable(f"the target is unreachable ({type(exc).__name__})") from None
-        self = cls(target, reader, writer)
-        try:
-            await self._login(password, timeout_s, application)
-        except BaseException:
-            writer.close()
-            raise
+            connection = await open_upstream(target, password, params)
+        except UpstreamLoginError as exc:
+            raise UpstreamUnavailable(str(exc)) from None
+        self = cls(target, connection.reader, connection.writer)
+        self.key = connection.key
         return self
-
-    async def _login(self, password: str, timeout_s: float, application: str) -> None:
-        target, reader, writer = self.target, self.reader, self.writer
-        encrypted = False
-        if target.tls != "disable":
-            writer.write(codec.build_ssl_request())
-            await writer.drain()
-            answer = await asyncio.wait_for(reader.readexactly(1), 15)
-            if answer == b"S":
-                await writer.start_tls(upstream_context(target.tls), server_hostname=target.host)
-                encrypted = True
-            elif target.tls in ("require", "verify-full"):
-                raise UpstreamUnavailable("the target does not offer TLS, which its policy requires")
-        params = {"user": target.username, "database": target.database, "client_encoding": "UTF8",
-                  "application_name": application, "statement_timeout": str(max(1, int(timeout_s * 1000)))}
-        writer.write(codec.build_startup(params))
-        await writer.drain()
-        login = UpstreamLogin(target.username, password, encrypted=encrypted)
-        while True:
-            for kind, payload in await self._messages(30):
-                if kind == "R":
-                    try:
-                        reply = login.respond(codec.parse_authentication(payload))
-                    except UpstreamAuthError as exc:
-                        raise UpstreamUnavailable(f"the gateway could not log in: {exc}") from None
-                    if reply:
-                        writer.write(reply)
-                        await writer.drain()
-                elif kind == "E":
-                    fields = codec.parse_fields(payload)
-                    raise UpstreamUnavailable(
-                        f"the target refused the gateway's held credential (upstream SQLSTATE {fields.get('C', '?')}); "
-                        "an administrator must rotate or fix it")
-                elif kind == "K":
-                    self.key = codec.parse_backend_key(payload)
-                elif kind == "Z":
-                    if not login.done:
-                        raise UpstreamUnavailable("the target finished login without authenticating")
-                    return
 
     async def _messages(self, timeout: float) -> list[tuple[str, bytes]]:
         while True:

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 
 from broker.authz import AuthorizeClient, Refused
 from broker.pg import codec
-from broker.pg.upstream_auth import UpstreamAuthError, UpstreamLogin
+from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.session import Session, Verdict, new_backend_key
-from broker.tls import upstream_context
 from jitgate.masking import MalformedRow, MaskingRefused, apply_result_formats
 from jitgate.backends import Backends
 from jitgate.logs import log
@@ -320,75 +319,26 @@ class PgConnection:
             raise ClientError(
                 f"jitgate: the gateway cannot load its credential for target {self.session.target_name!r}; "
                 "an administrator must fix the credential reference", "28000") from None
+        name = self.session.target_name
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port, limit=READ_SIZE), 15)
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise ClientError(f"jitgate: target {self.session.target_name!r} is unreachable ({type(exc).__name__})", "08001") from None
-        self.u_reader, self.u_writer = reader, writer
-        encrypted = False
-        if target.tls != "disable":
-            writer.write(codec.build_ssl_request())
-            await writer.drain()
-            answer = await asyncio.wait_for(reader.readexactly(1), 15)
-            if answer == b"S":
-                await writer.start_tls(upstream_context(target.tls), server_hostname=target.host)
-                encrypted = True
-            elif target.tls in ("require", "verify-full"):
-                raise ClientError(f"jitgate: target {self.session.target_name!r} does not offer TLS, which its policy requires", "08001")
-        writer.write(codec.build_startup({"user": target.username, "database": target.database, **params}))
-        await writer.drain()
-        login = UpstreamLogin(target.username, password, encrypted=encrypted)
-        del password
-        framer = codec.MessageReader()
-        # Authentication exchange, then ParameterStatus/BackendKeyData until ReadyForQuery.
-        to_client = [codec.AUTHENTICATION_OK]
-        while True:
-            chunk = await asyncio.wait_for(reader.read(READ_SIZE), 30)
-            if not chunk:
-                raise ClientError(f"jitgate: target {self.session.target_name!r} closed the connection during login", "08006")
-            framer.feed(chunk)
-            for kind, payload in framer.messages():
-                if kind == "R":
-                    try:
-                        reply = login.respond(codec.parse_authentication(payload))
-                    except UpstreamAuthError as exc:
-                        log(logger, logging.ERROR, "upstream login failed", target=self.session.target_name, error=str(exc))
-                        raise ClientError(f"jitgate: the gateway could not log in to {self.session.target_name!r}: {exc}", "28000") from None
-                    if reply:
-                        writer.write(reply)
-                        await writer.drain()
-                elif kind == "E":
-                    fields = codec.parse_fields(payload)
-                    log(logger, logging.ERROR, "upstream refused the held credential", target=self.session.target_name,
-                        sqlstate=fields.get("C"), upstream_message=fields.get("M"))
-                    raise ClientError(
-                        f"jitgate: target {self.session.target_name!r} refused the gateway's held credential "
-                        f"(upstream SQLSTATE {fields.get('C', '?')}); an administrator must rotate or fix it", "28000")
-                elif kind == "K":
-                    self.upstream_key = codec.parse_backend_key(payload)
-                    self.key = new_backend_key()
-                    self.broker.cancel_routes[self.key] = CancelRoute(
-                        target.host, target.port, self.upstream_key.pid, self.upstream_key.secret, self)
-                    to_client.append(codec.build_backend_key(*self.key))
-                elif kind == "S":
-                    to_client.append(codec.message("S", payload))
-                elif kind == "N":
-                    to_client.append(codec.message("N", payload))
-                elif kind == "v":
-                    continue  # upstream negotiated down our (3.0) request: nothing to tell the client
-                elif kind == "Z":
-                    if not login.done:
-                        raise ClientError("jitgate: upstream finished login without authenticating", "28000")
-                    # The session id, so clients and agents can cite their recording.
-                    to_client.append(codec.build_parameter_status("jitgate_session_id", self.session.session_id))
-                    to_client.append(codec.message("Z", payload))
-                    leftover = framer.buffered
-                    if leftover:
-                        raise codec.ProtocolError("upstream sent data after ReadyForQuery during login")
-                    await self._send_client(b"".join(to_client))
-                    return
-                else:
-                    raise ClientError(f"jitgate: unexpected message {kind!r} from upstream during login", "08P01")
+            upstream = await open_upstream(target, password, params)
+        except UpstreamLoginError as exc:
+            log(logger, logging.ERROR, "upstream login failed", target=name, error=str(exc),
+                sqlstate=exc.upstream_fields.get("C"), upstream_message=exc.upstream_fields.get("M"))
+            raise ClientError(f"jitgate: target {name!r}: {exc}", exc.code) from None
+        finally:
+            del password
+        self.u_reader, self.u_writer = upstream.reader, upstream.writer
+        to_client = [codec.AUTHENTICATION_OK, *upstream.messages]
+        if upstream.key is not None:
+            self.upstream_key = upstream.key
+            self.key = new_backend_key()
+            self.broker.cancel_routes[self.key] = CancelRoute(target.host, target.port, upstream.key.pid, upstream.key.secret, self)
+            to_client.append(codec.build_backend_key(*self.key))
+        # The session id, so clients and agents can cite their recording.
+        to_client.append(codec.build_parameter_status("jitgate_session_id", self.session.session_id))
+        to_client.append(upstream.ready)
+        await self._send_client(b"".join(to_client))
 
     # -- cancel ---------------------------------------------------------------------
 

@@ -1,0 +1,102 @@
+"""Opening a logged-in connection to a PostgreSQL target with the held credential.
+
+One code path for every caller (the wire-protocol relay and the agent API):
+TCP, the target's TLS mode, the startup packet, and the authentication exchange
+(broker/pg/upstream_auth.py), up to the first ReadyForQuery.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from broker.pg import codec
+from broker.pg.upstream_auth import UpstreamAuthError, UpstreamLogin
+from broker.tls import upstream_context
+from jitgate.policy import Target
+
+READ_SIZE = 256 * 1024
+
+
+class UpstreamLoginError(Exception):
+    """The target could not be reached or refused the gateway. ``code`` is a SQLSTATE for
+    the client; the message never contains the held credential."""
+
+    def __init__(self, message: str, code: str, *, upstream_fields: dict | None = None):
+        super().__init__(message)
+        self.code = code
+        self.upstream_fields = upstream_fields or {}
+
+
+@dataclass
+class UpstreamConnection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    key: codec.BackendKeyData | None = None
+    # ParameterStatus and NoticeResponse messages of the login, as raw messages, in order.
+    messages: list[bytes] = field(default_factory=list)
+    ready: bytes = b"Z\x00\x00\x00\x05I"  # the ReadyForQuery that ended the login
+
+
+async def open_upstream(target: Target, password: str, params: dict[str, str], *, timeout: float = 30) -> UpstreamConnection:
+    """Connect and log in as target.username; raises UpstreamLoginError."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port, limit=READ_SIZE), 15)
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise UpstreamLoginError(f"the target is unreachable ({type(exc).__name__})", "08001") from None
+    try:
+        return await _login(target, password, params, reader, writer, timeout)
+    except BaseException:
+        writer.close()
+        raise
+
+
+async def _login(target, password, params, reader, writer, timeout) -> UpstreamConnection:
+    encrypted = False
+    if target.tls != "disable":
+        writer.write(codec.build_ssl_request())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readexactly(1), 15)
+        if answer == b"S":
+            await writer.start_tls(upstream_context(target.tls), server_hostname=target.host)
+            encrypted = True
+        elif target.tls in ("require", "verify-full"):
+            raise UpstreamLoginError("the target does not offer TLS, which its policy requires", "08001")
+    writer.write(codec.build_startup({"user": target.username, "database": target.database, **params}))
+    await writer.drain()
+    login = UpstreamLogin(target.username, password, encrypted=encrypted)
+    connection = UpstreamConnection(reader, writer)
+    framer = codec.MessageReader()
+    while True:
+        chunk = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
+        if not chunk:
+            raise UpstreamLoginError("the target closed the connection during login", "08006")
+        framer.feed(chunk)
+        for kind, payload in framer.messages():
+            if kind == "R":
+                try:
+                    reply = login.respond(codec.parse_authentication(payload))
+                except UpstreamAuthError as exc:
+                    raise UpstreamLoginError(f"the gateway could not log in: {exc}", "28000") from None
+                if reply:
+                    writer.write(reply)
+                    await writer.drain()
+            elif kind == "E":
+                fields = codec.parse_fields(payload)
+                raise UpstreamLoginError(
+                    f"the target refused the gateway's held credential (upstream SQLSTATE {fields.get('C', '?')}); "
+                    "an administrator must rotate or fix it", "28000", upstream_fields=fields)
+            elif kind == "K":
+                connection.key = codec.parse_backend_key(payload)
+            elif kind in ("S", "N"):
+                connection.messages.append(codec.message(kind, payload))
+            elif kind == "v":
+                continue  # the upstream negotiated our (3.0) request down: nothing to pass on
+            elif kind == "Z":
+                if not login.done:
+                    raise UpstreamLoginError("the target finished login without authenticating", "28000")
+                if framer.buffered:
+                    raise codec.ProtocolError("upstream sent data after ReadyForQuery during login")
+                connection.ready = codec.message("Z", payload)
+                return connection
+            else:
+                raise UpstreamLoginError(f"unexpected message {kind!r} from the target during login", "08P01")
