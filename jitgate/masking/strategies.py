@@ -5,7 +5,7 @@ Everything here works on ``str`` and knows nothing about PostgreSQL types;
 """
 from __future__ import annotations
 
-import hmac
+import hashlib
 
 from jitgate.masking.detectors import EMAIL_FULL
 
@@ -34,15 +34,25 @@ class Hasher:
     SHA-256 of a phone number can be brute-forced in seconds).
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_inner", "_outer")
 
     def __init__(self, key: bytes):
         if len(key) < 16:
             raise ValueError("the masking HMAC key must be at least 16 bytes (128 bits)")
         self._key = bytes(key)
+        # HMAC-SHA256 (RFC 2104) with its two keyed states computed once: copying a hash
+        # state costs a fraction of hmac.digest(), which sets OpenSSL up again on every call
+        # (4.1 -> 1.9 us per value here; the output is the same, see tests/masking).
+        block = (hashlib.sha256(self._key).digest() if len(self._key) > 64 else self._key).ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
     def digest(self, data: bytes) -> bytes:
-        return hmac.digest(self._key, data, "sha256")
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def token(self, data: bytes) -> str:
         return HASH_PREFIX + self.digest(data)[: HASH_HEX_DIGITS // 2].hex()
