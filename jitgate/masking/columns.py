@@ -88,6 +88,16 @@ def _whole_text(type_oid: int, type_modifier: int, strategy: str, keep_last: int
     if strategy == "partial" and type_oid == pgtypes.XML_OID:
         strategy = "redact"  # a cut XML document is not XML
 
+    if strategy == "hash" and fit is None and _text_width(type_oid, type_modifier, "") is None:
+        # Unlimited text (text, unlimited varchar, citext...): the token of the raw bytes, with
+        # no decode/encode round trip (it would give back the same bytes).
+        token = hasher.token
+
+        def hash_text_value(raw: bytes) -> bytes:
+            return token(raw).encode()
+
+        return hash_text_value
+
     def mask_text_value(raw: bytes) -> bytes:
         original = raw.decode("utf-8", "surrogateescape")
         # Trailing blanks of char(n) are padding, not data: 'ab  ' and 'ab' are the same value.
