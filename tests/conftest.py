@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -55,7 +56,34 @@ def stack(request, tmp_path_factory) -> Stack:
         fh.write(TEST_TARGETS.format(pg_port=s.pg.port))
     time.sleep(0.05)
     yield s
-    s.stop()
+    try:
+        assert_no_secrets_leaked(s)
+    finally:
+        s.stop()
+
+
+_JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
+
+
+def assert_no_secrets_leaked(stack: Stack) -> None:
+    """After every test has used the stack: no token, held password or private key in any log,
+    spool or recording it wrote (a guard over the whole suite, not one code path)."""
+    held = [stack.pg.broker_password.encode(), stack.pg.md5_password.encode(), b"not-the-password"]
+    leaks = []
+    for folder in ("logs", "spool", "recordings"):
+        root = stack.home / folder
+        if not root.exists():
+            continue
+        for path in root.rglob("*"):
+            if not path.is_file() or path.suffix in (".pem", ".key", ".crt"):
+                continue
+            data = path.read_bytes()
+            if _JWT.search(data):
+                leaks.append(f"{path}: an OIDC token or grant")
+            if b"PRIVATE KEY-----" in data:
+                leaks.append(f"{path}: a private key")
+            leaks.extend(f"{path}: a held credential" for secret in held if secret in data)
+    assert not leaks, "secrets leaked:\n" + "\n".join(leaks)
 
 
 @pytest.fixture(scope="session")
