@@ -299,13 +299,15 @@ NUMERIC_KINDS = frozenset({"card", "ssn", "phone"})
 # - card, ssn, phone: a run of at least 9 characters from "0-9 ().+-" (a card has
 #   13+ digits, an SSN is 11 characters, the shortest phone "+" and 8 digits);
 #   ``bytes.translate`` maps those characters to '9' so one substring search finds it;
-# - iban: two capitals and two digits ("AA99" after the same translation, which maps
-#   capitals to 'A' and is a superset: a separator may stand where a digit is needed);
+# - iban: two capitals followed by two digits (their own translation table, below);
 # - secret: one of its literal openings.
 
-_PREFILTER_TABLE = bytes.maketrans(b"0123456789 ().+-ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"9" * 16 + b"A" * 26)
+_PREFILTER_TABLE = bytes.maketrans(b"0123456789 ().+-", b"9" * 16)
 _NUMERIC_RUN = b"9" * 9
-_SECRET_OPENINGS = re.compile(rb"-----BEGIN |eyJ|A[KS]IA|xox|private_key")
+# An IBAN starts with two capitals and two digits, side by side (see _IBAN_START): a table
+# that keeps only that shape ("ORD-1234" does not pass, "GB82" does).
+_IBAN_TABLE = bytes(57 if 48 <= i <= 57 else 65 if 65 <= i <= 90 else 46 for i in range(256))
+_SECRET_OPENINGS = re.compile(rb"-----BEGIN |eyJ|A[KS]IA|xox|private_key")  # one search beats six `in` tests
 # The numeric clusters that the card, SSN and phone detectors then look inside.
 _NUMERIC_CLUSTER = re.compile(r"[0-9(+][0-9 ().+-]{8,}")
 
@@ -325,11 +327,8 @@ class Prefilter:
     def families(self, raw: bytes) -> tuple[bool, bool, bool, bool] | None:
         """(email, numeric, iban, secret) worth running, or None when no detector can match."""
         email = self.email and b"@" in raw
-        numeric = iban = False
-        if self.numeric or self.iban:
-            shape = raw.translate(_PREFILTER_TABLE)
-            numeric = self.numeric and _NUMERIC_RUN in shape
-            iban = self.iban and b"AA99" in shape
+        numeric = self.numeric and _NUMERIC_RUN in raw.translate(_PREFILTER_TABLE)
+        iban = self.iban and b"AA99" in raw.translate(_IBAN_TABLE)
         secret = self.secret and _SECRET_OPENINGS.search(raw) is not None
         if email or numeric or iban or secret:
             return email, numeric, iban, secret
