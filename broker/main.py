@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from broker import metrics
 from broker.authz import AuthorizeClient
 from broker.pg.server import PgBroker
 from broker.recorder import SpoolUploader
@@ -73,7 +74,7 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
 
     app = web.Application()
     app.router.add_get("/healthz", lambda r: web.json_response({"ok": True, "sessions": len(pg.connections)}))
-    app.router.add_get("/metrics", lambda r: web.Response(text=_metrics(pg), content_type="text/plain"))
+    app.router.add_get("/metrics", lambda r: web.Response(body=_metrics(pg), content_type="text/plain", charset="utf-8"))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     mhost, mport = _split(settings.metrics_listen)
@@ -131,14 +132,9 @@ def _install_extensions(pg: PgBroker, settings: Settings, backends) -> None:
         install_masking(pg, settings, backends)
 
 
-def _metrics(pg: PgBroker) -> str:
-    return (
-        "# HELP jitgate_sessions_active Live sessions.\n# TYPE jitgate_sessions_active gauge\n"
-        f"jitgate_sessions_active {len(pg.connections)}\n"
-        "# HELP jitgate_authorize_calls_total Calls to functions/authorize (cache misses).\n"
-        "# TYPE jitgate_authorize_calls_total counter\n"
-        f"jitgate_authorize_calls_total {pg.authz.calls}\n"
-    )
+def _metrics(pg: PgBroker) -> bytes:
+    metrics.AUTHORIZE_CALLS.set(pg.authz.calls)
+    return metrics.render()
 
 
 def main(argv: list[str] | None = None) -> None:

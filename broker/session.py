@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+from broker import metrics
 from broker.recorder import Recorder
 from jitgate.identity.oidc import Principal
 from jitgate.logs import log
@@ -102,6 +103,8 @@ class Session:
             policy=policy.digest,
         )
         log(logger, logging.INFO, "session started", session_id=session_id, user=principal.username, target=target_name, client=client)
+        metrics.SESSIONS.labels(kind, target_name).inc()
+        metrics.SESSIONS_ACTIVE.inc()
         return session
 
     def decide_sql(self, sql: str) -> Verdict:
@@ -159,6 +162,10 @@ class Session:
     def record_statement(self, sql: str, *, protocol: str, verdict: Verdict, params=None, statement_id=None) -> int:
         self.statements += 1
         sid = statement_id if statement_id is not None else self.statements
+        metrics.STATEMENTS.labels(self.kind, self.target_name, verdict.action).inc()
+        if verdict.action != "allow" or verdict.approval_id:
+            for klass in verdict.classes:
+                metrics.GUARDRAIL_HITS.labels(self.target_name, klass).inc()
         fields = {
             "id": sid,
             "sql": self.mask_for_record(sql),
@@ -183,6 +190,7 @@ class Session:
         return text
 
     def record_result(self, statement_id: int, *, started: float, rows: int | None, tag: str | None, error: str | None) -> None:
+        metrics.STATEMENT_SECONDS.labels(self.kind).observe(time.perf_counter() - started)
         self.recorder.event(
             "result",
             id=statement_id,
@@ -193,6 +201,7 @@ class Session:
         )
 
     async def close(self, reason: str) -> None:
+        metrics.SESSIONS_ACTIVE.dec()
         await self.recorder.close(reason)
         log(logger, logging.INFO, "session ended", session_id=self.session_id, reason=reason, statements=self.statements)
 

@@ -21,6 +21,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
+from broker import metrics
 from broker.authz import AuthorizeClient, Refused
 from broker.pg import codec
 from broker.pg.upstream import UpstreamLoginError, open_upstream
@@ -242,6 +243,8 @@ class PgConnection:
             reason = f"protocol error: {exc}"
         except ClientError as exc:
             log(logger, logging.INFO, "connection refused", client=self.client, reason=str(exc))
+            if self.session is None:
+                metrics.REFUSED_CONNECTIONS.labels("postgres", exc.code).inc()
             await self._refuse(str(exc), exc.code, exc.hint)
             reason = f"refused: {exc}"
         except (asyncio.TimeoutError, TimeoutError):
