@@ -104,10 +104,18 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log(logger, logging.INFO, "draining", seconds=DRAIN_SECONDS, sessions=len(pg.connections))
-    await pg.drain(DRAIN_SECONDS)
+    log(logger, logging.INFO, "draining", seconds=DRAIN_SECONDS, sessions=len(pg.live_sessions))
+    # Every protocol's live sessions get the drain period to finish; then the other listeners
+    # stop (closing what is left of theirs) and the PostgreSQL relay closes its stragglers.
+    # Sessions cut at the deadline are still sealed: their spools are complete up to the cut.
+    if pg.server:
+        pg.server.close()
+    deadline = loop.time() + DRAIN_SECONDS
+    while pg.live_sessions and loop.time() < deadline:
+        await asyncio.sleep(0.1)
     for stop_listener in ctx.stoppers:
         await stop_listener()
+    await pg.drain(max(0.0, deadline - loop.time()))
     sweeper.cancel()
     await uploader.sweep()
     await runner.cleanup()

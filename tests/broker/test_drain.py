@@ -1,0 +1,31 @@
+"""SIGTERM drains: no new sessions, live ones finish their work, then the broker exits and seals them."""
+from __future__ import annotations
+
+import signal
+import time
+
+import psycopg
+import pytest
+
+from jitgate.devstack import start_broker
+from tests.conftest import wait_sealed
+
+
+def test_sigterm_lets_live_sessions_finish_then_exits(stack, broker_dsn):
+    env = dict(stack.env, JITGATE_PG_LISTEN="127.0.0.1:0", JITGATE_SSH_LISTEN="", JITGATE_HTTP_LISTEN="",
+               JITGATE_K8S_LISTEN="")
+    proc, info = start_broker(stack.home, env, stack.home / "logs", name="broker-drain")
+    port = int(info["pg"].rpartition(":")[2])
+    dsn = broker_dsn().replace(f"port={stack.broker_port}", f"port={port}")
+    try:
+        with psycopg.connect(dsn) as conn:
+            session_id = conn.info.parameter_status("jitgate_session_id")
+            proc.popen.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(dsn)  # draining: the listener is closed
+            assert conn.execute("SELECT count(*) FROM customers").fetchone()[0] >= 5  # the live session still works
+        assert proc.popen.wait(20) == 0  # the last session ended: the broker exits well before the deadline
+    finally:
+        proc.stop()
+    wait_sealed(stack, session_id)
