@@ -95,6 +95,8 @@ class ApprovalStep:
                 requester=requester, requester_groups=session.principal.groups, target=session.target_name,
                 session_id=session.session_id, statement=statement, classes=verdict.classes, reasons=verdict.reasons,
                 config=config, kind=session.kind, now=now, policy_digest=session.policy.digest,
+                shown_statement=session.mask_for_record(statement),
+                requester_ids=(session.principal.username, session.principal.subject),
             )
             await self._io(self.store.create_approval, record)
             session.recorder.event(
@@ -193,14 +195,10 @@ class ApprovalStep:
         requester = session.principal.username.lower()
 
         def take(current: dict) -> dict | None:
-            # Re-checked inside the transaction: the grant must still cover exactly this statement.
-            if current["status"] != ap.APPROVED or current["requester"] != requester or current["target"] != session.target_name:
-                return None
-            if current["scope"] == ap.SCOPE_STATEMENT and current["sha256"] != sha:
-                return None
-            if current["scope"] == ap.SCOPE_SESSION and current["session_id"] != session.session_id:
-                return None
-            if current.get("grant_until") is not None and time.time() >= current["grant_until"] and current["uses"] > 0:
+            # Re-checked inside the transaction, by the same rule as everywhere: the grant must
+            # still cover exactly this statement (or this session) for this requester.
+            if not ap.grant_covers(current, requester=requester, target=session.target_name, sha256=sha,
+                                   session_id=session.session_id, now=time.time()):
                 return None
             return ap.use(current)
 

@@ -8,6 +8,7 @@ escape a column rule, because the source column's name is resolved too.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets as pysecrets
@@ -57,15 +58,13 @@ class SessionMasker:
     def plan_copy(self, *args, **kwargs):
         return self.masker.plan_copy(*args, **kwargs)
 
-    def knows(self, oids: set[int]) -> bool:
-        return oids.issubset(self._tables)
-
     async def resolve(self, oids: set[int]) -> None:
         missing = sorted(o for o in oids if o and o not in self._tables)
         if not missing:
             return
         target = self._target
-        password = self._backends.secrets.get(target.credential).decode()
+        # Off the event loop: a Secret Manager reference is a network call.
+        password = (await asyncio.to_thread(self._backends.secrets.get, target.credential)).decode()
         ssl = None if target.tls == "disable" else ("require" if target.tls in ("require", "verify-full") else "prefer")
         try:
             conn = await asyncpg.connect(host=target.host, port=target.port, user=target.username, password=password,

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from jitgate.backends import Backends
@@ -145,8 +146,6 @@ class SpoolUploader:
                     seq = json.loads(last)["seq"] + 1
                 except (ValueError, KeyError):
                     pass
-            import time
-
             fh.seek(cut)
             fh.write(json.dumps({"seq": seq, "ts": round(time.time(), 6), "type": "session.end", "reason": "crash: broker stopped without closing the session; sealed at restart"}).encode() + b"\n")
         state = _read_state(spool_path)

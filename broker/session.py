@@ -126,6 +126,17 @@ class Session:
             message = f"jitgate: {what} needs approval on target {self.target_name!r} (class: {', '.join(why)})"
         return Verdict(action, tuple(sorted(classes)), reasons, message)
 
+    def use_masking(self, factory) -> None:
+        """Masking for this session from the broker's masker factory: the recording is always
+        masked (auditors are not all in the clear-text group); the data path only for callers
+        outside the target's clear-text groups."""
+        if factory is None:
+            return
+        masker = factory(self.target, self.principal)
+        self.record_masker = masker
+        if not self.target.sees_clear_text(self.principal.groups):
+            self.masker = masker
+
     async def admit(self) -> Verdict:
         """Time-boxed access (Target.session_approval): one approval for the whole session,
         asked before its first statement runs. Allow when the target does not ask for it."""
@@ -175,13 +186,22 @@ class Session:
             "sha256": hashlib.sha256(sql.encode()).hexdigest(),
         }
         if params:
-            fields["params"] = [self.mask_for_record(p) if isinstance(p, str) else p for p in params]
+            fields["params"] = [self._param_for_record(p) for p in params]
         if verdict.approval_id:
             fields["approval_id"] = verdict.approval_id
         if verdict.action == "deny":
             fields["reason"] = verdict.message
         self.recorder.event("statement", **fields)
         return sid
+
+    def _param_for_record(self, param):
+        if isinstance(param, str):
+            return self.mask_for_record(param)
+        masker = self.record_masker or self.masker
+        if isinstance(param, dict) and "binary" in param and masker is not None and getattr(masker, "active", False):
+            # A binary-format value cannot be scanned as text, and its hex would carry the clear value.
+            return {"binary_bytes": len(param["binary"]) // 2, "withheld": "binary parameter on a masked target"}
+        return param
 
     def mask_for_record(self, text: str) -> str:
         masker = self.record_masker or self.masker

@@ -96,6 +96,8 @@ def new_request(
     kind: str = "postgres",
     now: float | None = None,
     policy_digest: str = "",
+    shown_statement: str | None = None,
+    requester_ids: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """A pending request; ``config`` is the target's ApprovalConfig (snapshotted into the record)."""
     now = time.time() if now is None else now
@@ -105,12 +107,16 @@ def new_request(
         "status": PENDING,
         "scope": scope,
         "requester": requester.lower(),
+        # Every identifier of the requester (username, subject...): none of them may approve.
+        "requester_ids": sorted({requester.lower(), *(i.lower() for i in requester_ids if i)}),
         "requester_groups": sorted(requester_groups),
         "target": target,
         "kind": kind,
         "session_id": session_id,
-        "statement": statement[:MAX_STATEMENT_CHARS],
-        "statement_truncated": len(statement) > MAX_STATEMENT_CHARS,
+        # What approvers see (Slack, console, CLI, the bus): masked when the target masks, since
+        # approvers are not all in the clear-text group. The binding is the raw statement's hash.
+        "statement": (shown_statement if shown_statement is not None else statement)[:MAX_STATEMENT_CHARS],
+        "statement_truncated": len(shown_statement if shown_statement is not None else statement) > MAX_STATEMENT_CHARS,
         "sha256": statement_sha256(statement),
         "classes": sorted(classes),
         "reasons": list(reasons),
@@ -141,7 +147,7 @@ def eligibility(record: dict, approver: Approver) -> str | None:
     email = approver.email.lower()
     if not email:
         return "the approver has no verified email"
-    if email == record["requester"]:
+    if email == record["requester"] or email in record.get("requester_ids", ()):
         return "you cannot decide your own request"
     if email in record.get("approver_users", []):
         return None
@@ -197,7 +203,8 @@ def decide(record: dict, approver: Approver, action: str, *, reason: str = "", n
         raise DecisionError("already_decided", f"approval {record['approval_id']} was already {describe_decision(record)}", record)
     why_not = eligibility(record, approver)
     if why_not:
-        code = "self_approval" if approver.email.lower() == record["requester"] else "not_approver"
+        email = approver.email.lower()
+        code = "self_approval" if email == record["requester"] or email in record.get("requester_ids", ()) else "not_approver"
         raise DecisionError(code, why_not, record)
     new = dict(record)
     new["approvals"] = list(record.get("approvals", []))
@@ -243,7 +250,12 @@ def grant_covers(record: dict, *, requester: str, target: str, sha256: str, sess
     """Does this approved record let this statement run without a new prompt?"""
     if record["status"] != APPROVED or record["target"] != target or record["requester"] != requester.lower():
         return False
-    if record.get("grant_until") is None or now >= record["grant_until"]:
+    until = record.get("grant_until")
+    if until is not None and record.get("scope") == SCOPE_STATEMENT and not record.get("grant_window") and not record.get("uses"):
+        # A one-time approval that arrived after the hold gave up: the same statement may
+        # still run once, until the request itself would have expired.
+        until = max(until, record["expires_at"])
+    if until is None or now >= until:
         return False
     if record.get("scope") == SCOPE_SESSION:
         return record["session_id"] == session_id
@@ -267,6 +279,7 @@ def apply_decision(backends, approval_id: str, approver: Approver, action: str, 
     failure: list[DecisionError] = []
 
     def change(record: dict) -> dict | None:
+        failure.clear()  # the store may run this again (a Firestore transaction retry): only the last attempt counts
         t = time.time() if now is None else now
         expired = expire_if_due(record, t)
         if expired is not None:

@@ -156,16 +156,21 @@ def make_handler(console: Console):
             match = _DECIDE.match(urllib.parse.urlsplit(self.path).path)
             if not match:
                 return self._json(404, {"error": "not found"})
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                return self._json(413, {"error": "body too large"})
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                return self._json(400, {"error": "Content-Length is not a number"})
+            if length < 0 or length > MAX_BODY:
+                return self._json(413, {"error": f"the body must be 0 to {MAX_BODY} bytes"})
             raw = self.rfile.read(length).decode(errors="replace")
             is_json = (self.headers.get("Content-Type") or "").startswith("application/json")
             if is_json:
                 try:
                     form = json.loads(raw or "{}")
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):
                     return self._json(400, {"error": "invalid JSON"})
+                if not isinstance(form, dict):
+                    return self._json(400, {"error": "send a JSON object {token, reason}"})
             else:
                 form = {k: v[0] for k, v in urllib.parse.parse_qs(raw).items()}
             status, result = console.decide(match.group(1), match.group(2), str(form.get("token", "")), str(form.get("reason", "")))
@@ -184,6 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logs.setup()
     console = Console(Settings.from_env())
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        # The console lists pending statements without a sign-in: it is a local-stack tool only.
+        parser.error(f"--host {args.host}: the approval console only binds to a loopback address")
     server = ThreadingHTTPServer((args.host, args.port), make_handler(console))
     server.daemon_threads = True
     threading.Thread(target=console.sweep_forever, name="expiry-sweep", daemon=True).start()

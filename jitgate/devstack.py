@@ -293,9 +293,15 @@ class DevIssuer:
         wait_for(lambda: httpx.get(issuer + "/.well-known/openid-configuration", timeout=2).status_code == 200, 30, "dev issuer discovery", proc)
         return cls(proc, issuer, keys_file)
 
+    def _kids(self) -> set[str]:
+        jwks_uri = httpx.get(self.issuer + "/.well-known/openid-configuration", timeout=5).json()["jwks_uri"]
+        return {k["kid"] for k in httpx.get(jwks_uri, timeout=5).json()["keys"]}
+
     def rotate_keys(self) -> None:
+        """New signing keys (SIGHUP); returns once the issuer publishes them."""
+        before = self._kids()
         os.kill(self.proc.popen.pid, signal.SIGHUP)
-        time.sleep(0.5)
+        wait_for(lambda: self._kids().isdisjoint(before), 15, "dev issuer key rotation", self.proc)
 
 
 def dev_token(issuer: str, user: str, groups: list[str] | tuple[str, ...] = (), *, ttl: int | None = None,

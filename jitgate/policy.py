@@ -150,10 +150,16 @@ class ApprovalConfig(_Strict):
     # JIT: an approval unlocks the whole session for this long instead of one statement.
     session_access: int | None = None
 
-    @field_validator("ttl", "wait", "grant_window", "session_access", mode="before")
+    @field_validator("ttl", "wait", "session_access", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return None if value is None else parse_duration(value)
+
+    @field_validator("grant_window", mode="before")
+    @classmethod
+    def _grant_window(cls, value: Any) -> Any:
+        # 0 means a one-time grant: the approved statement runs once, then the approval is consumed.
+        return 0 if value in (0, "0", "0s") else parse_duration(value)
 
 
 class MaskingRule(_Strict):
@@ -404,13 +410,6 @@ def _friendly(err: dict, raw: Any) -> PolicyProblem:
     path = ".".join(str(p) for p in loc)
     kind = err["type"]
     if kind == "extra_forbidden":
-        parent = raw
-        for part in loc[:-1]:
-            try:
-                parent = parent[part]
-            except (KeyError, IndexError, TypeError):
-                parent = None
-                break
         model_fields = _fields_for(loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), model_fields, n=1) if model_fields else []
         message = "unknown field" + (f" (did you mean {hint[0]!r}?)" if hint else "")
@@ -435,8 +434,7 @@ def _fields_for(loc: tuple) -> list[str]:
             continue
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
-            # dict[str, Model] keys (target names) leave the model unchanged
-            model = _dict_value_model(model, part)
+            # A key of dict[str, Model] (a target name): _model_of already resolved the value type.
             continue
         model = _model_of(field.annotation)
     return list(model.model_fields) if hasattr(model, "model_fields") else []
@@ -452,10 +450,6 @@ def _model_of(annotation: Any) -> Any:
             if found is not None:
                 return found
     return None
-
-
-def _dict_value_model(model: Any, key: Any) -> Any:
-    return model if isinstance(model, type) and issubclass(model, BaseModel) and model is not Policy else None
 
 
 def parse_policy(text: str | bytes, source: str = "<policy>") -> Policy:

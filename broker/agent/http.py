@@ -43,7 +43,7 @@ async def _body(request: Request, allowed: set[str]) -> dict:
                       "Send a smaller request.")
     try:
         body = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
         raise Problem(400, "invalid_json", "Invalid JSON", "the body is not valid JSON",
                       "Send a JSON object with Content-Type: application/json.") from None
     if not isinstance(body, dict):

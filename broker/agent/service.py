@@ -224,9 +224,7 @@ class AgentService:
             )
             session.approval_step = self.ctx.pg.approval_step
             target = policy.targets[target_name]
-            factory = self.ctx.pg.masker_factory
-            if factory is not None and not target.sees_clear_text(principal.groups):
-                session.masker = factory(target, principal)
+            session.use_masking(self.ctx.pg.masker_factory)
             handle = Handle(session, ephemeral=key is None)
             self.handles[key or ("call", session.session_id)] = handle
         handle.users += 1

@@ -62,7 +62,7 @@ def parse_resize(payload: bytes) -> tuple[int, int] | None:
     try:
         size = json.loads(payload)
         width, height = int(size["Width"]), int(size["Height"])
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
         return None
     return (width, height) if width >= 0 and height >= 0 else None
 
@@ -82,7 +82,7 @@ def parse_status(payload: bytes) -> Outcome:
     ``details.causes[reason=ExitCode].message``; any other failure has no exit code."""
     try:
         status = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return Outcome("Failure", None, "Unparsable", payload.decode("utf-8", "replace")[:500])
     if not isinstance(status, dict):
         return Outcome("Failure", None, "Unparsable", str(status)[:500])
@@ -92,12 +92,14 @@ def parse_status(payload: bytes) -> Outcome:
     if state == "Success":
         return Outcome("Success", 0, reason, message)
     code = None
-    if reason == "NonZeroExitCode":
-        for cause in (status.get("details") or {}).get("causes") or []:
-            if cause.get("reason") == "ExitCode":
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if reason == "NonZeroExitCode" and isinstance(causes, list):
+        for cause in causes:
+            if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
                 try:
                     code = int(cause.get("message"))
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     pass
     return Outcome(state or "Failure", code, reason, message)
 

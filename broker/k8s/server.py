@@ -307,6 +307,9 @@ class ExecRelay:
 
     def decide(self) -> Verdict:
         session, target, api = self.session, self.session.target, self.api
+        if not api.namespace or not api.name:
+            return Verdict("deny", ("namespace",), (), f"jitgate: {api.subresource} needs a namespaced pod "
+                           "(/api/v1/namespaces/NS/pods/POD/...)")
         if not namespace_allowed(list(target.namespaces), api.namespace, api.name):
             return Verdict("deny", ("namespace",), (), f"jitgate: {api.subresource} into pod {api.namespace}/{api.name} is "
                            f"not allowed on target {self.target_name!r} (allowed: {', '.join(target.namespaces)})")
@@ -328,9 +331,7 @@ class ExecRelay:
             principal=self.principal, target_name=self.target_name, policy=self.policy, client=self.client,
             kind="kubernetes", settings=self.ctx.settings, backends=self.ctx.backends, live=self.ctx.pg.live_sessions)
         session.approval_step = self.ctx.pg.approval_step
-        factory = self.ctx.pg.masker_factory
-        if factory is not None and not session.target.sees_clear_text(self.principal.groups):
-            session.masker = factory(session.target, self.principal)
+        session.use_masking(self.ctx.pg.masker_factory)
         try:
             return await self._run()
         finally:
@@ -345,7 +346,7 @@ class ExecRelay:
         session.recorder.event(
             "k8s.exec", subresource=api.subresource, namespace=api.namespace, pod=api.name, container=self.container,
             command=[session.mask_for_record(c) for c in self.command], tty=self.tty, **self.streams,
-            protocols=self.offered)
+            protocols=[p for p in self.offered if p in ch.SUPPORTED])  # a token may ride in an offered subprotocol
         statement = self.statement()
         verdict = self.decide()
         websocket = self.request.headers.get("Upgrade", "").lower() == "websocket"
@@ -356,7 +357,7 @@ class ExecRelay:
                               "use kubectl 1.30 or newer without KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false")
         elif verdict.action != "deny" and protocol is None:
             verdict = Verdict("deny", verdict.classes, verdict.reasons,
-                              f"jitgate: offer the subprotocol {ch.V5} or {ch.V4} (offered: {', '.join(self.offered) or 'none'})")
+                              f"jitgate: offer the subprotocol {ch.V5} or {ch.V4}")
         if verdict.action == "deny":
             self._record_decision(statement, verdict)
             self.end_reason = "refused"
@@ -574,6 +575,8 @@ class ExecRelay:
         self._term_start()
         text = self.session.mask_for_record(text)
         if stream == "stdin":
+            if self.tty:
+                return  # keystrokes can be passwords typed at no-echo prompts: counted and hashed, not kept
             self.session.recorder.event(TERM_INPUT, channel=0, event=[self._t(), "i", text])
         elif self.tty:
             self.session.recorder.event(TERM_OUTPUT, channel=0, event=[self._t(), "o", text])

@@ -61,7 +61,7 @@ def _refresh(creds) -> None:
     try:
         creds.refresh(google.auth.transport.requests.Request())
     except Exception as exc:  # google.auth.exceptions.RefreshError and transport errors
-        raise CredentialError(f"could not mint a Google access token: {exc}") from None
+        raise CredentialError(f"could not mint a Google access token ({type(exc).__name__})") from None
 
 
 def parse_credential(raw: bytes | None) -> HeldCredential:
@@ -74,7 +74,7 @@ def parse_credential(raw: bytes | None) -> HeldCredential:
         try:
             creds, _ = google.auth.default(scopes=list(GOOGLE_SCOPES))
         except Exception as exc:
-            raise CredentialError(f"no credential configured and no Application Default Credentials: {exc}") from None
+            raise CredentialError(f"no credential configured and no Application Default Credentials ({type(exc).__name__})") from None
         return HeldCredential("google", google=creds)
     text = raw.decode("utf-8", "replace").strip()
     if text.startswith("{"):
@@ -102,7 +102,10 @@ def _kubeconfig_token(text: str) -> str:
         user_name = contexts[context_name]["user"] if context_name else (config["users"][0]["name"])
         user = {u["name"]: u.get("user") or {} for u in config["users"]}[user_name]
     except (yaml.YAMLError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise CredentialError(f"the kubeconfig credential cannot be read ({type(exc).__name__}: {exc})") from None
+        # Never the parser's message: it quotes the offending line, which may hold the token.
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise CredentialError(f"the kubeconfig credential cannot be read ({type(exc).__name__}"
+                              + (f" near line {line + 1}" if line is not None else "") + ")") from None
     if user.get("token"):
         return str(user["token"])
     if user.get("tokenFile"):

@@ -281,7 +281,8 @@ class PgConnection:
         if not user:
             raise ClientError("jitgate: the startup packet names no user; connect as your IdP username", "28000")
         await self._send_client(codec.AUTHENTICATION_CLEARTEXT)
-        kind, payload = await self._read_message(codec.MessageReader(16384), self.c_reader)
+        # An ID token with many groups runs to tens of KiB; 256 KiB still bounds a hostile client.
+        kind, payload = await self._read_message(codec.MessageReader(256 * 1024), self.c_reader)
         if kind != "p":
             raise codec.ProtocolError(f"expected a password message, got {kind!r}")
         token = codec.parse_password(payload).strip()
@@ -304,13 +305,7 @@ class PgConnection:
         self.session.approval_step = self.broker.approval_step
         self.session.recorder.batching = True
         self.session.notify = self._notice
-        if self.broker.masker_factory is not None:
-            masker = self.broker.masker_factory(target, grant.principal)
-            # Recordings are masked for everyone (auditors are not all in the clear-text group);
-            # the data path only for callers outside it.
-            self.session.record_masker = masker
-            if not target.sees_clear_text(grant.principal.groups):
-                self.session.masker = masker
+        self.session.use_masking(self.broker.masker_factory)
         params = {k: v for k, v in startup.params.items() if k.lower() in FORWARDED_PARAMS}
         await self._connect_upstream(target, params)
 
@@ -377,7 +372,13 @@ class PgConnection:
         client_task = asyncio.create_task(self._pump_client())
         done, _ = await asyncio.wait({upstream_task, client_task}, return_when=asyncio.FIRST_COMPLETED)
         if client_task in done:
-            reason = client_task.result() if not client_task.exception() else f"client error: {client_task.exception()!r}"
+            exc = client_task.exception()
+            if isinstance(exc, codec.ProtocolError):
+                # A malformed Query/Parse/Bind/...: the client hears why, the session ends cleanly.
+                await self._refuse(f"jitgate: protocol violation: {exc}", exc.sqlstate)
+                reason = f"protocol error: {exc}"
+            else:
+                reason = client_task.result() if exc is None else f"client error: {exc!r}"
             if self.pending and "terminated" not in reason:
                 await self._cancel_upstream()  # the client vanished mid-query: stop the work upstream
             if self.u_writer:
@@ -749,11 +750,6 @@ def copy_masking_plan(masker, sql: str):
         table = None
         if stmt.relation is not None:
             table = f"{stmt.relation.schemaname}.{stmt.relation.relname}" if stmt.relation.schemaname else stmt.relation.relname
-            if columns is None:
-                return None, (
-                    "COPY of a whole table cannot be masked column by column here; list the columns "
-                    "(COPY t (a, b) TO STDOUT) or use SELECT"
-                ) if masker.masker._column_rules else None
         try:
             plan = masker.plan_copy(columns, table, format=str(options.get("format") or "text").lower(),
                                     delimiter=options.get("delimiter"), null=options.get("null"),

@@ -161,6 +161,9 @@ class GatewayConnection(asyncssh.SSHServer):
             grant = await self.ctx.authz.authorize(token, target_name, user)
         except Refused as exc:
             raise LoginRefused(f"jitgate: {exc.reason}") from None
+        except Exception as exc:  # never drop the connection without a word (and never echo the token)
+            log(logger, logging.ERROR, "ssh sign-in failed", target=target_name, error=type(exc).__name__)
+            raise LoginRefused("jitgate: sign-in failed inside the gateway; try again, then tell an administrator") from None
         policy = self.ctx.policy.policy
         target = policy.target(target_name)
         if target is None or target.kind != "ssh":
@@ -173,9 +176,7 @@ class GatewayConnection(asyncssh.SSHServer):
             settings=self.ctx.settings, backends=self.ctx.backends, live=self.ctx.pg.live_sessions,
         )
         session.approval_step = self.ctx.pg.approval_step
-        factory = self.ctx.pg.masker_factory
-        if factory is not None and not target.sees_clear_text(principal.groups):
-            session.masker = factory(target, principal)
+        session.use_masking(self.ctx.pg.masker_factory)
         try:
             try:
                 key = await asyncio.to_thread(self.ctx.backends.secrets.get, target.credential)
@@ -241,15 +242,10 @@ class GatewayConnection(asyncssh.SSHServer):
             return Verdict("allow", ())
         async with self._admit_lock:
             if self._admitted is None:
-                what = f"ssh session on {session.target_name} as {session.target.username}"
-                verdict = Verdict("approve", ("session",), (),
-                                  f"jitgate: target {session.target_name!r} needs an approval for each session (time-boxed access)")
                 session.notify = channel.notice
-                await channel.notice(verdict.message + "; waiting for an approver...")
-                final = await session.resolve(what, verdict)
-                session.recorder.event("session.approval", decision=final.action, approval_id=final.approval_id,
-                                       reason=final.message if final.action != "allow" else None)
-                self._admitted = final
+                await channel.notice(f"jitgate: target {session.target_name!r} needs an approval for each session "
+                                     "(time-boxed access); waiting for an approver...")
+                final = self._admitted = await session.admit()  # the pipeline's own session approval
                 window = session.target.approvals.session_access
                 if final.action == "allow" and window:
                     self._expiry = asyncio.get_running_loop().call_later(window, self._expire, window)

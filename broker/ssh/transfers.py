@@ -296,7 +296,7 @@ class ScpObserver:
         while view:
             if self._file is not None and self._left:
                 take = view[: self._left]
-                self._digest.add(self._digest.next, bytes(take))
+                self._digest.add(self._digest.next, take)
                 self._left -= len(take)
                 view = view[len(take):]
                 if not self._left:
@@ -328,6 +328,8 @@ class ScpObserver:
                 size_n = int(size)
             except ValueError:
                 raise TransferProtocolError(f"malformed scp line {line[:80]!r}") from None
+            if size_n < 0:  # a negative size would leave the byte counter stuck at a non-zero value
+                raise TransferProtocolError(f"negative size in scp line {line[:80]!r}")
             if kind == b"D":
                 self._dirs.append(name)
                 return []
@@ -375,10 +377,52 @@ def scp_mode(command: str) -> tuple[str, str] | None:
 FILE_TRANSFER_PROGRAMS = {"scp", "sftp-server", "rsync", "sftp"}
 
 
-def is_file_transfer_command(command: str) -> bool:
-    """Commands that move files in bulk (scp -t/-f, rsync --server, sftp-server run by path)."""
+# Programs that only run another program: the transfer hides behind them.
+_WRAPPERS = {"env", "sudo", "doas", "nice", "nohup", "timeout", "stdbuf", "ionice", "exec", "command", "builtin",
+             "time", "xargs", "chrt", "setsid", "unbuffer"}
+_SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"}
+
+
+def is_file_transfer_command(command: str, _depth: int = 0) -> bool:
+    """Commands that move files in bulk (scp -t/-f, rsync --server, sftp-server), also when
+    wrapped (``env X=1 scp -t``, ``/usr/bin/env rsync ...``, ``sh -c "scp -t /tmp"``, after ``;``
+    or ``&&``). Text that cannot be parsed counts as a transfer: the policy check fails closed."""
     try:
-        argv = shlex.split(command)
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|()<>")
+        lexer.whitespace_split = True
+        tokens = list(lexer)
     except ValueError:
-        return False
-    return bool(argv) and argv[0].rsplit("/", 1)[-1] in FILE_TRANSFER_PROGRAMS
+        return True
+    at_start = True
+    skip_option_values = False
+    for i, token in enumerate(tokens):
+        if token and set(token) <= set(";&|()<>"):
+            at_start = True
+            continue
+        if not at_start:
+            continue
+        if "=" in token and not token.startswith("-") and token.split("=", 1)[0].isidentifier():
+            continue  # VAR=value before the program
+        if token.startswith("-") or (skip_option_values and token.replace(".", "").isdigit()):
+            continue  # a wrapper's options (and timeout's duration)
+        program = token.rsplit("/", 1)[-1]
+        if program in FILE_TRANSFER_PROGRAMS:
+            return True
+        if program in _WRAPPERS:
+            # Wrapper options take values we cannot tell from programs (sudo -u bob ...): any
+            # transfer program later in this simple command counts (fail closed).
+            for later in tokens[i + 1:]:
+                if later and set(later) <= set(";&|()<>"):
+                    break
+                if later.rsplit("/", 1)[-1] in FILE_TRANSFER_PROGRAMS:
+                    return True
+            skip_option_values = True
+            continue
+        if program in _SHELLS and _depth < 3:
+            rest = tokens[i + 1:]
+            if "-c" in rest and rest.index("-c") + 1 < len(rest):
+                if is_file_transfer_command(rest[rest.index("-c") + 1], _depth + 1):
+                    return True
+        at_start = False
+        skip_option_values = False
+    return False

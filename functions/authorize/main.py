@@ -26,7 +26,8 @@ def authorize(request: Request):
     if request.method != "POST":
         return jsonify({"error": "use POST with a JSON body {token, target, user}"}), 405
     body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("token"), str) or not isinstance(body.get("target"), str):
+    if (not isinstance(body, dict) or not isinstance(body.get("token"), str) or not isinstance(body.get("target"), str)
+            or not isinstance(body.get("user"), (str, type(None)))):
         return jsonify({"allowed": False, "code": "bad_request", "reason": "expected JSON {token, target, user}"}), 400
     decision = _get().decide(body["token"], body["target"], body.get("user"))
     return jsonify(decision.body), decision.status

@@ -18,8 +18,15 @@ def finalize_recording(cloud_event):
     global _backends
     if _backends is None:
         _backends = open_backends(Settings.from_env())
-    payload = decode_pubsub_event(cloud_event)
-    session_id = payload["session_id"]
+    try:
+        payload = decode_pubsub_event(cloud_event)
+        session_id = payload["session_id"]
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError("session_id must be a non-empty string")
+    except (ValueError, KeyError, TypeError) as exc:
+        # Acknowledge a malformed event (retrying cannot fix it) and say why in the log.
+        log(logger, logging.ERROR, "session-closed event ignored: malformed", error=f"{type(exc).__name__}: {exc}")
+        return
     entry = finalize_session(_backends, session_id)
     if entry is None:
         log(logger, logging.INFO, "already sealed; duplicate delivery ignored", session_id=session_id)

@@ -110,3 +110,32 @@ def test_cancel_only_from_pending():
     r = request()
     assert ap.cancel(r, "client went away", now=1001)["status"] == ap.CANCELLED
     assert ap.cancel(ap.decide(r, DANA, "approve", now=1001), "x") is None
+
+
+def test_one_time_approval_that_arrives_after_the_hold_can_still_run_once():
+    r = request(grant_window=0)
+    approved = ap.decide(r, DANA, "approve", now=1500)  # long after the broker stopped holding
+    cover = dict(requester="alice@example.com", target="demo", sha256=r["sha256"], session_id="s2", now=2000)
+    assert ap.grant_covers(approved, **cover)  # redeemable until the request's expiry...
+    used = ap.use(approved, now=2000)
+    assert used["status"] == ap.CONSUMED and not ap.grant_covers(used, **cover)  # ...exactly once
+    assert not ap.grant_covers(approved, **{**cover, "now": r["expires_at"] + 1})
+
+
+def test_no_identifier_of_the_requester_may_approve():
+    cfg = ApprovalConfig(approver_groups=["dba"])
+    r = ap.new_request(requester="alice", requester_groups={"sre"}, target="demo", session_id="s1",
+                       statement="DROP TABLE t", classes={"ddl"}, config=cfg, now=1000.0,
+                       requester_ids=("alice", "alice@example.com"))
+    with pytest.raises(ap.DecisionError) as exc:
+        ap.decide(r, ap.Approver("alice@example.com", frozenset({"dba"}), via="slack"), "approve", now=1001)
+    assert exc.value.code == "self_approval"
+
+
+def test_approvers_see_the_masked_statement_but_the_hash_binds_the_real_one():
+    cfg = ApprovalConfig(approver_groups=["dba"])
+    raw = "UPDATE customers SET note = 'x' WHERE email = 'ada@example.com'"
+    r = ap.new_request(requester="alice@example.com", requester_groups={"sre"}, target="demo", session_id="s1",
+                       statement=raw, classes={"dml_bounded"}, config=cfg, now=1000.0,
+                       shown_statement="UPDATE customers SET note = 'x' WHERE email = '[email]'")
+    assert "ada@example.com" not in r["statement"] and r["sha256"] == ap.statement_sha256(raw)

@@ -79,6 +79,15 @@ def test_garbage_after_login_is_a_protocol_error(stack, token, broker_dsn):
     _still_serving(broker_dsn)
 
 
+def test_malformed_bind_gets_a_clear_error(stack, token, broker_dsn):
+    s = _login(stack.broker_port, token())
+    s.sendall(codec.message("B", b"portal\x00stmt\x00\x00"))  # cut off inside the parameter formats
+    fields = _read_error(s)
+    assert fields["C"] == "08P01" and "truncated Bind message" in fields["M"]
+    s.close()
+    _still_serving(broker_dsn)
+
+
 def test_message_over_the_size_limit(stack, token, broker_dsn):
     env = dict(stack.env, JITGATE_PG_LISTEN="127.0.0.1:0", JITGATE_PG_MAX_MESSAGE="65536")
     proc, info = start_broker(stack.home, env, stack.home / "logs", name="broker-small-limit")

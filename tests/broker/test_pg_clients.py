@@ -92,19 +92,26 @@ def test_listen_notify(broker_dsn):
 
 
 def test_cancel_request_maps_to_upstream(broker_dsn):
+    import threading
+
     with psycopg.connect(broker_dsn()) as conn:
+        done = threading.Event()
+
+        def keep_cancelling():
+            # Until the query is cancelled: a cancel that arrives before it starts is a no-op.
+            while not done.wait(0.3):
+                conn.cancel()
+
+        canceller = threading.Thread(target=keep_cancelling, daemon=True)
         started = time.monotonic()
-
-        def cancel_later():
-            time.sleep(1.0)
-            conn.cancel()
-
-        import threading
-
-        threading.Thread(target=cancel_later, daemon=True).start()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            conn.execute("SELECT count(*) FROM generate_series(1, 2000000000)")
-        assert time.monotonic() - started < 30
+        canceller.start()
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT count(*) FROM generate_series(1, 2000000000)")
+        finally:
+            done.set()
+            canceller.join()
+        assert time.monotonic() - started < 60
 
 
 def test_asyncpg_prepared_and_binary(broker_dsn, token, stack):
@@ -178,22 +185,34 @@ def test_psql_session_recorded_sealed_and_verifiable(stack, broker_dsn, tmp_path
 
 
 def test_statement_event_written_before_result(stack, broker_dsn):
-    """The spool holds the statement before the upstream answers: a long query is already there while it runs."""
+    """The spool holds the statement while the upstream is still running it (before any result)."""
+    import threading
+
     with psycopg.connect(broker_dsn()) as conn:
         session_id = conn.info.parameter_status("jitgate_session_id")
         spool = stack.home / "spool" / f"{session_id}.jsonl"
-        import threading
+        outcome = {}
 
         def run():
             try:
-                conn.execute("SELECT count(*) FROM generate_series(1, 60000000)")
-            except psycopg.Error:
-                pass
+                conn.execute("SELECT count(*) FROM generate_series(1, 3000000000)")
+            except psycopg.errors.QueryCanceled:
+                outcome["canceled"] = True
 
-        t = threading.Thread(target=run)
-        t.start()
-        time.sleep(1.0)
-        lines = [json.loads(l) for l in spool.read_text().splitlines()]
-        t.join()
-    assert any(e["type"] == "statement" and "generate_series(1, 60000000)" in e["sql"] for e in lines)
-    assert not any(e["type"] == "result" and e["id"] == lines[-1].get("id") for e in lines[:-1] if e["type"] == "statement")
+        runner = threading.Thread(target=run)
+        runner.start()
+        try:
+            deadline = time.monotonic() + 20
+            events = []
+            while time.monotonic() < deadline:
+                events = [json.loads(line) for line in spool.read_text().splitlines()]
+                if any(e["type"] == "statement" and "3000000000" in e["sql"] for e in events):
+                    break
+                time.sleep(0.05)
+            statement = next(e for e in events if e["type"] == "statement" and "3000000000" in e["sql"])
+            assert runner.is_alive()  # the query is still running upstream...
+            assert not any(e["type"] == "result" and e["id"] == statement["id"] for e in events)  # ...and has no result
+        finally:
+            conn.cancel()
+            runner.join(30)
+    assert outcome.get("canceled")

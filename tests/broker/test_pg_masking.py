@@ -98,6 +98,7 @@ def test_no_clear_text_pii_in_recordings(stack, broker_dsn):
         with psycopg.connect(broker_dsn(groups=groups)) as conn:
             sessions.append(conn.info.parameter_status("jitgate_session_id"))
             conn.execute("SELECT full_name FROM customers WHERE email = %s", ("grace@example.com",)).fetchall()
+            conn.execute("SELECT full_name FROM customers WHERE email = %b", ("edsger@example.com",)).fetchall()  # binary
             conn.execute("SELECT count(*) FROM customers WHERE notes LIKE '%ada.l@analytical.example%'").fetchall()
             with pytest.raises(psycopg.errors.UniqueViolation):
                 conn.execute("INSERT INTO customers (full_name, email) VALUES ('Dup', 'alan@example.com')")
@@ -112,6 +113,7 @@ def test_no_clear_text_pii_in_recordings(stack, broker_dsn):
         assert "SELECT full_name FROM customers WHERE email" in recording  # the statement is there...
         for value in EMAILS + CARDS + SECRETS_IN_TEXT:
             assert value not in recording, (session_id, value)  # ...its sensitive values are not
+            assert value.encode().hex() not in recording, (session_id, value)  # not even as a binary parameter's hex
 
 
 def test_policy_change_applies_to_new_sessions(stack, broker_dsn):

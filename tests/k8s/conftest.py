@@ -54,7 +54,7 @@ class K8s:
 @pytest.fixture(scope="session")
 def k8s(stack, tmp_path_factory) -> K8s:
     if not shutil.which("kubectl"):
-        pytest.skip("kubectl is not installed: run scripts/install.sh")
+        pytest.fail("kubectl is not installed (the machine image ships it; see scripts/install.sh)")
     if "k8s" not in stack.broker_info:
         pytest.fail(f"the broker did not start its Kubernetes listener: {stack.broker_info}")
     work = tmp_path_factory.mktemp("k8s")

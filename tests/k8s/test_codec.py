@@ -84,3 +84,22 @@ def test_kubeconfig_shapes():
     assert config["users"][0]["user"]["exec"]["interactiveMode"] == "Never"
     credential = json.loads(exec_credential("x.eyJleHAiOjE3MDAwMDAwMDB9.y"))
     assert credential["status"] == {"token": "x.eyJleHAiOjE3MDAwMDAwMDB9.y", "expirationTimestamp": "2023-11-14T22:13:20Z"}
+
+
+def test_a_broken_kubeconfig_credential_error_never_quotes_the_token():
+    from broker.k8s.upstream import CredentialError, parse_credential
+
+    with pytest.raises(CredentialError) as err:
+        parse_credential(b"apiVersion: v1\nkind: Config\nusers:\n- name: x\n  user: {token: SECRETTOKEN123 : : [\n")
+    assert "SECRETTOKEN123" not in str(err.value)
+
+
+def test_hostile_resize_and_status_frames_do_not_raise():
+    from broker.k8s import channels as ch
+
+    assert ch.parse_resize(b'{"Width": 1e400, "Height": 1}') is None
+    outcome = ch.parse_status(b'{"status": "Failure", "reason": "NonZeroExitCode", "details": [1]}')
+    assert outcome.exit_code is None
+    outcome = ch.parse_status(b'{"status": "Failure", "reason": "NonZeroExitCode", '
+                              b'"details": {"causes": [{"reason": "ExitCode", "message": "1e400"}]}}')
+    assert outcome.exit_code is None

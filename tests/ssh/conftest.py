@@ -20,7 +20,7 @@ from tests.ssh.sshd import LOGIN_USER, SSHD, Sshd, keygen, start_sshd
 def _need(*tools: str) -> None:
     missing = [t for t in tools if not (shutil.which(t) or os.path.exists(t))]
     if missing:
-        pytest.skip(f"missing {', '.join(missing)}: run scripts/install.sh")
+        pytest.fail(f"missing {', '.join(missing)}: scripts/install.sh installs them")
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,7 @@ def test_scp_recorded_in_both_modes(ssh_cmd, stack, payload, tmp_path):
 
 def test_rsync_over_ssh_recorded_as_command_with_bytes(ssh_cmd, ssh_targets, stack, payload, tmp_path):
     if shutil.which("rsync") is None:
-        pytest.skip("rsync is not installed: run scripts/install.sh")
+        pytest.fail("rsync is not installed: scripts/install.sh installs it")
     data, local = payload
     argv, env = ssh_cmd(user="rsync@example.com")
     rsh = " ".join(argv[2:])  # ssh and its options, without "sshpass -e"

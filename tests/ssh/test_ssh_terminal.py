@@ -81,7 +81,7 @@ def test_asciicast_export_plays_in_asciinema(terminal_session, stack, tmp_path):
     path.write_text(exported.stdout)
     asciinema = shutil.which("asciinema")
     if asciinema is None:
-        pytest.skip("asciinema is not installed (requirements-test.txt)")
+        pytest.fail("asciinema is not installed: scripts/install.sh installs requirements-test.txt")
     played = subprocess.run([asciinema, "cat", str(path)], capture_output=True, text=True, timeout=60)
     assert played.returncode == 0, played.stderr
     assert "marker-42" in played.stdout
@@ -104,8 +104,7 @@ def test_terminal_recording_verifies_and_detects_tampering(terminal_session, sta
     ok = jitgate(stack, "verify", session_id, check=False)
     assert ok.returncode == 0 and ok.stdout.startswith("OK:"), ok.stdout + ok.stderr
     recording = stack.home / "recordings" / session_id / "recording.jsonl"
-    if not recording.exists():
-        pytest.skip("altering a stored recording is done on the embedded backends' directory")
+    assert recording.exists(), f"the sealed recording is not readable at {recording}"
     original = recording.read_bytes()
     index = original.index(b"marker-42")
     os.chmod(recording, 0o644)

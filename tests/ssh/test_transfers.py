@@ -102,3 +102,14 @@ def test_asciicast_round_trip():
     assert cast.output == "$ café\r\n"
     with pytest.raises(LookupError):
         to_asciicast([{"type": "statement"}])
+
+
+@pytest.mark.parametrize("command", ["env X=1 scp -t /tmp", "/usr/bin/env rsync --server . /x", 'sh -c "scp -t /tmp"',
+                                     "ls; scp -f secret", "sudo -u bob /usr/lib/openssh/sftp-server", "echo 'unclosed"])
+def test_wrapped_transfers_are_still_transfers(command):
+    assert is_file_transfer_command(command)
+
+
+def test_negative_scp_size_is_a_protocol_error():
+    with pytest.raises(TransferProtocolError, match="negative size"):
+        ScpObserver("upload", ".").feed(b"C0644 -3 f\n")
