@@ -3,6 +3,7 @@ import logging
 
 import functions_framework
 
+from jitgate import logs
 from jitgate.backends import open_backends
 from jitgate.events import decode_pubsub_event
 from jitgate.logs import log
@@ -10,6 +11,8 @@ from jitgate.recording.finalize import finalize_session
 from jitgate.settings import Settings
 
 logger = logging.getLogger("jitgate.finalize")
+logs.setup()  # JSON lines on stderr: Cloud Logging's structured format
+
 _backends = None
 
 

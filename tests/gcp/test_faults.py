@@ -101,7 +101,15 @@ def test_duplicate_session_closed_finalizes_once(fault_stack):
     generation = backends.recordings.bucket.get_blob(f"{session_id}/{MANIFEST}").generation
     for _ in range(3):
         backends.bus.publish(TOPIC_SESSION_CLOSED, {"session_id": session_id})
-    time.sleep(4)
+    fn_log = fault_stack.home / "logs" / "fn-finalize_recording.log"
+
+    def duplicates_answered() -> int:
+        return sum(1 for line in fn_log.read_text().splitlines() if session_id in line and "duplicate delivery ignored" in line)
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and duplicates_answered() < 3:
+        time.sleep(0.2)
+    assert duplicates_answered() >= 3, "the three redeliveries were not all handled"
     assert backends.recordings.bucket.get_blob(f"{session_id}/{MANIFEST}").generation == generation
     assert [r["session_id"] for r in backends.index.list_sessions(limit=500)].count(session_id) == 1
 
