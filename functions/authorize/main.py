@@ -5,10 +5,9 @@ GET  /keys  the grant-verification public keys (JWKS), for the broker.
 Only the broker may invoke this function (IAM in infra/).
 """
 import functions_framework
-
-from jitgate import logs
 from flask import Request, jsonify
 
+from jitgate import logs
 from jitgate.identity.authorize import Authorizer
 
 logs.setup()  # JSON lines on stderr: Cloud Logging's structured format
