@@ -56,8 +56,12 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
     except PolicyError as exc:
         print(str(exc), file=sys.stderr)
         raise SystemExit(2) from None
+    try:
+        authz = AuthorizeClient(settings.authorize_url, auth=settings.env.get("JITGATE_AUTHORIZE_AUTH", ""))
+    except ValueError as exc:
+        print(f"jitgate: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     backends = open_backends(settings)
-    authz = AuthorizeClient(settings.authorize_url)
     cert, key = settings.tls_cert, settings.tls_key
     if not cert or not key:
         cert, key = ensure_dev_certificate(settings.home / "tls")
@@ -72,8 +76,16 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
     server = await pg.start(host, port)
     pg_port = server.sockets[0].getsockname()[1]
 
+    draining = asyncio.Event()
+
+    def healthz(request):
+        # 503 while draining: the load balancer's health check stops sending new
+        # connections here while live sessions finish.
+        body = {"ok": not draining.is_set(), "draining": draining.is_set(), "sessions": len(pg.connections)}
+        return web.json_response(body, status=503 if draining.is_set() else 200)
+
     app = web.Application()
-    app.router.add_get("/healthz", lambda r: web.json_response({"ok": True, "sessions": len(pg.connections)}))
+    app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", lambda r: web.Response(body=_metrics(pg), content_type="text/plain", charset="utf-8"))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -104,6 +116,7 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    draining.set()
     log(logger, logging.INFO, "draining", seconds=DRAIN_SECONDS, sessions=len(pg.live_sessions))
     # Every protocol's live sessions get the drain period to finish; then the other listeners
     # stop (closing what is left of theirs) and the PostgreSQL relay closes its stragglers.

@@ -23,11 +23,19 @@ from jitgate.policy import Target
 logger = logging.getLogger("jitgate.broker.masking")
 
 
+MIN_HMAC_KEY_BYTES = 32
+
+
 def load_hmac_key(settings, backends) -> bytes:
     """The key behind the hash strategy: a secret reference in production, a local file otherwise."""
     ref = settings.env.get("JITGATE_MASKING_KEY")
     if ref:
-        return backends.secrets.get(ref)
+        # Every broker reads the same key, so a masked value gets the same token everywhere.
+        key = backends.secrets.get(ref)
+        if len(key) < MIN_HMAC_KEY_BYTES:
+            raise ValueError(f"JITGATE_MASKING_KEY ({ref}) holds {len(key)} bytes; a masking key needs at least "
+                             f"{MIN_HMAC_KEY_BYTES} (create one with `openssl rand -base64 48`, docs/deploy.md)")
+        return key
     path = Path(settings.keys_dir) / "masking-hmac.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,19 @@ locals {
   bootstrapped = var.release != ""
 
   broker_env = {
-    JITGATE_BACKENDS           = "gcp"
-    JITGATE_POLICY             = "gs://${google_storage_bucket.config.name}/${var.policy_object}"
-    GOOGLE_CLOUD_PROJECT       = var.project_id
-    JITGATE_AUTHORIZE_URL      = local.bootstrapped ? google_cloudfunctions2_function.fn["authorize"].url : ""
+    JITGATE_BACKENDS     = "gcp"
+    JITGATE_POLICY       = "gs://${google_storage_bucket.config.name}/${var.policy_object}"
+    GOOGLE_CLOUD_PROJECT = var.project_id
+    # The Cloud Run URL: also the audience of the broker's Google ID token,
+    # which Cloud Run checks before authorize sees the request.
+    JITGATE_AUTHORIZE_URL      = local.bootstrapped ? google_cloudfunctions2_function.fn["authorize"].service_config[0].uri : ""
+    JITGATE_AUTHORIZE_AUTH     = "google-id-token"
     JITGATE_RECORDINGS_BUCKET  = google_storage_bucket.recordings.name
     JITGATE_KMS_KEY            = local.manifest_key_version
     JITGATE_FIRESTORE_DATABASE = google_firestore_database.jitgate.name
+    # One masking key and one SSH host key for every broker (Secret Manager).
+    JITGATE_MASKING_KEY  = "gcp-secret:${google_secret_manager_secret.app["jitgate-masking-hmac-key"].id}/versions/latest"
+    JITGATE_SSH_HOST_KEY = "gcp-secret:${google_secret_manager_secret.app["jitgate-broker-ssh-host-key"].id}/versions/latest"
   }
 }
 
@@ -94,6 +100,8 @@ resource "google_compute_region_health_check" "broker_autoheal" {
   log_config {
     enable = true
   }
+
+  depends_on = [google_project_service.apis]
 }
 
 # Load balancing: stop sending new connections to a VM that is unhealthy or
@@ -114,6 +122,8 @@ resource "google_compute_region_health_check" "broker_lb" {
   log_config {
     enable = true
   }
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_compute_region_instance_group_manager" "broker" {

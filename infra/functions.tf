@@ -51,7 +51,10 @@ locals {
       topic       = null
       ingress     = "ALLOW_ALL" # Slack calls it from the internet; every request's signature is verified
       memory      = "512Mi"
-      env         = {}
+      # Slack gives up after 3 s; a cold start (container start + imports) can take
+      # longer, so one instance stays warm.
+      min_instances = 1
+      env           = {}
       secrets = {
         SLACK_BOT_TOKEN      = "jitgate-slack-bot-token"
         SLACK_SIGNING_SECRET = "jitgate-slack-signing-secret"
@@ -60,7 +63,7 @@ locals {
     finalize_recording = {
       name        = "jitgate-finalize-recording"
       entry_point = "finalize_recording"
-      trigger     = var.finalize_trigger
+      trigger     = "pubsub"
       topic       = "jitgate-session-closed"
       ingress     = "ALLOW_INTERNAL_ONLY"
       memory      = "1Gi"
@@ -85,8 +88,7 @@ locals {
   }
 
   event_types = {
-    pubsub  = "google.cloud.pubsub.topic.v1.messagePublished"
-    storage = "google.cloud.storage.object.v1.finalized"
+    pubsub = "google.cloud.pubsub.topic.v1.messagePublished"
   }
 }
 
@@ -115,6 +117,7 @@ resource "google_cloudfunctions2_function" "fn" {
     available_memory               = each.value.memory
     timeout_seconds                = 60
     max_instance_count             = 20
+    min_instance_count             = lookup(each.value, "min_instances", 0)
     ingress_settings               = each.value.ingress
     all_traffic_on_latest_revision = true
     service_account_email          = google_service_account.fn[each.key].email
@@ -142,20 +145,6 @@ resource "google_cloudfunctions2_function" "fn" {
     }
   }
 
-  dynamic "event_trigger" {
-    for_each = each.value.trigger == "storage" ? [1] : []
-    content {
-      trigger_region        = var.region
-      event_type            = local.event_types.storage
-      retry_policy          = "RETRY_POLICY_RETRY"
-      service_account_email = google_service_account.fn[each.key].email
-      event_filters {
-        attribute = "bucket"
-        value     = google_storage_bucket.recordings.name
-      }
-    }
-  }
-
   lifecycle {
     # cloudbuild.yaml deploys new code after the first apply.
     ignore_changes = [build_config[0].source, build_config[0].docker_repository, labels]
@@ -169,7 +158,6 @@ resource "google_cloudfunctions2_function" "fn" {
     google_secret_manager_secret_iam_member.authorize_grant_key,
     google_secret_manager_secret_iam_member.slack_bot_token,
     google_secret_manager_secret_iam_member.slack_signing_secret,
-    google_project_iam_member.storage_agent_publisher,
   ]
 }
 

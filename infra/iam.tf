@@ -18,6 +18,9 @@ locals {
   deployer_member  = "serviceAccount:${google_service_account.deployer.email}"
 
   firestore_condition_expression = "resource.name == \"projects/${var.project_id}/databases/${var.firestore_database}\""
+
+  recordings_resource        = "projects/_/buckets/${google_storage_bucket.recordings.name}"
+  chunk_condition_expression = "resource.name == \"${local.recordings_resource}\" || resource.name.extract(\"${local.recordings_resource}/objects/{session}/chunks/\") != \"\""
 }
 
 # ---------------------------------------------------------------- accounts
@@ -25,6 +28,8 @@ locals {
 resource "google_service_account" "broker" {
   account_id   = "jitgate-broker"
   display_name = "jitgate broker VMs"
+
+  depends_on = [google_project_service.apis]
 }
 
 # One account per function: jitgate-fn-authorize, jitgate-fn-notify-approvers, ...
@@ -33,21 +38,29 @@ resource "google_service_account" "fn" {
 
   account_id   = "jitgate-fn-${replace(each.key, "_", "-")}"
   display_name = "jitgate function ${each.key}"
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_service_account" "scheduler" {
   account_id   = "jitgate-scheduler"
   display_name = "Cloud Scheduler caller of expire_approvals"
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_service_account" "builder" {
   account_id   = "jitgate-fn-builder"
   display_name = "Builds the jitgate functions' containers"
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_service_account" "deployer" {
   account_id   = "jitgate-deployer"
   display_name = "Runs cloudbuild.yaml: tests, packages, deploys, rolls the brokers"
+
+  depends_on = [google_project_service.apis]
 }
 
 # ------------------------------------------------------------ custom roles
@@ -72,6 +85,8 @@ resource "google_project_iam_custom_role" "broker_subscriptions" {
     "pubsub.subscriptions.create",
     "pubsub.subscriptions.get",
   ]
+
+  depends_on = [google_project_service.apis]
 }
 
 # What cloudbuild.yaml needs beyond deploying functions: pin a release on the
@@ -93,12 +108,16 @@ resource "google_project_iam_custom_role" "releaser" {
     "pubsub.subscriptions.update",
     "pubsub.topics.get",
   ]
+
+  depends_on = [google_project_service.apis]
 }
 
 # ------------------------------------------------------------------ broker
 
+# Not jitgate-grant-signing-key: a broker verifies grants with authorize's public
+# JWKS and must not be able to mint them.
 resource "google_secret_manager_secret_iam_member" "broker_app" {
-  for_each = toset(["jitgate-grant-signing-key", "jitgate-masking-hmac-key", "jitgate-broker-tls"])
+  for_each = toset(["jitgate-masking-hmac-key", "jitgate-broker-tls", "jitgate-broker-ssh-host-key"])
 
   secret_id = google_secret_manager_secret.app[each.key].id
   role      = "roles/secretmanager.secretAccessor"
@@ -152,6 +171,34 @@ resource "google_storage_bucket_iam_member" "broker_recordings" {
   bucket = google_storage_bucket.recordings.name
   role   = "roles/storage.objectCreator"
   member = local.broker_member
+}
+
+# Uploading a chunk again after a crash compares it with the stored one
+# (GcsRecordingStore.put_chunk lists and reads <session>/chunks/*): read access
+# to chunk objects and to the bucket's listing only, never to sealed
+# recordings, manifests or anything else in the bucket.
+resource "google_project_iam_custom_role" "chunk_reader" {
+  role_id     = "jitgateChunkReader"
+  title       = "jitgate broker: read back recording chunks"
+  description = "List the recordings bucket and read session chunk objects."
+  permissions = [
+    "storage.objects.get",
+    "storage.objects.list",
+  ]
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_storage_bucket_iam_member" "broker_recordings_chunks" {
+  bucket = google_storage_bucket.recordings.name
+  role   = google_project_iam_custom_role.chunk_reader.name
+  member = local.broker_member
+
+  condition {
+    title       = "chunks-only"
+    description = "The bucket itself (listing) and objects <session>/chunks/..."
+    expression  = local.chunk_condition_expression
+  }
 }
 
 resource "google_storage_bucket_iam_member" "broker_config" {
@@ -249,16 +296,6 @@ resource "google_kms_crypto_key_iam_member" "finalize_manifest_signer" {
   crypto_key_id = google_kms_crypto_key.manifest_signing.id
   role          = "roles/cloudkms.signerVerifier"
   member        = local.fn_member["finalize_recording"]
-}
-
-# Storage-triggered finalize_recording (finalize_trigger = "storage"): Cloud
-# Storage publishes its events through Pub/Sub as its service agent.
-resource "google_project_iam_member" "storage_agent_publisher" {
-  count = var.finalize_trigger == "storage" ? 1 : 0
-
-  project = var.project_id
-  role    = "roles/pubsub.publisher"
-  member  = "serviceAccount:${local.storage_service_agent}"
 }
 
 # ----------------------------------------------------------- build, deploy

@@ -25,7 +25,8 @@ resource "google_kms_crypto_key" "manifest_signing" {
   purpose  = "ASYMMETRIC_SIGN"
 
   version_template {
-    algorithm        = var.kms_signing_algorithm
+    # Ed25519: the one algorithm jitgate's manifests are signed and verified with.
+    algorithm        = "EC_SIGN_ED25519"
     protection_level = "SOFTWARE"
   }
 

@@ -26,13 +26,13 @@ output "deployer_service_account" {
 }
 
 output "authorize_url" {
-  description = "URL of the authorize function (JITGATE_AUTHORIZE_URL of the brokers)."
-  value       = local.bootstrapped ? google_cloudfunctions2_function.fn["authorize"].url : null
+  description = "URL of the authorize function (JITGATE_AUTHORIZE_URL of the brokers, and the audience of their ID tokens)."
+  value       = local.bootstrapped ? google_cloudfunctions2_function.fn["authorize"].service_config[0].uri : null
 }
 
 output "slack_interactions_url" {
-  description = "Request URL to paste into the Slack app's Interactivity settings (docs/slack-app-manifest.yaml)."
-  value       = local.bootstrapped ? google_cloudfunctions2_function.fn["slack_interactions"].url : null
+  description = "Request URL to paste into the Slack app's Interactivity settings (docs/slack-app-manifest.yaml). Known before the function exists (a 2nd gen function's cloudfunctions.net URL is region-project/name), so the Slack app can be set up before the functions are created."
+  value       = local.bootstrapped ? google_cloudfunctions2_function.fn["slack_interactions"].url : "https://${var.region}-${var.project_id}.cloudfunctions.net/${local.functions.slack_interactions.name}"
 }
 
 output "recordings_bucket" {

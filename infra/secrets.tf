@@ -6,9 +6,10 @@ locals {
   app_secrets = toset([
     "jitgate-slack-bot-token",      # notify_approvers, slack_interactions, expire_approvals
     "jitgate-slack-signing-secret", # slack_interactions
-    "jitgate-grant-signing-key",    # authorize (signs grants), broker (verifies them)
-    "jitgate-masking-hmac-key",     # broker (keyed masking tokens)
+    "jitgate-grant-signing-key",    # authorize only (Ed25519 PEM); brokers verify with its public JWKS
+    "jitgate-masking-hmac-key",     # broker (keyed masking tokens, the same on every broker)
     "jitgate-broker-tls",           # broker (listener certificate and key, PEM)
+    "jitgate-broker-ssh-host-key",  # broker (one SSH host key for the whole fleet, Ed25519 PEM)
   ])
 }
 

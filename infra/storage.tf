@@ -93,9 +93,13 @@ resource "google_storage_bucket" "sources" {
     enabled = true
   }
 
+  # Only replaced (noncurrent) versions age out. Every release has objects of
+  # its own name, so the release the brokers boot from is always live: an age
+  # rule on live objects would delete it and leave new VMs unable to boot.
   lifecycle_rule {
     condition {
-      age = 180
+      with_state                 = "ARCHIVED"
+      days_since_noncurrent_time = 30
     }
     action {
       type = "Delete"
@@ -107,4 +111,13 @@ resource "google_storage_bucket" "sources" {
   }
 
   depends_on = [google_project_service.apis]
+}
+
+# Usage logs are written by Google's cloud-storage-analytics group; without
+# this grant the logging blocks above deliver nothing. (An organisation policy
+# "Domain restricted sharing" refuses this member: docs/deploy.md, step 3.)
+resource "google_storage_bucket_iam_member" "access_logs_writer" {
+  bucket = google_storage_bucket.access_logs.name
+  role   = "roles/storage.objectCreator"
+  member = "group:cloud-storage-analytics@google.com"
 }

@@ -122,32 +122,10 @@ variable "use_cmek" {
   default     = true
 }
 
-variable "kms_signing_algorithm" {
-  description = "Algorithm of the manifest-signing key. EC_SIGN_ED25519 where Cloud KMS offers it in your location; otherwise EC_SIGN_P256_SHA256."
-  type        = string
-  default     = "EC_SIGN_ED25519"
-
-  validation {
-    condition     = contains(["EC_SIGN_ED25519", "EC_SIGN_P256_SHA256"], var.kms_signing_algorithm)
-    error_message = "kms_signing_algorithm must be EC_SIGN_ED25519 or EC_SIGN_P256_SHA256."
-  }
-}
-
 variable "function_runtime" {
   description = "Cloud Functions runtime of every function (must match the Python the repository supports and the --runtime in cloudbuild.yaml)."
   type        = string
   default     = "python311"
-}
-
-variable "finalize_trigger" {
-  description = "What triggers finalize_recording: \"pubsub\" (a message on jitgate-session-closed, the default) or \"storage\" (an object finalized in the recordings bucket; the function must then ignore objects that are not a session's closing marker)."
-  type        = string
-  default     = "pubsub"
-
-  validation {
-    condition     = contains(["pubsub", "storage"], var.finalize_trigger)
-    error_message = "finalize_trigger must be pubsub or storage."
-  }
 }
 
 variable "expiry_schedule" {

@@ -1,9 +1,10 @@
 """The SSH listener (JITGATE_SSH_LISTEN): host key, asyncssh server, stop hook.
 
-The broker's own host key is an Ed25519 key generated on first start in
-``$JITGATE_HOME/keys/ssh_host_ed25519_key`` (mode 0600, with a ``.pub`` beside
-it for known_hosts files); it is reused afterwards, so clients that pinned it
-keep working across restarts.
+The broker's own host key: with JITGATE_SSH_HOST_KEY (a secret reference, e.g.
+``gcp-secret:...``; how infra/ runs it) one key shared by the whole fleet, so clients see
+the same key behind the load balancer and across rollouts. Otherwise an Ed25519 key
+generated on first start in ``$JITGATE_HOME/keys/ssh_host_ed25519_key`` (mode 0600, with
+a ``.pub`` beside it for known_hosts files), reused afterwards.
 """
 from __future__ import annotations
 
@@ -43,13 +44,24 @@ def ensure_host_key(keys_dir: Path) -> asyncssh.SSHKey:
     return key
 
 
+def load_host_key(settings, backends) -> asyncssh.SSHKey:
+    ref = settings.env.get("JITGATE_SSH_HOST_KEY")
+    if not ref:
+        return ensure_host_key(settings.keys_dir)
+    try:
+        return asyncssh.import_private_key(backends.secrets.get(ref))
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise ValueError(f"JITGATE_SSH_HOST_KEY ({ref}) is not an unencrypted private key ({exc}); "
+                         "create one with `openssl genpkey -algorithm ed25519` (docs/deploy.md)") from None
+
+
 async def start(ctx) -> dict[str, str] | None:
     address = ctx.settings.listen("ssh")
     if not address:
         return None
     host, _, port = address.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
-    key = ensure_host_key(ctx.settings.keys_dir)
+    key = load_host_key(ctx.settings, ctx.backends)
     # asyncssh logs every channel request (commands included) at INFO; the session recording is the audit trail.
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     gateway = SshGateway(ctx)

@@ -7,11 +7,12 @@ them in infra/ fails the test until this list changes the same way, so a
 widened grant is a visible line in review.
 
 Who holds what, in words:
-- broker (jitgate-broker): read its own secrets (grant key, masking key, TLS,
-  every held credential); publish approval-requested and session-closed;
+- broker (jitgate-broker): read its own secrets (masking key, TLS, SSH host
+  key, every held credential; never the grant-signing key); publish approval-requested and session-closed;
   attach subscriptions to approval-decided only and create/pull its own
   (jitgateBrokerSubscriptions); Firestore on the jitgate database only;
-  create (never delete/overwrite) recordings; read the policy and release
+  create (never delete/overwrite) recordings, and read back only chunk objects
+  (jitgateChunkReader, IAM condition); read the policy and release
   artifacts; read the manifest key's public half; write logs and metrics;
   invoke authorize (the only invoker of it).
 - each function its own account: only the secrets, topics, buckets and key it
@@ -20,7 +21,8 @@ Who holds what, in words:
 - jitgate-fn-builder: build the function containers.
 - jitgate-deployer (Cloud Build): deploy functions, write artifacts, roll the
   broker group, configure dead-lettering, act as the runtime accounts.
-- Google service agents: CMEK use, dead-letter forwarding, Storage events.
+- Google service agents: CMEK use, dead-letter forwarding; Google's
+  cloud-storage-analytics group writes the buckets' usage logs.
 """
 
 EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authorize_broker',
@@ -159,13 +161,6 @@ EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authoriz
               "'expire_approvals'])}",
   'count': None,
   'condition': '${local.firestore_condition_expression}'},
- {'resource': 'google_project_iam_member.storage_agent_publisher',
-  'role': 'roles/pubsub.publisher',
-  'member': 'serviceAccount:${local.storage_service_agent}',
-  'scope': {'project': '${var.project_id}'},
-  'for_each': None,
-  'count': '${var.finalize_trigger == "storage" ? 1 : 0}',
-  'condition': None},
  {'resource': 'google_pubsub_topic_iam_member.broker_attach_decided',
   'role': 'roles/pubsub.subscriber',
   'member': '${local.broker_member}',
@@ -205,7 +200,7 @@ EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authoriz
   'role': 'roles/secretmanager.secretAccessor',
   'member': '${local.broker_member}',
   'scope': {'secret_id': '${google_secret_manager_secret.app[each.key].id}'},
-  'for_each': "${toset(['jitgate-grant-signing-key', 'jitgate-masking-hmac-key', 'jitgate-broker-tls'])}",
+  'for_each': "${toset(['jitgate-masking-hmac-key', 'jitgate-broker-tls', 'jitgate-broker-ssh-host-key'])}",
   'count': None,
   'condition': None},
  {'resource': 'google_secret_manager_secret_iam_member.broker_held',
@@ -257,6 +252,20 @@ EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authoriz
   'for_each': None,
   'count': None,
   'condition': None},
+ {'resource': 'google_storage_bucket_iam_member.access_logs_writer',
+  'role': 'roles/storage.objectCreator',
+  'member': 'group:cloud-storage-analytics@google.com',
+  'scope': {'bucket': '${google_storage_bucket.access_logs.name}'},
+  'for_each': None,
+  'count': None,
+  'condition': None},
+ {'resource': 'google_storage_bucket_iam_member.broker_recordings_chunks',
+  'role': '${google_project_iam_custom_role.chunk_reader.name}',
+  'member': '${local.broker_member}',
+  'scope': {'bucket': '${google_storage_bucket.recordings.name}'},
+  'for_each': None,
+  'count': None,
+  'condition': '${local.chunk_condition_expression}'},
  {'resource': 'google_storage_bucket_iam_member.broker_recordings',
   'role': 'roles/storage.objectCreator',
   'member': '${local.broker_member}',
@@ -293,7 +302,8 @@ EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authoriz
   'count': None,
   'condition': None}]
 
-EXPECTED_CUSTOM_ROLES = {'jitgateBrokerSubscriptions': ['pubsub.subscriptions.consume',
+EXPECTED_CUSTOM_ROLES = {'jitgateChunkReader': ['storage.objects.get', 'storage.objects.list'],
+ 'jitgateBrokerSubscriptions': ['pubsub.subscriptions.consume',
                                 'pubsub.subscriptions.create',
                                 'pubsub.subscriptions.get'],
  'jitgateReleaser': ['compute.instanceGroupManagers.get',

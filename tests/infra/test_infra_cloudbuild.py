@@ -94,3 +94,57 @@ def test_scripts_parse():
     for script in sorted((ROOT / "infra" / "scripts").glob("*.sh")) + [ROOT / "scripts" / "infra_checks.sh"]:
         proc = subprocess.run([bash, "-n", str(script)], capture_output=True, text=True, check=False)
         assert proc.returncode == 0, f"{script}: {proc.stderr}"
+
+
+# The programs the test suite runs, and the package that brings each. Cloud Build's test
+# step starts from a bare python:3.11-bookworm image: whatever the suite runs must be
+# installed by scripts/install.sh (which scripts/test.sh runs) or by
+# infra/scripts/cloudbuild_test_env.sh, not merely present on a developer's machine.
+TOOL_PACKAGES = {
+    "kubectl": "kubectl", "gcloud": "google-cloud-cli", "java": "openjdk-17-jre-headless",
+    "psql": "postgresql-client", "initdb": "postgresql", "pgbouncer": "pgbouncer",
+    "ssh": "openssh-client", "ssh-keygen": "openssh-client", "sshd": "openssh-server",
+    "scp": "openssh-client", "sftp": "openssh-client", "sshpass": "sshpass", "rsync": "rsync",
+    "node": "nodejs", "npm": "npm", "terraform": "terraform", "openssl": "openssl",
+}
+# In the python:3.11-bookworm image already, or installed by pip from requirements-test.txt.
+IMAGE_OR_PIP = {"bash", "asciinema", "python3", "git", "curl", "py-spy"}
+
+
+def tools_the_suite_runs() -> set[str]:
+    found = set()
+    for path in [*(ROOT / "tests").rglob("*.py"), *(ROOT / "jitgate").rglob("*.py")]:
+        if "corpus" in path.parts:
+            continue
+        text = path.read_text(errors="replace")
+        found |= set(re.findall(r'shutil\.which\("([\w.-]+)"\)', text))
+        found |= set(re.findall(r'(?:\(|\[)\s*\[?"(kubectl|gcloud|java|psql|pgbouncer|ssh|ssh-keygen|scp|sftp|sshpass|'
+                                r'rsync|node|npm|terraform|openssl)"', text))
+        if "/usr/sbin/sshd" in text:
+            found.add("sshd")
+        if re.search(r"\bssh_cmd\(\"(scp|sftp)\"", text):
+            found |= set(re.findall(r"\bssh_cmd\(\"(scp|sftp)\"", text))
+    return found
+
+
+def installed_packages() -> set[str]:
+    install = (ROOT / "scripts" / "install.sh").read_text()
+    env = (ROOT / "infra" / "scripts" / "cloudbuild_test_env.sh").read_text()
+    packages = set(re.findall(r"need_apt\+=\(([\w.+-]+)\)", install))
+    for line in re.sub(r"\\\n", " ", env).splitlines():
+        if "apt-get install" in line:
+            packages |= {w for w in line.split("apt-get install", 1)[1].split() if not w.startswith("-")}
+    if re.search(r"install -m 0755 \S*/terraform /usr/local/bin/terraform", env):
+        packages.add("terraform")
+    return packages
+
+
+def test_cloud_build_test_step_installs_every_tool_the_suite_runs():
+    tools = tools_the_suite_runs()
+    assert {"kubectl", "psql", "ssh", "gcloud", "java", "terraform"} <= tools, tools
+    installed = installed_packages()
+    for tool in sorted(tools - IMAGE_OR_PIP):
+        assert tool in TOOL_PACKAGES, f"the suite runs {tool!r}: add the package that brings it to TOOL_PACKAGES"
+        assert TOOL_PACKAGES[tool] in installed or tool == "openssl", (
+            f"the suite runs {tool} but neither scripts/install.sh nor infra/scripts/cloudbuild_test_env.sh "
+            f"installs {TOOL_PACKAGES[tool]}: Cloud Build's test step would fail")

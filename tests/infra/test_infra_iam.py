@@ -88,8 +88,9 @@ def test_broker_cannot_delete_or_overwrite_recordings(tf):
              if attr(b, "bucket") == "${google_storage_bucket.recordings.name}"
              and attr(b, "member") == "${local.broker_member}"]
     # objectCreator holds storage.objects.create but not .delete, and an
-    # overwrite needs .delete: create is all the broker can do.
-    assert roles == ["roles/storage.objectCreator"]
+    # overwrite needs .delete: create is all the broker can do, plus reading
+    # back its chunks (get/list only, under an IAM condition).
+    assert roles == ["roles/storage.objectCreator", "${google_project_iam_custom_role.chunk_reader.name}"]
 
 
 def script_grants():

@@ -99,7 +99,9 @@ def test_recordings_bucket(tf):
 def test_kms_signing_key(tf):
     key = tf.resource("google_kms_crypto_key", "manifest_signing")
     assert attr(key, "purpose") == "ASYMMETRIC_SIGN"
-    assert attr(tf.variables()["kms_signing_algorithm"], "default") == "EC_SIGN_ED25519"
+    # Ed25519 only: the algorithm jitgate verify checks (no option that would seal unverifiable manifests).
+    assert attr(attr(key, "version_template"), "algorithm") == "EC_SIGN_ED25519"
+    assert "kms_signing_algorithm" not in tf.variables()
 
 
 def test_topics_secrets_scheduler(tf):
@@ -107,7 +109,7 @@ def test_topics_secrets_scheduler(tf):
         "jitgate-approval-requested", "jitgate-approval-decided", "jitgate-session-closed", "jitgate-dead-letter"}
     app = tf.local("app_secrets")
     for name in ("jitgate-slack-bot-token", "jitgate-slack-signing-secret",
-                 "jitgate-grant-signing-key", "jitgate-masking-hmac-key"):
+                 "jitgate-grant-signing-key", "jitgate-masking-hmac-key", "jitgate-broker-ssh-host-key"):
         assert name in app
     # Declared without values: no version resource anywhere.
     assert not list(tf.resources("google_secret_manager_secret_version"))
@@ -134,3 +136,43 @@ def test_slack_manifest():
     assert settings["is_enabled"] is True and settings["request_url"].startswith("https://")
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"chat:write", "users:read", "users:read.email"} <= scopes
+
+
+def _references(body) -> set[str]:
+    text = json.dumps(body)
+    refs = set(re.findall(r"\b((?:data\.)?google_[a-z0-9_]+\.[a-z0-9_]+)", text))
+    refs |= {f"local.{n}" for n in re.findall(r"\blocal\.([a-z0-9_]+)", text)}
+    return refs
+
+
+def test_every_resource_waits_for_the_apis(tf):
+    """The first apply on an empty project: a resource created before its API is enabled fails.
+    Every resource must depend on google_project_service.apis, directly or through what it
+    references (depends_on, or an attribute of a resource that does)."""
+    graph = {}
+    for rtype, name, body, _ in tf.resources():
+        graph[f"{rtype}.{name}"] = _references(body)
+    for _, entry in tf.blocks("data"):
+        for dtype, named in entry.items():
+            for name, body in named.items():
+                graph[f"data.{dtype}.{name}"] = _references(body)
+    for _, entry in tf.blocks("locals"):
+        for name, value in entry.items():
+            graph[f"local.{name}"] = _references(value)
+    root = "google_project_service.apis"
+    waits: dict[str, bool] = {root: True}
+
+    def reaches(node: str, seen: frozenset = frozenset()) -> bool:
+        if node in waits:
+            return waits[node]
+        if node in seen:
+            return False
+        result = any(reaches(ref, seen | {node}) for ref in graph.get(node, ()))
+        waits[node] = result
+        return result
+
+    # Resources that call no Google API of this project, or only ones enabled before Terraform runs
+    # (docs/deploy.md step 1: storage, cloudresourcemanager, serviceusage).
+    exempt = {"data.google_project.this"}
+    late = sorted(n for n in graph if not n.startswith("local.") and n != root and n not in exempt and not reaches(n))
+    assert not late, f"these do not wait for google_project_service.apis (add depends_on): {late}"
