@@ -6,11 +6,14 @@ import functions_framework
 from flask import jsonify
 
 from jitgate import approvals as ap
+from jitgate import logs
 from jitgate.backends import open_backends
 from jitgate.logs import log
 from jitgate.settings import Settings
 from jitgate.slack import configured, web_client
 from jitgate.slack.messages import reconcile
+
+logs.setup()  # JSON lines on stderr: Cloud Logging's structured format
 
 logger = logging.getLogger("jitgate.functions.expire_approvals")
 _state = {}

@@ -8,12 +8,15 @@ import logging
 
 import functions_framework
 
+from jitgate import logs
 from jitgate.backends import open_backends
 from jitgate.events import decode_pubsub_event
 from jitgate.logs import log
 from jitgate.settings import Settings
 from jitgate.slack import configured, web_client
 from jitgate.slack.messages import post_request
+
+logs.setup()  # JSON lines on stderr: Cloud Logging's structured format
 
 logger = logging.getLogger("jitgate.functions.notify_approvers")
 _state = {}

@@ -7,9 +7,12 @@ import functions_framework
 from flask import Request
 from slack_bolt.adapter.flask import SlackRequestHandler
 
+from jitgate import logs
 from jitgate.backends import open_backends
 from jitgate.settings import Settings
 from jitgate.slack.app import build_app
+
+logs.setup()  # JSON lines on stderr: Cloud Logging's structured format (incl. each decision)
 
 _handler: SlackRequestHandler | None = None
 

@@ -68,6 +68,8 @@ def test_cloudbuild_deploys_each_function_as_terraform_declares_it(key):
     assert flags["--source"] == f"build/functions/{key}"
     assert flags["--gen2"] is True
     assert flags["--ingress-settings"] == INGRESS[spec["ingress"]]
+    # A deploy must not undo the warm instance that keeps slack_interactions within Slack's 3 s.
+    assert str(flags.get("--min-instances", 0)) == str(spec.get("min_instances", 0))
     sa = f"jitgate-fn-{key.replace('_', '-')}@${{PROJECT_ID}}.iam.gserviceaccount.com"
     assert flags["--service-account"] == sa
     if spec["trigger"] == "http":
@@ -89,6 +91,10 @@ def test_runtime_matches(cloudbuild, tf):
         assert flags["--runtime"] == "${_RUNTIME}"
 
 
+def test_slack_interactions_stays_warm_for_slacks_deadline():
+    assert int(TF_FUNCTIONS["slack_interactions"]["min_instances"]) >= 1
+
+
 def test_only_slack_interactions_is_open_to_the_internet():
     open_ = sorted(k for k, spec in TF_FUNCTIONS.items() if spec["ingress"] != "ALLOW_INTERNAL_ONLY")
     assert open_ == ["slack_interactions"]
@@ -102,3 +108,23 @@ def test_each_function_has_its_own_account(tf):
     assert attr(sa, "for_each") == "${local.function_names}"
     assert set(tf.local("function_names").replace("${toset([", "").replace("])}", "")
                .replace("'", "").replace('"', "").replace(" ", "").split(",")) == set(TF_FUNCTIONS)
+
+
+@pytest.mark.parametrize("name", REFERENCED)
+def test_function_logs_json_lines_that_cloud_logging_parses(name, packaged):
+    """Cloud Logging turns a JSON line on stderr into a structured entry (severity, message,
+    fields); a function that never sets up logging drops INFO lines such as each approval
+    decision, expiry sweep and seal."""
+    pkg = packaged / name
+    code = (f"import sys, logging; sys.path[:0] = [{str(pkg)!r}]; import main; "
+            "from jitgate.logs import log; "
+            "log(logging.getLogger('jitgate.probe'), logging.INFO, 'approval decided', approval_id='a1')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=packaged, check=False,
+                          env={"PATH": "/usr/bin:/bin", "GOOGLE_CLOUD_PROJECT": "p"})
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    entries = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert {"severity": "INFO", "message": "approval decided", "approval_id": "a1"}.items() <= entries[-1].items(), proc.stderr
+    for line in proc.stderr.splitlines():
+        json.loads(line)  # every line, not only ours
