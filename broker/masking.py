@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
+from broker.pg.lineage_step import LineageStep
 from jitgate.logs import log
 from jitgate.masking import Masker
 from jitgate.policy import Target
@@ -55,13 +56,50 @@ class SessionMasker:
         self._backends = backends
         self._tables: dict[int, str] = {}
         self._columns: dict[tuple[int, int], str] = {}
+        self.lineage = LineageStep()
+        # Lineage matters only where a column rule could be escaped by an expression.
+        self.follows_lineage = masker.has_column_rules
 
     def mask_text(self, text: str) -> str:
         return self.masker.mask_text(text)
 
-    def plan(self, fields):
+    def plan(self, fields, lineage=None):
         """A RowPlan for these fields, using the catalog names already resolved."""
-        return self.masker.plan(fields, self._tables, self._columns)
+        return self.masker.plan(fields, self._tables, self._columns, lineage)
+
+    async def follow(self, sql: str, fetch=None) -> list:
+        """The lineage of each statement in ``sql`` (``fetch``: the caller's catalog connection;
+        default: a side connection with the held credential)."""
+        if not self.follows_lineage:
+            return []
+        if fetch is not None:
+            return await self.lineage.follow(sql, fetch)
+        conn = None
+
+        async def side_fetch(query: str) -> list[tuple]:
+            nonlocal conn
+            if conn is None:
+                conn = await self._connect()
+            return [tuple(row) for row in await conn.fetch(query)]
+
+        try:
+            return await self.lineage.follow(sql, side_fetch)
+        except Exception as exc:  # noqa: BLE001 - no catalog: fail closed for this statement
+            log(logger, logging.WARNING, "lineage catalog lookup failed", error=type(exc).__name__)
+            from jitgate.masking.lineage import StatementLineage
+
+            return [StatementLineage(unknown="the gateway could not read the target's catalog")]
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _connect(self):
+        target = self._target
+        # Off the event loop: a Secret Manager reference is a network call.
+        password = (await asyncio.to_thread(self._backends.secrets.get, target.credential)).decode()
+        ssl = None if target.tls == "disable" else ("require" if target.tls in ("require", "verify-full") else "prefer")
+        return await asyncpg.connect(host=target.host, port=target.port, user=target.username, password=password,
+                                     database=target.database, ssl=ssl, timeout=10)
 
     def plan_copy(self, *args, **kwargs):
         return self.masker.plan_copy(*args, **kwargs)
@@ -70,13 +108,8 @@ class SessionMasker:
         missing = sorted(o for o in oids if o and o not in self._tables)
         if not missing:
             return
-        target = self._target
-        # Off the event loop: a Secret Manager reference is a network call.
-        password = (await asyncio.to_thread(self._backends.secrets.get, target.credential)).decode()
-        ssl = None if target.tls == "disable" else ("require" if target.tls in ("require", "verify-full") else "prefer")
         try:
-            conn = await asyncpg.connect(host=target.host, port=target.port, user=target.username, password=password,
-                                         database=target.database, ssl=ssl, timeout=10)
+            conn = await self._connect()
         except Exception as exc:  # the plan then masks by name only, and NULLs what it cannot place
             log(logger, logging.WARNING, "catalog lookup failed", error=type(exc).__name__)
             for oid in missing:

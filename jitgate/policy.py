@@ -179,6 +179,11 @@ class MaskingRule(_Strict):
 class MaskingConfig(_Strict):
     clear_groups: list[str] = Field(default_factory=list)
     rules: list[MaskingRule] = Field(default_factory=list)
+    # -- column lineage (masking) --
+    # A statement whose result columns cannot be traced to table columns (a function that
+    # is not built in, a temporary table, FETCH...): mask every column of its result
+    # (mask_all), or hold it for an approver first (approve; its result is masked all the same).
+    unknown_lineage: Literal["mask_all", "approve"] = "mask_all"
 
 
 class Target(_Strict):

@@ -188,6 +188,9 @@ def openapi_document(server_url: str) -> dict:
                     "command_tag": {"type": ["string", "null"]}, "truncated": {"type": "boolean"},
                     "truncation": {"type": ["string", "null"]},
                     "masked_columns": {"type": "array", "items": {"type": "string"}},
+                    "masking": {"type": "array", "items": {"type": "object", "required": ["column", "rule"], "properties": {
+                        "column": {"type": "string"}, "rule": {"type": "string"}}}},
+                    "notices": {"type": "array", "items": {"type": "string"}},
                     "approval_id": {"type": ["string", "null"]}}},
                 "ExecResult": {"type": "object", "required": ["session_id", "stdout", "stderr", "exit_status"], "properties": {
                     "session_id": {"type": "string"}, "stdout": {"type": "string"}, "stderr": {"type": "string"},

@@ -110,7 +110,7 @@ def build_mcp(service: AgentService) -> MCPServer:
         if data["truncated"]:
             head += f" TRUNCATED: {data['truncation']}."
         if data["masked_columns"]:
-            head += f" Masked columns: {', '.join(data['masked_columns'])}."
+            head += " Masked columns: " + "; ".join(f"{m['column']} ({m['rule']})" for m in data["masking"]) + "."
         if data.get("approval_id"):
             head += f" Ran under approval {data['approval_id']}."
         return _ok(head, data)

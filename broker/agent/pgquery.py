@@ -64,6 +64,7 @@ class QueryResult:
     truncated: bool = False
     truncation: str | None = None
     masked_columns: list[str] = field(default_factory=list)
+    masking: list[dict] = field(default_factory=list)  # {"column", "rule"} per masked column
     row_bytes: int = 0
     notices: list[str] = field(default_factory=list)
 
@@ -169,7 +170,29 @@ class Upstream:
             pass
         self.writer.close()
 
+    async def fetch_text(self, sql: str) -> list[tuple]:
+        """Rows of a catalog query on this connection, as text (simple protocol, no parameters)."""
+        self.writer.write(codec.build_query(sql))
+        await self.writer.drain()
+        rows: list[tuple] = []
+        error = None
+        while True:
+            for kind, payload in await self._messages(30):
+                if kind == "D":
+                    rows.append(tuple(None if v is None else v.decode("utf-8", "replace")
+                                      for v in codec.parse_data_row(payload)))
+                elif kind == "E":
+                    error = codec.parse_fields(payload).get("M", "catalog query failed")
+                elif kind == "Z":
+                    if error is not None:
+                        raise UpstreamUnavailable(f"catalog lookup failed: {error}")
+                    return rows
+
     async def run(self, sql: str, params: list, *, max_rows: int, max_bytes: int, masker=None) -> QueryResult:
+        lineage = None
+        if masker is not None and getattr(masker, "follows_lineage", False):
+            lineages = await masker.follow(sql, self.fetch_text)
+            lineage = lineages[0] if lineages else None
         self.writer.write(
             codec.build_parse("", sql) + build_bind([encode_param(p) for p in params]) + build_describe_portal()
             + build_execute(max_rows) + codec.SYNC
@@ -207,9 +230,10 @@ class Upstream:
                     notices.append(codec.parse_fields(payload).get("M", ""))
                 elif kind == "Z":
                     return await self._finish(fields, raw_rows, seen_rows, tag, truncated, truncation, error, notices,
-                                              kept_bytes, masker)
+                                              kept_bytes, masker, lineage)
 
-    async def _finish(self, fields, raw_rows, seen_rows, tag, truncated, truncation, error, notices, kept_bytes, masker):
+    async def _finish(self, fields, raw_rows, seen_rows, tag, truncated, truncation, error, notices, kept_bytes, masker,
+                      lineage=None):
         active = masker is not None and getattr(masker, "active", False)
 
         def clean(text: str) -> str:
@@ -219,13 +243,16 @@ class Upstream:
             raise StatementFailed(error.get("C", ""), clean(error.get("M", "")), clean(error.get("D", "")), clean(error.get("H", "")))
         plan = None
         if active and fields:
-            plan = await self._plan(masker, fields)
+            plan = await self._plan(masker, fields, lineage)
         rows = []
         for payload in raw_rows:
             if plan is not None:
                 payload = plan.mask_row(payload)[5:]
             values = codec.parse_data_row(payload)
             rows.append([to_json(v, f.type_oid) for v, f in zip(values, fields)])
+        report = plan.report([f.name for f in fields]) if plan is not None else []
+        if plan is not None and plan.notice:
+            notices.append(plan.notice)
         row_count = codec.rows_from_tag(tag) if tag else None
         if row_count is None and not truncated:
             row_count = seen_rows
@@ -236,23 +263,24 @@ class Upstream:
             tag=tag,
             truncated=truncated,
             truncation=truncation,
-            masked_columns=list(plan.masked_columns) if plan is not None else [],
+            masked_columns=[r["column"] for r in report],
+            masking=report,
             row_bytes=kept_bytes,
             notices=[clean(n) for n in notices],
         )
 
-    async def _plan(self, masker, fields):
+    async def _plan(self, masker, fields, lineage=None):
         """The relay's RowPlan for these fields. The broker's SessionMasker wraps a pure Masker: use
         that with the catalog read on this connection; otherwise let the masker resolve names itself."""
         oids = {f.table_oid for f in fields if f.table_oid}
         inner = getattr(masker, "masker", masker)
         if isinstance(inner, Masker):
             table_names, column_names = await self._catalog(oids)
-            return inner.plan(fields, table_names, column_names)
+            return inner.plan(fields, table_names, column_names, lineage)
         resolve = getattr(masker, "resolve", None)
         if resolve is not None:
             await resolve(oids)
-        return masker.plan(fields)
+        return masker.plan(fields, lineage)
 
     async def _catalog(self, oids: set[int]) -> tuple[dict[int, str], dict[tuple[int, int], str]]:
         """Table names (schema.table) and column names for the masking plan, from the target's catalog."""

@@ -482,6 +482,7 @@ class AgentService:
             "truncated": result.truncated,
             "truncation": result.truncation,
             "masked_columns": result.masked_columns,
+            "masking": result.masking,
             "notices": result.notices,
             "approval_id": verdict.approval_id,
         }

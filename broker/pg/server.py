@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from broker import metrics
 from broker.authz import AuthorizeClient, Refused
 from broker.pg import codec
+from broker.pg.lineage_step import follow_for_relay
 from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.session import Session, Verdict, new_backend_key
 from jitgate.masking import MalformedRow, MaskingRefused, apply_result_formats
@@ -84,6 +85,15 @@ class Pending:
     plan: object = None
     planned: bool = False
     copy_plan: object = None
+    # Column lineage (masking): one per statement of a simple Query, or the prepared statement's.
+    lineages: list = field(default_factory=list)
+    noticed: bool = False
+
+    def lineage(self):
+        if not self.simple:
+            return self.lineages[0] if self.lineages else None
+        index = len(self.tags)  # each statement of a Query ends with one CommandComplete
+        return self.lineages[index] if index < len(self.lineages) else None
 
 
 @dataclass
@@ -161,6 +171,7 @@ class PgConnection:
         self.describes: collections.deque[tuple[int, str, str]] = collections.deque()
         self.statement_fields: dict[str, list] = {}
         self.portal_fields: dict[str, list] = {}
+        self.statement_lineages: dict[str, object] = {}
         self.copy_plan = None
         self._closing_reason: str | None = None
 
@@ -418,6 +429,12 @@ class PgConnection:
     async def _gate(self, sql: str, protocol: str) -> Verdict:
         verdict = self.session.decide_sql(sql)
         if verdict.action == "approve":
+            verdict = await self.hold_for(sql, verdict)
+        return verdict
+
+    async def hold_for(self, sql: str, verdict: Verdict) -> Verdict:
+        """Wait for an approval of this statement; a client's CancelRequest gives up waiting."""
+        if verdict.action == "approve":
             self.hold = asyncio.ensure_future(self.session.resolve(sql, verdict))
             try:
                 verdict = await self.hold
@@ -466,6 +483,7 @@ class PgConnection:
                         await writer.drain()
                         verdict = await self._gate(sql, "simple")
                     copy_plan = None
+                    verdict, lineages = await follow_for_relay(self, sql, verdict)
                     if verdict.allowed and session.masker is not None:
                         copy_plan, refusal = copy_masking_plan(session.masker, sql)
                         if refusal:
@@ -475,6 +493,7 @@ class PgConnection:
                     if verdict.allowed:
                         entry = Pending(statement_id, time.perf_counter(), self.client_cycle - 1, True)
                         entry.copy_plan = copy_plan
+                        entry.lineages = lineages
                         self.pending.append(entry)
                         out += data[start:end]
                     else:
@@ -490,6 +509,8 @@ class PgConnection:
                         out = bytearray()
                         await writer.drain()
                         verdict = await self._gate(parse.sql, "extended")
+                    verdict, lineages = await follow_for_relay(self, parse.sql, verdict)
+                    self.statement_lineages[parse.name] = lineages[0] if lineages else None
                     self.statements[parse.name] = (parse.sql, verdict)
                     if verdict.allowed:
                         out += data[start:end]
@@ -511,7 +532,8 @@ class PgConnection:
                         statement_id = session.record_statement(sql, protocol="extended", verdict=verdict, params=list(params))
                         self.pending.append(Pending(statement_id, time.perf_counter(), self.client_cycle, False,
                                                     statement=statement_name, portal=execute.portal,
-                                                    result_formats=result_formats))
+                                                    result_formats=result_formats,
+                                                    lineages=[self.statement_lineages.get(statement_name)]))
                     out += data[start:end]
                 elif kind == 0x44:  # 'D' Describe: its answer tells the columns of a statement or portal
                     if session.masker is not None:
@@ -592,6 +614,9 @@ class PgConnection:
                             if parts is None:
                                 parts = []
                             parts.append(data[last:start])
+                            if plan.notice and head is not None and not head.noticed:
+                                head.noticed = True
+                                parts.append(codec.build_notice(plan.notice))
                             parts.append(plan.mask_row(data[start + 5 : end]))
                             last = end
                     continue
@@ -648,7 +673,15 @@ class PgConnection:
                             _, described, name = self.describes.popleft()
                             (self.statement_fields if described == "S" else self.portal_fields)[name] = fields
                         elif pending and pending[0].simple:
-                            pending[0].plan, pending[0].planned = masker.plan(fields), True
+                            head = pending[0]
+                            head.plan, head.planned = masker.plan(fields, head.lineage()), True
+                            if head.plan is not None and head.plan.notice:
+                                if parts is None:
+                                    parts = []
+                                parts.append(data[last:start])
+                                parts.append(codec.build_notice(head.plan.notice))
+                                last = start
+                                head.noticed = True
                 elif kind == 0x6E:  # 'n' NoData answers a Describe too
                     if masker is not None and self.describes:
                         self.describes.popleft()
@@ -694,7 +727,7 @@ class PgConnection:
                 head.plan = _NULL_ALL
             else:
                 await self.session.masker.resolve({f.table_oid for f in fields})
-                head.plan = self.session.masker.plan(fields)
+                head.plan = self.session.masker.plan(fields, head.lineage())
             head.planned = True
         return head.plan
 

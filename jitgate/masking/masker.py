@@ -26,12 +26,25 @@ from typing import Mapping, Protocol, Sequence
 from jitgate.masking import columns as column_maskers
 from jitgate.masking.copy import CopyPlan
 from jitgate.masking.errors import MaskingRefused
+from jitgate.masking.lineage import StatementLineage
 from jitgate.masking.rows import RowPlan
 from jitgate.masking.scanner import DetectorStrategy, Scanner
 from jitgate.masking.strategies import COLUMN_MARKER, Hasher, render_whole_text
 from jitgate.policy import MaskingConfig, MaskingRule, column_matches
 
 TEXT_OID = 25
+# Which strategy shows least of a value: a derived value takes the strongest of its sources'.
+STRATEGY_STRENGTH = {"partial": 0, "hash": 1, "redact": 2, "null": 3}
+
+
+def derived_strategy(strategy: str) -> str:
+    """A derived value cannot be partially masked meaningfully: partial becomes redact."""
+    return "redact" if strategy == "partial" else strategy
+
+
+def _unknown_notice(reason: str) -> str:
+    return (f"jitgate: the source columns of this result cannot be followed ({reason}); "
+            "every column is masked (policy masking.unknown_lineage: mask_all)")
 
 
 class FieldLike(Protocol):
@@ -81,31 +94,93 @@ class Masker:
         fields: Sequence[FieldLike],
         table_names: Mapping[int, str],
         column_names: Mapping[tuple[int, int], str] | None = None,
+        lineage: StatementLineage | None = None,
     ) -> RowPlan | None:
         """A plan for the DataRows that follow this RowDescription; None when nothing can need masking.
 
         ``table_names``: table OID -> 'table' or 'schema.table' from the catalog.
         ``column_names`` (optional): (table OID, attribute number) -> the table column's
         name, so that renaming a column in the query does not escape a column rule.
+        ``lineage`` (from ``lineage.follow``): where each result column comes from. A column
+        derived from a column under a column rule is masked whole with the strongest strategy
+        of its sources; when the lineage is unknown, or does not fit these fields, every
+        column is (``fail_closed``). Without ``lineage`` only names and detectors count.
         The fields' ``format`` must be the one the DataRows use (see ``apply_result_formats``).
         """
         if not self._rules:
             return None
+        columns = None
+        unknown = None
+        if lineage is not None and self._column_rules:
+            if lineage.unknown:
+                unknown = lineage.unknown
+            elif lineage.columns is None or len(lineage.columns) != len(fields):
+                unknown = "the result's columns do not match the statement as the gateway parsed it"
+            else:
+                columns = lineage.columns
         steps = []
         masked = []
+        reasons = {}
         for index, field in enumerate(fields):
             binary = column_maskers.check_format(field.format, field.name)
-            names = [field.name]
+            if unknown is not None:
+                rule = self._strongest(self._column_rules)
+                strategy = derived_strategy(rule.strategy)
+                steps.append((index, column_maskers.whole_value_masker(
+                    field.type_oid, field.type_modifier, binary, strategy, rule.keep_last, self._hasher)))
+                masked.append(field.name)
+                reasons[index] = f"lineage unknown ({unknown}): every column masked, {strategy}"
+                continue
+            candidates = [(table_names.get(field.table_oid), [field.name])]
             if column_names and field.table_oid:
                 source = column_names.get((field.table_oid, field.column_attr))
                 if source and source != field.name:
-                    names.append(source)
-            table = table_names.get(field.table_oid)
-            masker = self._masker_for(names, table, field.type_oid, field.type_modifier, binary)
+                    candidates[0][1].append(source)
+            column = columns[index] if columns is not None else None
+            if column is not None:
+                candidates += [(table, [name] if name else None) for table, name in sorted(column.sources, key=str)]
+            if column is not None and not column.direct:
+                masker, reason = self._derived_masker(column, candidates, field, binary)
+            else:
+                masker, reason = self._masker_for(candidates, field.type_oid, field.type_modifier, binary)
             if masker is not None:
                 steps.append((index, masker))
                 masked.append(field.name)
-        return RowPlan(len(fields), steps, masked) if steps else None
+                reasons[index] = reason
+        if not steps:
+            return None
+        return RowPlan(len(fields), steps, masked, reasons=reasons,
+                       notice=_unknown_notice(unknown) if unknown is not None else None)
+
+    def _derived_masker(self, column, candidates, field, binary: bool):
+        """A value computed from sensitive columns cannot be partially masked: whole, strongest."""
+        rules = [r for r in self._column_rules if any(self._rule_matches(r, table, names) for table, names in candidates)]
+        if not rules:
+            return self._masker_for(candidates, field.type_oid, field.type_modifier, binary)
+        rule = self._strongest(rules)
+        strategy = derived_strategy(rule.strategy)
+        named = sorted({f"{t}.{c}" if c else f"{t}.*" for t, c in column.sources
+                        if any(self._rule_matches(r, t, [c] if c else None) for r in rules)})
+        reason = (f"derived from {', '.join(named) or field.name} (column rule {', '.join(rule.columns)}: "
+                  f"{rule.strategy}): whole value, {strategy}")
+        return column_maskers.whole_value_masker(field.type_oid, field.type_modifier, binary, strategy,
+                                                 rule.keep_last, self._hasher), reason
+
+    def _rule_matches(self, rule: MaskingRule, table: str | None, names: list[str] | None) -> bool:
+        if names is None:  # every column of a table whose columns are unknown
+            return self._rule_may_apply(rule, table)
+        return _matches(rule.columns, names, table)
+
+    @staticmethod
+    def _strongest(rules: Sequence[MaskingRule]) -> MaskingRule:
+        return max(rules, key=lambda r: STRATEGY_STRENGTH[r.strategy])
+
+    def fail_closed_notice(self, reason: str) -> str:
+        return _unknown_notice(reason)
+
+    @property
+    def has_column_rules(self) -> bool:
+        return bool(self._column_rules)
 
     def plan_copy(
         self,
@@ -159,7 +234,7 @@ class Masker:
         else:
             for index, name in enumerate(column_names):
                 type_oid = type_oids[index] if type_oids is not None else TEXT_OID
-                masker = self._masker_for([name], table, type_oid, -1, False)
+                masker, _ = self._masker_for([(table, [name])], type_oid, -1, False)
                 if masker is not None:
                     maskers[index] = masker
         if not maskers and every_field is None:
@@ -209,17 +284,23 @@ class Masker:
     # --- rule resolution ---
 
     def _masker_for(
-        self, names: list[str], table: str | None, type_oid: int, type_modifier: int, binary: bool
-    ) -> column_maskers.ValueMasker | None:
-        rule = self._column_rule_for(names, table)
-        if rule is not None:
-            return column_maskers.whole_value_masker(
-                type_oid, type_modifier, binary, rule.strategy, rule.keep_last, self._hasher
-            )
-        applicable = [r for r in self._detector_rules if not r.columns or _matches(r.columns, names, table)]
+        self, candidates: list, type_oid: int, type_modifier: int, binary: bool
+    ) -> tuple[column_maskers.ValueMasker | None, str]:
+        """``candidates``: (table, column names) the value is known by; the first column rule in
+        policy order that matches any of them decides, else the detector rules that apply."""
+        for rule in self._column_rules:
+            if any(self._rule_matches(rule, table, names) for table, names in candidates):
+                return column_maskers.whole_value_masker(
+                    type_oid, type_modifier, binary, rule.strategy, rule.keep_last, self._hasher
+                ), f"column rule {', '.join(rule.columns)}: {rule.strategy}"
+        applicable = [r for r in self._detector_rules
+                      if not r.columns or any(names is not None and _matches(r.columns, names, table)
+                                              for table, names in candidates)]
         if not applicable:
-            return None
-        return column_maskers.detector_masker(type_oid, type_modifier, binary, self._scanner_for(applicable))
+            return None, ""
+        scanner = self._scanner_for(applicable)
+        reason = "detectors " + ", ".join(sorted(scanner.kinds))
+        return column_maskers.detector_masker(type_oid, type_modifier, binary, scanner), reason
 
     def _column_rule_for(self, names: list[str], table: str | None) -> MaskingRule | None:
         for rule in self._column_rules:
@@ -229,14 +310,17 @@ class Masker:
 
     def _column_rules_may_apply(self, table: str | None) -> bool:
         """Could a column rule match some column of this table (whose columns we do not know)?"""
+        return any(self._rule_may_apply(rule, table) for rule in self._column_rules)
+
+    @staticmethod
+    def _rule_may_apply(rule: MaskingRule, table: str | None) -> bool:
         tables = _table_candidates(table)
-        for rule in self._column_rules:
-            for pattern in rule.columns:
-                want_table = pattern.lower().rpartition(".")[0]
-                if not want_table or table is None:
-                    return True
-                if any(fnmatch.fnmatchcase(t, want_table) for t in tables if t is not None):
-                    return True
+        for pattern in rule.columns:
+            want_table = pattern.lower().rpartition(".")[0]
+            if not want_table or table is None:
+                return True
+            if any(fnmatch.fnmatchcase(t, want_table) for t in tables if t is not None):
+                return True
         return False
 
     def _scanner_for(self, rules: list[MaskingRule]) -> Scanner:

@@ -27,14 +27,25 @@ _NULL_LENGTH = b"\xff\xff\xff\xff"
 class RowPlan:
     """How to mask each DataRow of one RowDescription (see ``Masker.plan``)."""
 
-    __slots__ = ("column_count", "_steps", "masked_columns")
+    __slots__ = ("column_count", "_steps", "masked_columns", "reasons", "notice", "changed")
 
-    def __init__(self, column_count: int, maskers: Sequence[tuple[int, ValueMasker]], column_names: Sequence[str] = ()):
+    def __init__(self, column_count: int, maskers: Sequence[tuple[int, ValueMasker]], column_names: Sequence[str] = (),
+                 *, reasons: dict[int, str] | None = None, notice: str | None = None):
         self.column_count = column_count
         # (column index, masker), ascending: one forward walk over the row serves them all.
         self._steps = tuple(sorted(maskers, key=lambda step: step[0]))
-        # Names of the columns that may be masked, for the recording and for debugging.
+        # Names of the columns that may be masked, in step order, for debugging.
         self.masked_columns = tuple(column_names)
+        # Why each masked column is masked (column index -> the rule), and a NOTICE for the client
+        # when the plan fails closed.
+        self.reasons = dict(reasons or {})
+        self.notice = notice
+        # Column indexes whose value some row actually changed: what ``masked_columns`` reports.
+        self.changed: set[int] = set()
+
+    def report(self, names: Sequence[str]) -> list[dict]:
+        """The columns whose values were masked, each with the rule that masked it."""
+        return [{"column": names[i], "rule": self.reasons.get(i, "")} for i in sorted(self.changed) if i < len(names)]
 
     def mask_row(self, payload: bytes) -> bytes:
         """A DataRow payload in, a complete DataRow message (with header) out."""
@@ -73,8 +84,16 @@ class RowPlan:
             if length < -1 or value_end > size:
                 raise MalformedRow(f"DataRow column {column} has invalid length {length}")
             value = payload[pos + 4 : value_end]
-            masked = masker(value)
+            try:
+                masked = masker(value)
+            except MalformedRow:
+                raise
+            except (ValueError, struct.error, IndexError, OverflowError) as exc:
+                # A value that is not a valid value of its announced type (a hostile upstream).
+                raise MalformedRow(f"DataRow column {column} is not a valid value of its type: {exc}") from None
             if masked is not value:
+                if masked is None or masked != value:
+                    self.changed.add(column)
                 parts.append(payload[carried_from:pos])
                 if masked is None:
                     parts.append(_NULL_LENGTH)

@@ -1,0 +1,155 @@
+"""Column lineage (pure) and the session's lineage step with a recorded catalog."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from broker.pg.lineage_step import LineageStep, functions_query, relations_query
+from jitgate.masking import Masker
+from jitgate.masking.lineage import Catalog, Relation, catalog_needs, follow
+from jitgate.policy import MaskingConfig
+from tests.masking.helpers import INT4, KEY, field
+
+CUSTOMERS = Relation("public.customers", "r", ("id", "full_name", "email", "card_number", "notes"))
+CATALOG = Catalog(
+    relations={
+        "customers": CUSTOMERS,
+        "orders": Relation("public.orders", "r", ("id", "customer_id", "amount")),
+        "v": Relation("public.v", "v", ("e", "id"), " SELECT reverse(email) AS e, id FROM customers;"),
+        "pg_stats": Relation("pg_catalog.pg_stats", "v", ("attname", "most_common_vals"), "SELECT 1, 2"),
+    },
+    functions={"reverse": True, "upper": True, "myfn": False, "string_agg": True, "row_number": True, "to_jsonb": True,
+               "max": True},
+)
+EMAIL = ("public.customers", "email")
+
+
+def one(sql: str, catalog: Catalog = CATALOG):
+    [statement] = follow(sql, catalog)
+    return statement
+
+
+@pytest.mark.parametrize("sql, index, direct", [
+    ("SELECT email FROM customers", 0, True),
+    ("SELECT c.email AS e FROM customers c", 0, True),
+    ("SELECT e FROM (SELECT email AS e FROM customers) s", 0, True),
+    ("WITH x AS (SELECT email FROM customers) SELECT email FROM x", 0, True),
+    ("SELECT reverse(email) FROM customers", 0, False),
+    ("SELECT upper(email) || 'x' FROM customers", 0, False),
+    ("SELECT string_agg(email, ',') FROM customers", 0, False),
+    ("SELECT e FROM v", 0, False),
+    ("SELECT id, email FROM customers UNION SELECT 1, 'x'", 1, False),
+    ("WITH RECURSIVE r(x) AS (SELECT 'a' UNION ALL SELECT email FROM customers, r) SELECT x FROM r", 0, False),
+    ("SELECT o.id, l.e FROM orders o, LATERAL (SELECT reverse(email) e FROM customers c WHERE c.id = o.customer_id) l", 1, False),
+    ("SELECT (SELECT max(email) FROM customers)", 0, False),
+    ("SELECT to_jsonb(c) FROM customers c", 0, False),
+    ("SELECT c FROM customers c", 0, False),
+])
+def test_email_is_followed(sql, index, direct):
+    statement = one(sql)
+    assert statement.unknown is None
+    column = statement.columns[index]
+    assert EMAIL in column.sources and column.direct is direct
+
+
+def test_plain_columns_stay_plain_and_predicates_are_reported():
+    statement = one("SELECT id, full_name FROM customers WHERE email LIKE 'a%' ORDER BY card_number")
+    assert [c.sources for c in statement.columns] == [{("public.customers", "id")}, {("public.customers", "full_name")}]
+    assert statement.predicate_sources == {EMAIL, ("public.customers", "card_number")}
+    ranked = one("SELECT row_number() OVER (PARTITION BY email), id FROM customers")
+    assert ranked.columns[0].sources == frozenset() and EMAIL in ranked.predicate_sources
+
+
+def test_star_expands_from_the_catalog():
+    statement = one("SELECT * FROM customers c JOIN orders o ON o.customer_id = c.id")
+    assert [c.name for c in statement.columns] == list(CUSTOMERS.columns) + ["id", "customer_id", "amount"]
+
+
+@pytest.mark.parametrize("sql, why", [
+    ("SELECT myfn(1)", "not built in"),
+    ("SELECT public.reverse(email) FROM customers", "not built in"),
+    ("SELECT * FROM temp_table", "not looked up"),
+    ("FETCH 10 FROM c", "FETCH"),
+    ("EXECUTE p", "EXECUTE"),
+    ("SELECT * FROM pg_stats", "sample values"),
+    ("SELECT FROM WHERE", "does not parse"),
+])
+def test_unknown_lineage_says_why(sql, why):
+    assert why in one(sql).unknown
+
+
+def test_writes_are_remembered_and_reads_of_them_masked():
+    statement = one("UPDATE customers SET notes = reverse(email) WHERE id = 1 RETURNING notes")
+    assert statement.writes == (("public.customers", "notes", frozenset({EMAIL})),)
+    assert EMAIL in statement.columns[0].sources and not statement.columns[0].direct
+    tainted = Catalog(CATALOG.relations, CATALOG.functions, {("public.customers", "notes"): frozenset({EMAIL})})
+    assert EMAIL in one("SELECT notes FROM customers", tainted).columns[0].sources
+
+
+def test_masker_masks_derived_columns_whole_with_the_strongest_strategy():
+
+    config = MaskingConfig.model_validate({"rules": [
+        {"columns": ["email"], "strategy": "partial"},
+        {"columns": ["card_number"], "strategy": "hash"},
+    ]})
+    masker = Masker(config, KEY)
+    fields = [field("x"), field("id", INT4)]
+    lineage = one("SELECT reverse(email) || card_number AS x, id FROM customers")
+    plan = masker.plan(fields, {}, None, lineage)
+    row = plan.mask_row(b"\x00\x02" + (13).to_bytes(4, "big") + b"moc.elpmaxe@a" + (1).to_bytes(4, "big") + b"7")
+    assert b"moc.elpmaxe" not in row and b"h:" in row  # hash beats partial; a derived value is never partial
+    assert plan.report(["x", "id"]) == [{"column": "x", "rule": plan.reasons[0]}]
+    unknown = masker.plan(fields, {}, None, one("SELECT myfn(1), 2"))
+    assert unknown.notice and "cannot be followed" in unknown.notice
+    masked = unknown.mask_row(b"\x00\x02" + (1).to_bytes(4, "big") + b"a" + (1).to_bytes(4, "big") + b"7")
+    assert b"\x00\x00\x00\x01a" not in masked and not masked.endswith(b"\x00\x00\x00\x017")  # nothing passes as it was
+
+
+class RecordedCatalog:
+    """Answers the step's two catalog queries from CATALOG, counting round trips."""
+
+    def __init__(self):
+        self.queries = []
+
+    async def __call__(self, sql: str):
+        self.queries.append(sql)
+        if "pg_proc" in sql:
+            return [(name, "true" if CATALOG.functions.get(name) else "false") for name in CATALOG.functions if f"'{name}'" in sql]
+        rows = []
+        for name, rel in CATALOG.relations.items():
+            if f"'{name}'" in sql:
+                schema, _, table = rel.name.partition(".")
+                import json
+
+                rows.append((name, schema, table, rel.kind, rel.definition if rel.kind == "v" else None, json.dumps(rel.columns)))
+        return rows
+
+
+def test_lineage_step_caches_and_forgets_after_ddl():
+    step = LineageStep()
+    fetch = RecordedCatalog()
+
+    async def run(sql):
+        return await step.follow(sql, fetch)
+
+    first = asyncio.run(run("SELECT e FROM v"))
+    assert EMAIL in first[0].columns[0].sources
+    count = len(fetch.queries)
+    asyncio.run(run("SELECT e, id FROM v"))
+    assert len(fetch.queries) == count  # cached for the session
+    mixed = asyncio.run(run("CREATE VIEW w AS SELECT 1; SELECT e FROM v"))
+    assert mixed[1].unknown and "changes the catalog" in mixed[1].unknown  # stale answers are not trusted
+    asyncio.run(run("SELECT e FROM v"))
+    assert len(fetch.queries) > count  # asked again after the DDL
+
+
+def test_catalog_queries_quote_names():
+    sql = relations_query(["x'); DROP TABLE t; --", 'we"ird.na\'me'])
+    assert "'x''); DROP TABLE t; --'" in sql and "'\"we\"\"ird\".\"na''me\"'" in sql
+    assert "'f''x'" in functions_query(["f'x"])
+
+
+def test_needs_name_relations_and_functions():
+    needs = catalog_needs("WITH a AS (SELECT 1) SELECT myfn(x), pg_catalog.lower('A') FROM s.t, a")
+    assert needs.relations == {"s.t", "a"} and needs.functions == {"myfn"}
