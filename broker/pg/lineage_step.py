@@ -20,6 +20,8 @@ from jitgate.masking import lineage
 from jitgate.masking.lineage import Catalog, Relation, StatementLineage
 
 Fetch = Callable[[str], Awaitable[list[tuple]]]
+# Rows from a statement the step did not follow (more results than statements parsed): fail closed.
+UNFOLLOWED = StatementLineage(unknown="the gateway did not follow the statement that produced these rows")
 
 
 def _literal(text: str) -> str:

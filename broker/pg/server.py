@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from broker import metrics
 from broker.authz import AuthorizeClient, Refused
 from broker.pg import codec
-from broker.pg.lineage_step import follow_for_relay
+from broker.pg.lineage_step import UNFOLLOWED, follow_for_relay
 from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.session import Session, Verdict, new_backend_key
 from jitgate.masking import MalformedRow, MaskingRefused, apply_result_formats
@@ -90,10 +90,11 @@ class Pending:
     noticed: bool = False
 
     def lineage(self):
-        if not self.simple:
-            return self.lineages[0] if self.lineages else None
-        index = len(self.tags)  # each statement of a Query ends with one CommandComplete
-        return self.lineages[index] if index < len(self.lineages) else None
+        """The lineage of the statement whose rows come next (None when lineage is not followed)."""
+        index = len(self.tags) if self.simple else 0  # each statement of a Query ends with one CommandComplete
+        if index < len(self.lineages) and self.lineages[index] is not None:
+            return self.lineages[index]
+        return UNFOLLOWED if self.lineages else None
 
 
 @dataclass
