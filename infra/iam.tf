@@ -19,8 +19,9 @@ locals {
 
   firestore_condition_expression = "resource.name == \"projects/${var.project_id}/databases/${var.firestore_database}\""
 
-  recordings_resource        = "projects/_/buckets/${google_storage_bucket.recordings.name}"
-  chunk_condition_expression = "resource.name == \"${local.recordings_resource}\" || resource.name.extract(\"${local.recordings_resource}/objects/{session}/chunks/\") != \"\""
+  recordings_resource               = "projects/_/buckets/${google_storage_bucket.recordings.name}"
+  chunk_object_condition_expression = "resource.name.extract(\"${local.recordings_resource}/objects/{session}/chunks/\") != \"\""
+  chunk_condition_expression        = "resource.name == \"${local.recordings_resource}\" || ${local.chunk_object_condition_expression}"
 }
 
 # ---------------------------------------------------------------- accounts
@@ -165,12 +166,20 @@ resource "google_project_iam_member" "broker_firestore" {
   }
 }
 
-# Create only: without storage.objects.delete the broker can neither delete
-# nor overwrite a recording (and the retention policy forbids both anyway).
+# Create only, and only chunk objects: without storage.objects.delete the
+# broker can neither delete nor overwrite a recording (and the retention policy
+# forbids both anyway); the condition keeps it from creating a session's sealed
+# recording or manifest before finalize does (which would block the real seal).
 resource "google_storage_bucket_iam_member" "broker_recordings" {
   bucket = google_storage_bucket.recordings.name
   role   = "roles/storage.objectCreator"
   member = local.broker_member
+
+  condition {
+    title       = "chunks-only"
+    description = "Objects <session>/chunks/... only."
+    expression  = local.chunk_object_condition_expression
+  }
 }
 
 # Uploading a chunk again after a crash compares it with the stored one

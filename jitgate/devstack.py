@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -437,9 +438,16 @@ class Stack:
 
 def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = None, pg_port: int = 0,
                 extra_env: dict[str, str] | None = None, ssh_port: int = 0, http_port: int = 0,
-                k8s_port: int = 0, backends: str = "embedded", emulator_env: dict[str, str] | None = None) -> Stack:
+                k8s_port: int = 0, backends: str = "embedded", emulator_env: dict[str, str] | None = None,
+                process_env: dict[str, dict[str, str]] | None = None,
+                authorize_front: Callable[[str], str] | None = None) -> Stack:
     """backends="gcp": Firestore, Pub/Sub and Cloud Storage emulators (emulator_env, else the
-    *_EMULATOR_HOST variables of this process, else emulators started here and stopped with the stack)."""
+    *_EMULATOR_HOST variables of this process, else emulators started here and stopped with the stack).
+
+    process_env: extra environment of one process ("broker", or a function's name), e.g. to
+    give it its own identity; authorize_front: given authorize's URL, the URL the broker
+    calls instead (something in front of it, such as Cloud Run's invoker check)."""
+    own = process_env or {}
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
     pg = Postgres(postgres_root(home), pg_port or free_port())
@@ -480,8 +488,9 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
         )
         if backends == "gcp":
             _provision_gcp(home, env)
-        procs.append(function_server("authorize", authorize_port, env, logs))
-        procs.append(function_server("finalize_recording", finalize_port, env, logs, signature="cloudevent"))
+        procs.append(function_server("authorize", authorize_port, env | own.get("authorize", {}), logs))
+        procs.append(function_server("finalize_recording", finalize_port, env | own.get("finalize_recording", {}), logs,
+                                     signature="cloudevent"))
         # Approvals: Slack when SLACK_BOT_TOKEN is set (extra_env), the local console always.
         procs.append(function_server("notify_approvers", notify_port, env, logs, signature="cloudevent"))
         if env.get("SLACK_BOT_TOKEN") and env.get("SLACK_SIGNING_SECRET"):
@@ -492,7 +501,10 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
         wait_for(lambda: _answers(console_port), 30, "approval console", console)
         console_url = f"http://127.0.0.1:{console_port}"
         slack_url = f"http://127.0.0.1:{slack_port}" if env.get("SLACK_BOT_TOKEN") and env.get("SLACK_SIGNING_SECRET") else ""
-        broker, info = start_broker(home, env, logs)
+        broker_env = env | own.get("broker", {})
+        if authorize_front:
+            broker_env["JITGATE_AUTHORIZE_URL"] = authorize_front(env["JITGATE_AUTHORIZE_URL"])
+        broker, info = start_broker(home, broker_env, logs)
         procs.append(broker)
         state = {"issuer": issuer.issuer, "broker": info, "authorize": env["JITGATE_AUTHORIZE_URL"], "pg_port": pg.port,
                  "policy": str(policy_path), "console": console_url, "slack_interactions": slack_url,

@@ -48,18 +48,35 @@ TEST_TARGETS = """
 def stack(request, tmp_path_factory) -> Stack:
     """The whole stack, once on the embedded backends, then once on the GCP emulators."""
     home = tmp_path_factory.mktemp(f"stack-{request.param}")
-    kwargs = {}
+    kwargs, cloud = {}, None
     if request.param == "gcp":
-        kwargs = {"backends": "gcp", "emulator_env": request.getfixturevalue("gcp_emulators").env("jitgate-stack")}
-    s = start_stack(home, extra_env={"JITGATE_TEST_WRONG_PASSWORD": "not-the-password"}, **kwargs)
+        # As deployed: the broker and finalize use Cloud Storage with exactly infra/'s grants, and the
+        # broker reaches authorize through Cloud Run's invoker check with its metadata ID token.
+        from tests.cloud.standins import CloudStandins
+
+        emulator_env = request.getfixturevalue("gcp_emulators").env("jitgate-stack")
+        cloud = CloudStandins(emulator_env, "jitgate-stack").start()
+        kwargs = {"backends": "gcp", "emulator_env": emulator_env, "process_env": cloud.process_env,
+                  "authorize_front": cloud.front_authorize}
+    try:
+        s = start_stack(home, extra_env={"JITGATE_TEST_WRONG_PASSWORD": "not-the-password"}, **kwargs)
+    except BaseException:
+        if cloud:
+            cloud.stop()
+        raise
     with open(s.policy_path, "a") as fh:
         fh.write(TEST_TARGETS.format(pg_port=s.pg.port))
     time.sleep(0.05)
     yield s
     try:
         assert_no_secrets_leaked(s)
+        if cloud:
+            assert not cloud.unexpected_refusals(), "refused by Google's checks as infra/ sets them:\n" + "\n".join(
+                cloud.unexpected_refusals())
     finally:
         s.stop()
+        if cloud:
+            cloud.stop()
 
 
 _JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")

@@ -75,6 +75,11 @@ def test_broker_uploads_chunks_with_its_grants_and_reads_nothing_else(acting_as)
     with pytest.raises(gexc.Forbidden):
         broker.bucket.blob("s1/chunks/000001.jsonl").upload_from_string(b"forged\n")
     assert len(refused(proxy)) == 3
+    # Nor can it seal a session before finalize does (a forged recording, and the real seal blocked).
+    for name in ("s2/recording.jsonl", "s2/manifest.json", "s2/chunks.jsonl", "ledger/s2.json"):
+        with pytest.raises(gexc.Forbidden):
+            broker.bucket.blob(name).upload_from_string(b"{}\n", if_generation_match=0)
+    assert len(refused(proxy)) == 7
 
 
 def test_finalize_seals_with_its_grants(acting_as, gcp_env):

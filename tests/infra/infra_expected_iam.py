@@ -11,8 +11,8 @@ Who holds what, in words:
   key, every held credential; never the grant-signing key); publish approval-requested and session-closed;
   attach subscriptions to approval-decided only and create/pull its own
   (jitgateBrokerSubscriptions); Firestore on the jitgate database only;
-  create (never delete/overwrite) recordings, and read back only chunk objects
-  (jitgateChunkReader, IAM condition); read the policy and release
+  create (never delete/overwrite) chunk objects only, and read back only those
+  (IAM conditions <session>/chunks/; jitgateChunkReader); read the policy and release
   artifacts; read the manifest key's public half; write logs and metrics;
   invoke authorize (the only invoker of it).
 - each function its own account: only the secrets, topics, buckets and key it
@@ -272,7 +272,7 @@ EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authoriz
   'scope': {'bucket': '${google_storage_bucket.recordings.name}'},
   'for_each': None,
   'count': None,
-  'condition': None},
+  'condition': '${local.chunk_object_condition_expression}'},
  {'resource': 'google_storage_bucket_iam_member.broker_sources',
   'role': 'roles/storage.objectViewer',
   'member': '${local.broker_member}',
