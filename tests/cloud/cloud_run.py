@@ -37,6 +37,8 @@ class CloudRunInvoker:
 
     def check(self, authorization: str | None) -> tuple[int, str]:
         """(0, email) when Cloud Run would let the request through, else (status, reason)."""
+        if "allUsers" in self.invokers:
+            return 0, "allUsers"  # a public service: Cloud Run checks nothing
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             return 401, "no bearer token"

@@ -130,3 +130,29 @@ def test_metadata_server_that_refuses_fails_closed():
 
     with pytest.raises(IdTokenError, match="unreachable"):
         asyncio.run(attempt())
+
+
+def test_each_function_admits_exactly_the_callers_infra_names(stack, google):
+    """expire_approvals: Cloud Scheduler's account only; slack_interactions: anyone (Slack's signature
+    is its check); the Pub/Sub-triggered functions: their own trigger account (Eventarc pushes as it)."""
+    scheduler = iam_model.account_email("scheduler", PROJECT)
+    broker = iam_model.account_email("broker", PROJECT)
+    assert iam_model.invokers("expire_approvals", PROJECT) == {scheduler}
+    assert iam_model.invokers("slack_interactions", PROJECT) == {"allUsers"}
+    for fn in ("notify_approvers", "finalize_recording"):
+        assert iam_model.invokers(fn, PROJECT) == {iam_model.account_email(f"fn:{fn}", PROJECT)}
+    expire_url = stack.env["JITGATE_EXPIRE_URL"]
+    invoker = CloudRunInvoker(expire_url, google_public_key=google.public_key,
+                              invokers=iam_model.invokers("expire_approvals", PROJECT)).start()
+    try:
+        import httpx
+
+        as_scheduler = httpx.post(invoker.url, json={}, timeout=30,
+                                  headers={"Authorization": f"Bearer {google.mint(invoker.url, email=scheduler)}"})
+        assert as_scheduler.status_code == 200, as_scheduler.text
+        as_broker = httpx.post(invoker.url, json={}, timeout=30,
+                               headers={"Authorization": f"Bearer {google.mint(invoker.url, email=broker)}"})
+        assert as_broker.status_code == 403
+        assert httpx.post(invoker.url, json={}, timeout=30).status_code == 401
+    finally:
+        invoker.stop()
