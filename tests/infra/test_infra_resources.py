@@ -176,3 +176,47 @@ def test_every_resource_waits_for_the_apis(tf):
     exempt = {"data.google_project.this"}
     late = sorted(n for n in graph if not n.startswith("local.") and n != root and n not in exempt and not reaches(n))
     assert not late, f"these do not wait for google_project_service.apis (add depends_on): {late}"
+
+
+def test_sources_lifecycle_never_deletes_a_live_release(tf):
+    """New broker VMs install the release pinned in metadata from the sources bucket: an age rule
+    on live objects would delete it after that many days and leave autohealing unable to boot."""
+    for rule in tf.resource("google_storage_bucket", "sources").get("lifecycle_rule", []):
+        condition = attr(rule, "condition")
+        if attr(attr(rule, "action"), "type") == "Delete":
+            assert attr(condition, "with_state") == "ARCHIVED", f"a Delete rule that matches live objects: {rule}"
+
+
+def test_access_logs_are_delivered(tf):
+    logged = [n for _, n, b, _ in tf.resources("google_storage_bucket") if b.get("logging")]
+    assert set(logged) >= {"recordings", "config", "sources"}
+    for name in logged:
+        assert attr(attr(tf.resource("google_storage_bucket", name), "logging"), "log_bucket") == \
+            "${google_storage_bucket.access_logs.name}"
+    writers = [attr(b, "member") for _, _, b, _ in tf.resources("google_storage_bucket_iam_member")
+               if attr(b, "bucket") == "${google_storage_bucket.access_logs.name}"
+               and attr(b, "role") == "roles/storage.objectCreator"]
+    assert writers == ["group:cloud-storage-analytics@google.com"], "Cloud Storage delivers usage logs as this group"
+
+
+def _startup_script() -> str:
+    """infra/startup.sh.tftpl rendered with placeholder values (enough for bash -n and the checks)."""
+    text = (INFRA / "startup.sh.tftpl").read_text()
+    text = re.sub(r"%\{ for k, v in env ~\}\n\$\{k\}=\$\{v\}\n%\{ endfor ~\}\n", "JITGATE_BACKENDS=gcp\n", text)
+    return re.sub(r"\$\{(sources_bucket|health_port|tls_secret)\}", "placeholder", text)
+
+
+def test_broker_logs_are_shipped_to_cloud_logging():
+    script = _startup_script()
+    assert subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True).returncode == 0
+    assert "add-google-cloud-ops-agent-repo.sh --also-install" in script
+    config = yaml.safe_load(re.search(r"<<'OPS'\n(.*?)\nOPS\n", script, re.S).group(1))
+    receivers = config["logging"]["receivers"]
+    pipeline = next(iter(config["logging"]["service"]["pipelines"].values()))
+    [receiver] = [receivers[r] for r in pipeline["receivers"]]
+    assert receiver["type"] == "files"
+    processors = config["logging"]["processors"]
+    assert [processors[p]["type"] for p in pipeline["processors"]] == ["parse_json"]
+    # The broker's stdout and stderr (JSON lines, jitgate/logs.py) go to the file the agent reads.
+    outputs = set(re.findall(r"^Standard(?:Output|Error)=append:(\S+)$", script, re.M))
+    assert outputs and outputs <= set(receiver["include_paths"])
