@@ -78,14 +78,19 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
 
     draining = asyncio.Event()
 
-    def healthz(request):
-        # 503 while draining: the load balancer's health check stops sending new
-        # connections here while live sessions finish.
-        body = {"ok": not draining.is_set(), "draining": draining.is_set(), "sessions": len(pg.connections)}
-        return web.json_response(body, status=503 if draining.is_set() else 200)
+    def health(ready: bool):
+        # /healthz: alive (autohealing recreates a VM whose broker stops answering);
+        # /readyz: takes new connections, 503 while draining, so the load balancer's
+        # health check sends new sessions elsewhere while live ones finish here.
+        def handler(request):
+            failing = ready and draining.is_set()
+            body = {"ok": not failing, "draining": draining.is_set(), "sessions": len(pg.connections)}
+            return web.json_response(body, status=503 if failing else 200)
+        return handler
 
     app = web.Application()
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/healthz", health(ready=False))
+    app.router.add_get("/readyz", health(ready=True))
     app.router.add_get("/metrics", lambda r: web.Response(body=_metrics(pg), content_type="text/plain", charset="utf-8"))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

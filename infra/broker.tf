@@ -105,7 +105,9 @@ resource "google_compute_region_health_check" "broker_autoheal" {
 }
 
 # Load balancing: stop sending new connections to a VM that is unhealthy or
-# draining (SIGTERM makes /healthz fail while live sessions finish).
+# draining (SIGTERM makes /readyz fail while live sessions finish; /healthz,
+# which autohealing watches, keeps answering so the VM is not recreated under
+# its live sessions).
 resource "google_compute_region_health_check" "broker_lb" {
   name                = "jitgate-broker-lb"
   region              = var.region
@@ -116,7 +118,7 @@ resource "google_compute_region_health_check" "broker_lb" {
 
   http_health_check {
     port         = local.broker_health_port
-    request_path = "/healthz"
+    request_path = "/readyz"
   }
 
   log_config {

@@ -13,7 +13,7 @@ locals {
     kube_api = 6443
   }
 
-  # Health and metrics: GET /healthz on this port, never reachable by clients.
+  # Health and metrics: GET /healthz, /readyz on this port, never reachable by clients.
   broker_health_port = 9100
 
   # Source ranges of Google's health checkers. Autohealing and the internal
@@ -96,7 +96,7 @@ resource "google_compute_firewall" "broker_clients" {
   }
 }
 
-# Health checks (load balancer and autohealing) reach /healthz on 9100 only.
+# Health checks (load balancer: /readyz, autohealing: /healthz) reach port 9100 only.
 resource "google_compute_firewall" "broker_health_checks" {
   name          = "jitgate-allow-health-checks"
   network       = google_compute_network.jitgate.id

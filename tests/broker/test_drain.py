@@ -17,19 +17,21 @@ def test_sigterm_lets_live_sessions_finish_then_exits(stack, broker_dsn):
     proc, info = start_broker(stack.home, env, stack.home / "logs", name="broker-drain")
     port = int(info["pg"].rpartition(":")[2])
     dsn = broker_dsn().replace(f"port={stack.broker_port}", f"port={port}")
-    healthz = f"http://{info['metrics']}/healthz"
+    readyz, healthz = f"http://{info['metrics']}/readyz", f"http://{info['metrics']}/healthz"
     try:
-        assert httpx.get(healthz, timeout=10).status_code == 200
+        assert httpx.get(readyz, timeout=10).status_code == 200
         with psycopg.connect(dsn) as conn:
             session_id = conn.info.parameter_status("jitgate_session_id")
             proc.popen.send_signal(signal.SIGTERM)
-            # The load balancer's health check must see the drain (infra/broker.tf, broker_lb).
+            # The load balancer's health check must see the drain (infra/broker.tf, broker_lb: /readyz);
+            # autohealing's (/healthz) must not, or it would recreate the VM under its live sessions.
             deadline = time.monotonic() + 15
-            health = httpx.get(healthz, timeout=10)
-            while health.status_code == 200 and time.monotonic() < deadline:
+            ready = httpx.get(readyz, timeout=10)
+            while ready.status_code == 200 and time.monotonic() < deadline:
                 time.sleep(0.1)
-                health = httpx.get(healthz, timeout=10)
-            assert health.status_code == 503 and health.json()["draining"] is True
+                ready = httpx.get(readyz, timeout=10)
+            assert ready.status_code == 503 and ready.json()["draining"] is True
+            assert httpx.get(healthz, timeout=10).status_code == 200
             deadline = time.monotonic() + 15
             refused = False
             while not refused and time.monotonic() < deadline:  # draining: the listener closes

@@ -46,6 +46,12 @@ def test_broker_group_heals_scales_and_balances(tf):
     assert attr(heal, "health_check") == "${google_compute_region_health_check.broker_autoheal.id}"
     hc = attr(tf.resource("google_compute_region_health_check", "broker_autoheal"), "http_health_check")
     assert attr(hc, "request_path") == "/healthz" and attr(hc, "port") == "${local.broker_health_port}"
+    # The load balancer watches readiness, which fails while a broker drains (tests/broker/test_drain.py).
+    backend = tf.resource("google_compute_region_backend_service", "broker")
+    assert attr(backend, "health_checks") == "${google_compute_region_health_check.broker_lb.id}" or \
+        attr(backend, "health_checks") == ["${google_compute_region_health_check.broker_lb.id}"]
+    lb = attr(tf.resource("google_compute_region_health_check", "broker_lb"), "http_health_check")
+    assert attr(lb, "request_path") == "/readyz"
     assert attr(tf.resource("google_compute_region_autoscaler", "broker"), "target").endswith("broker[0].id}")
     rule = tf.resource("google_compute_forwarding_rule", "broker")
     assert attr(rule, "ip_protocol") == "TCP"
