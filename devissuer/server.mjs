@@ -10,7 +10,10 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
-import Provider from 'oidc-provider';
+import './compat.mjs';
+
+// Imported after compat.mjs has run, so its additions are in place on Node 18.
+const { default: Provider } = await import('oidc-provider');
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, cur, i, all) => (cur.startsWith('--') ? [...acc, [cur.slice(2), all[i + 1]]] : acc), []),

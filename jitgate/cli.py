@@ -17,6 +17,20 @@ def _home(args) -> Path:
     return Path(args.home or os.environ.get("JITGATE_HOME") or Path.home() / ".jitgate")
 
 
+def cli_command() -> str:
+    """How to call this CLI again in printed advice: `jitgate` when that name on PATH is this
+    program, else the path it was started by (`.venv/bin/jitgate` after scripts/install.sh)."""
+    import shutil
+
+    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if started is None or started.name != "jitgate":
+        return "jitgate"
+    on_path = shutil.which("jitgate")
+    if on_path and Path(on_path).resolve() == started.resolve():
+        return "jitgate"
+    return str(started)
+
+
 def _settings(args) -> Settings:
     env = dict(os.environ)
     env["JITGATE_HOME"] = str(_home(args))
@@ -50,18 +64,19 @@ def cmd_up(args) -> int:
     agent = stack.broker_info.get("http")
     agents_line = (f"\nAgents (MCP, streamable HTTP): https://{agent}/mcp   HTTP API: https://{agent}/openapi.json\n"
                    f"  send Authorization: Bearer <token>; trust {home / 'tls' / 'broker-dev.crt'} (docs/agents.md)\n") if agent else ""
+    jg = cli_command()
     for name, how in (("ssh", "ssh -l <you>+<ssh target> -p {port} 127.0.0.1   (targets of kind ssh)"),
-                      ("k8s", "jitgate kubeconfig --target <kubernetes target> --dev   (port {port})")):
+                      ("k8s", "{jg} kubeconfig --target <kubernetes target> --dev   (port {port})")):
         address = stack.broker_info.get(name)
         if address:
-            agents_line += f"{'SSH' if name == 'ssh' else 'kubectl'}: " + how.format(port=address.rpartition(":")[2]) + "\n"
+            agents_line += f"{'SSH' if name == 'ssh' else 'kubectl'}: " + how.format(port=address.rpartition(":")[2], jg=jg) + "\n"
     print(
         f"""
 jitgate is up.
   broker (PostgreSQL)  127.0.0.1:{bport}  TLS with a self-signed dev certificate
   dev OIDC issuer      {stack.issuer.issuer}   (DEV ONLY: issues a token for anyone)
   authorize function   {stack.authorize_url}
-  approval console     {stack.console_url}   (`jitgate approvals list|approve|deny` works too){'''
+  approval console     {stack.console_url}   (`{jg} approvals list|approve|deny` works too){'''
   slack interactions   ''' + stack.slack_interactions_url if stack.slack_interactions_url else ''}
   policy               {stack.policy_path}
   recordings           {home / 'recordings'}
@@ -69,9 +84,9 @@ jitgate is up.
 
 Connect as alice (group sre) to the demo target:
 
-  PGPASSWORD="$(jitgate login --dev --user alice@example.com --groups sre)" psql "host=127.0.0.1 port={bport} dbname=demo user=alice@example.com sslmode=require"
+  PGPASSWORD="$({jg} login --dev --user alice@example.com --groups sre)" psql "host=127.0.0.1 port={bport} dbname=demo user=alice@example.com sslmode=require"
 {agents_line}
-Then: jitgate sessions | jitgate replay <id> | jitgate verify <id>
+Then: {jg} sessions | {jg} replay <id> | {jg} verify <id>
 Press Ctrl-C to stop.
 """,
         flush=True,
