@@ -40,6 +40,17 @@ mount_all() {
   ln -sfn /proc/self/fd "$R/dev/fd"
   cp /etc/resolv.conf "$R/etc/resolv.conf"
 }
+# Some networks (this workplace's among them) intercept TLS with their own CA, which the
+# host trusts through /usr/local/share/ca-certificates. A new machine on such a network
+# would be given the same CA, so the root gets it too; on an open network there is none.
+trust_host_cas() {
+  local extra=(/usr/local/share/ca-certificates/*.crt)
+  [ -e "${extra[0]}" ] || return 0
+  mkdir -p "$R/usr/local/share/ca-certificates"
+  cp "${extra[@]}" "$R/usr/local/share/ca-certificates/"
+  chroot "$R" update-ca-certificates >/dev/null 2>&1
+  echo "this network intercepts TLS: trusting the host's extra CA certificates in the root too (${extra[*]##*/})"
+}
 unmount_all() {
   local m
   # deepest first
@@ -59,11 +70,12 @@ else
   fi
 fi
 mount_all
+trust_host_cas
 git clone -q "$root" "$R/opt/jitgate"
 echo "cloned $(git -C "$root" rev-parse --short HEAD) into /opt/jitgate; $(chroot "$R" python3 --version)"
 
 in_root() { chroot "$R" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-              LANG=C.UTF-8 TERM=dumb bash -c "cd /opt/jitgate && $1"; }
+              LANG=C.UTF-8 TERM=dumb NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt bash -c "cd /opt/jitgate && $1"; }
 
 say "1. bash scripts/install.sh"
 start=$(date +%s)
@@ -79,7 +91,7 @@ say "2. .venv/bin/jitgate up, then the psql line it prints"
 up_ok=0
 if [ "$install_ok" = 1 ]; then
   chroot "$R" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-    bash -c 'cd /opt/jitgate && exec .venv/bin/jitgate up' >"$log/up.log" 2>&1 &
+    NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt bash -c 'cd /opt/jitgate && exec .venv/bin/jitgate up' >"$log/up.log" 2>&1 &
   up_pid=$!
   for _ in $(seq 1 180); do
     grep -q "Press Ctrl-C to stop" "$log/up.log" && break

@@ -34,13 +34,13 @@ command -v runuser >/dev/null || need_apt+=(util-linux)
 # A venv needs ensurepip, which Debian ships apart from python3 (python3-venv).
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # Packages without wheels for this Python build from source.
-command -v gcc >/dev/null || need_apt+=(gcc)
+command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || need_apt+=(python3-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install: apt-get install ${need_apt[*]}" >&2
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 # Node.js: the dev OIDC issuer (oidc-provider 9) wants Node 20.18+ or 22; it runs on
