@@ -108,7 +108,7 @@ TOOL_PACKAGES = {
     "node": "nodejs", "npm": "npm", "terraform": "terraform", "openssl": "openssl",
 }
 # In the python:3.11-bookworm image already, or installed by pip from requirements-test.txt.
-IMAGE_OR_PIP = {"bash", "asciinema", "python3", "git", "curl", "py-spy"}
+IMAGE_OR_PIP = {"bash", "asciinema", "python3", "git", "curl", "py-spy", "jitgate"}
 
 
 def tools_the_suite_runs() -> set[str]:
@@ -128,9 +128,11 @@ def tools_the_suite_runs() -> set[str]:
 
 
 def installed_packages() -> set[str]:
-    install = (ROOT / "scripts" / "install.sh").read_text()
+    install = (ROOT / "scripts" / "install.sh").read_text() + (ROOT / "scripts" / "test-tools.sh").read_text()
     env = (ROOT / "infra" / "scripts" / "cloudbuild_test_env.sh").read_text()
-    packages = set(re.findall(r"need_apt\+=\(([\w.+-]+)\)", install))
+    packages = set()
+    for group in re.findall(r"(?:need_apt|debian|google|hashicorp)\+=\(([\w.+ -]+)\)", install):
+        packages |= set(group.split())
     for line in re.sub(r"\\\n", " ", env).splitlines():
         if "apt-get install" in line:
             packages |= {w for w in line.split("apt-get install", 1)[1].split() if not w.startswith("-")}
