@@ -11,7 +11,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import hashlib
+import logging
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -363,8 +365,84 @@ class _LineList(list):
     line: int
 
 
+# A real policy nests about eight levels deep. PyYAML composes and constructs recursively, so
+# without a bound a few thousand '[' exhaust the interpreter's stack (RecursionError).
+MAX_YAML_DEPTH = 64
+# Values after aliases are expanded. Nine levels of nine aliases ('billion laughs') expand a
+# 300-byte file to 43 million values, which validation and error messages then walk for minutes.
+MAX_YAML_VALUES = 1_000_000
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph that aliases expand beyond MAX_YAML_VALUES values or MAX_YAML_DEPTH
+    levels, or that refers to itself. Iterative, so the check cannot itself overflow the stack."""
+    expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) once finished
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return node.value
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return []
+
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            open_nodes.discard(id(node))
+            kids = [expanded[id(c)] for c in children(node)]
+            values = 1 + sum(v for v, _ in kids)
+            depth = 1 + max((d for _, d in kids), default=0)
+            if values > MAX_YAML_VALUES or depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases expand this to more than {MAX_YAML_VALUES} values or {MAX_YAML_DEPTH} "
+                    "levels; write the values out or use fewer aliases", node.start_mark)
+            expanded[id(node)] = (values, depth)
+            continue
+        if id(node) in expanded:
+            continue
+        if id(node) in open_nodes:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a value that contains it", node.start_mark)
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node) if id(c) not in expanded)
+
+
 class _LineLoader(yaml.SafeLoader):
-    pass
+    """SafeLoader that records line numbers, bounds nesting, and reports every bad value
+    as a YAML error with its position (never a bare TypeError/ValueError/AttributeError)."""
+
+    _depth = 0
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return self.construct_document(node)
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            # PyYAML's own constructors fail this way on e.g. "!!timestamp 2001-12-p4" or an
+            # integer of 5000 digits.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{str(node.value)[:40]!r} is not a valid {node.tag.rpartition(':')[2] or 'value'}",
+                node.start_mark) from None
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LineDict:
@@ -374,6 +452,10 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LineDict
     result.line = node.start_mark.line + 1
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, Hashable):
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark,
+                "a key must be a plain name, not a list, set or mapping", key_node.start_mark)
         if key in result:
             raise yaml.MarkedYAMLError(
                 "while reading a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
@@ -549,9 +631,13 @@ class PolicyHolder:
             self._stamp = stamp
             try:
                 self._policy = load_policy(self.path)
-            except PolicyError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever went wrong, the last good policy stays in force
+                error = exc if isinstance(exc, PolicyError) else PolicyError(
+                    str(self.path), [PolicyProblem(None, "", f"cannot load the policy: {type(exc).__name__}: {exc}")])
                 if self._on_error:
-                    self._on_error(exc)
+                    self._on_error(error)
+                else:
+                    logging.getLogger(__name__).error("policy reload refused; the last good policy stays in force: %s", error)
         return self._policy
 
 

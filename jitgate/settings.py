@@ -30,6 +30,13 @@ def _policy_location(value: str) -> Path | str:
     return value if value.startswith("gs://") else Path(value)
 
 
+# The most PBKDF2 iterations an upstream may ask of the broker's SCRAM login. PostgreSQL's
+# default is 4096 (scram_iterations); 600,000 is the OWASP figure for PBKDF2-HMAC-SHA256, about
+# 0.7 s of one core: a hardened target still works, while an upstream cannot make one login burn
+# minutes (scramp itself allows 10 million).
+PG_MAX_SCRAM_ITERATIONS = 600_000
+
+
 @dataclass
 class Settings:
     home: Path
@@ -39,6 +46,7 @@ class Settings:
     pg_listen: str = "127.0.0.1:6432"
     metrics_listen: str = "127.0.0.1:9100"
     pg_max_message: int = 64 * 1024 * 1024
+    pg_max_scram_iterations: int = PG_MAX_SCRAM_ITERATIONS
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_required: bool = True
@@ -88,6 +96,7 @@ class Settings:
             pg_listen=env.get("JITGATE_PG_LISTEN", "127.0.0.1:6432"),
             metrics_listen=env.get("JITGATE_METRICS_LISTEN", "127.0.0.1:9100"),
             pg_max_message=int(env.get("JITGATE_PG_MAX_MESSAGE", 64 * 1024 * 1024)),
+            pg_max_scram_iterations=int(env.get("JITGATE_PG_MAX_SCRAM_ITERATIONS", PG_MAX_SCRAM_ITERATIONS)),
             tls_cert=Path(cert) if cert else None,
             tls_key=Path(key) if key else None,
             tls_required=_bool(env.get("JITGATE_TLS_REQUIRED"), True),

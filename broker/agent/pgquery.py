@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from broker.pg import codec
 from broker.pg.upstream import UpstreamLoginError, open_upstream
+from broker.pg.upstream_auth import DEFAULT_MAX_SCRAM_ITERATIONS
 from jitgate.masking import Masker
 from jitgate.policy import Target
 
@@ -131,11 +132,12 @@ class Upstream:
         self.framer = codec.MessageReader(1 << 30)
 
     @classmethod
-    async def connect(cls, target: Target, password: str, *, timeout_s: float, application: str = "jitgate-agent") -> "Upstream":
+    async def connect(cls, target: Target, password: str, *, timeout_s: float, application: str = "jitgate-agent",
+                      max_scram_iterations: int = DEFAULT_MAX_SCRAM_ITERATIONS) -> "Upstream":
         params = {"client_encoding": "UTF8", "application_name": application,
                   "statement_timeout": str(max(1, int(timeout_s * 1000)))}
         try:
-            connection = await open_upstream(target, password, params)
+            connection = await open_upstream(target, password, params, max_scram_iterations=max_scram_iterations)
         except UpstreamLoginError as exc:
             raise UpstreamUnavailable(str(exc)) from None
         self = cls(target, connection.reader, connection.writer)
@@ -305,9 +307,10 @@ class Upstream:
 
 
 async def run_query(target: Target, password: str, sql: str, params: list, *, max_rows: int, max_bytes: int,
-                    timeout_s: float, masker=None) -> tuple[QueryResult, float]:
+                    timeout_s: float, masker=None,
+                    max_scram_iterations: int = DEFAULT_MAX_SCRAM_ITERATIONS) -> tuple[QueryResult, float]:
     """Connect, run one statement, disconnect. Returns the result and the time spent in the target."""
-    upstream = await Upstream.connect(target, password, timeout_s=timeout_s)
+    upstream = await Upstream.connect(target, password, timeout_s=timeout_s, max_scram_iterations=max_scram_iterations)
     started = time.perf_counter()
     try:
         try:

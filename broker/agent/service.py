@@ -441,7 +441,8 @@ class AgentService:
         started = time.perf_counter()
         try:
             result, started = await pgquery.run_query(target, password, sql, params, max_rows=max_rows,
-                                                      max_bytes=max_bytes, timeout_s=timeout, masker=session.masker)
+                                                      max_bytes=max_bytes, timeout_s=timeout, masker=session.masker,
+                                                      max_scram_iterations=self.ctx.settings.pg_max_scram_iterations)
         except pgquery.UpstreamUnavailable as exc:
             session.record_result(statement_id, started=started, rows=None, tag=None, error=str(exc))
             raise Problem(502, "target_unavailable", "Target unavailable", f"target {session.target_name!r}: {exc}",

@@ -419,7 +419,17 @@ class Authentication:
 
     @property
     def mechanisms(self) -> list[str]:
-        return [m.decode() for m in self.data.split(b"\x00") if m]
+        try:
+            return [m.decode() for m in self.data.split(b"\x00") if m]
+        except UnicodeDecodeError:
+            raise ProtocolError("AuthenticationSASL names a mechanism that is not UTF-8") from None
+
+    def text(self) -> str:
+        """The SASL payload as text (SCRAM messages are UTF-8)."""
+        try:
+            return self.data.decode()
+        except UnicodeDecodeError:
+            raise ProtocolError(f"authentication message (code {self.code}) holds bytes that are not UTF-8") from None
 
 
 def parse_authentication(payload: bytes) -> Authentication:
@@ -593,10 +603,19 @@ def parse_command_complete(payload: bytes) -> str:
     return _Cursor(payload, "CommandComplete").cstr()
 
 
+# PostgreSQL counts rows in a uint64: at most 20 decimal digits.
+_MAX_ROW_COUNT_DIGITS = 20
+
+
 def rows_from_tag(tag: str) -> int | None:
-    """Row count from a CommandComplete tag: 'SELECT 5', 'INSERT 0 3', 'COPY 10'."""
+    """Row count from a CommandComplete tag: 'SELECT 5', 'INSERT 0 3', 'COPY 10'; None for
+    tags without one ('CREATE TABLE'). A count no server could send is a ProtocolError."""
     last = tag.rpartition(" ")[2]
-    return int(last) if last.isdigit() else None
+    if not last.isdigit():
+        return None
+    if not last.isascii() or len(last) > _MAX_ROW_COUNT_DIGITS:
+        raise ProtocolError(f"CommandComplete tag {tag[:40]!r} carries a row count that is not a 64-bit decimal number")
+    return int(last)
 
 
 @dataclass(frozen=True)

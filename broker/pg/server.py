@@ -331,7 +331,8 @@ class PgConnection:
                 "an administrator must fix the credential reference", "28000") from None
         name = self.session.target_name
         try:
-            upstream = await open_upstream(target, password, params)
+            upstream = await open_upstream(target, password, params,
+                                           max_scram_iterations=self.broker.settings.pg_max_scram_iterations)
         except UpstreamLoginError as exc:
             log(logger, logging.ERROR, "upstream login failed", target=name, error=str(exc),
                 sqlstate=exc.upstream_fields.get("C"), upstream_message=exc.upstream_fields.get("M"))

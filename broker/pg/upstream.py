@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from broker.pg import codec
-from broker.pg.upstream_auth import UpstreamAuthError, UpstreamLogin
+from broker.pg.upstream_auth import DEFAULT_MAX_SCRAM_ITERATIONS, UpstreamAuthError, UpstreamLogin, is_expensive
 from broker.tls import upstream_context
 from jitgate.policy import Target
 
@@ -37,20 +37,30 @@ class UpstreamConnection:
     ready: bytes = b"Z\x00\x00\x00\x05I"  # the ReadyForQuery that ended the login
 
 
-async def open_upstream(target: Target, password: str, params: dict[str, str], *, timeout: float = 30) -> UpstreamConnection:
-    """Connect and log in as target.username; raises UpstreamLoginError."""
+async def open_upstream(target: Target, password: str, params: dict[str, str], *, timeout: float = 30,
+                        max_scram_iterations: int = DEFAULT_MAX_SCRAM_ITERATIONS) -> UpstreamConnection:
+    """Connect and log in as target.username; raises UpstreamLoginError (and nothing else)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port, limit=READ_SIZE), 15)
     except (OSError, asyncio.TimeoutError) as exc:
         raise UpstreamLoginError(f"the target is unreachable ({type(exc).__name__})", "08001") from None
     try:
-        return await _login(target, password, params, reader, writer, timeout)
+        return await _login(target, password, params, reader, writer, timeout, max_scram_iterations)
+    except codec.ProtocolError as exc:
+        writer.close()
+        raise UpstreamLoginError(f"the target broke the PostgreSQL protocol during login: {exc}", "08P01") from None
+    except (asyncio.TimeoutError, TimeoutError):
+        writer.close()
+        raise UpstreamLoginError("the target did not finish the login in time", "08006") from None
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        writer.close()
+        raise UpstreamLoginError(f"the connection to the target broke during login ({type(exc).__name__})", "08006") from None
     except BaseException:
         writer.close()
         raise
 
 
-async def _login(target, password, params, reader, writer, timeout) -> UpstreamConnection:
+async def _login(target, password, params, reader, writer, timeout, max_scram_iterations) -> UpstreamConnection:
     encrypted = False
     if target.tls != "disable":
         writer.write(codec.build_ssl_request())
@@ -63,7 +73,7 @@ async def _login(target, password, params, reader, writer, timeout) -> UpstreamC
             raise UpstreamLoginError("the target does not offer TLS, which its policy requires", "08001")
     writer.write(codec.build_startup({"user": target.username, "database": target.database, **params}))
     await writer.drain()
-    login = UpstreamLogin(target.username, password, encrypted=encrypted)
+    login = UpstreamLogin(target.username, password, encrypted=encrypted, max_scram_iterations=max_scram_iterations)
     connection = UpstreamConnection(reader, writer)
     framer = codec.MessageReader()
     while True:
@@ -73,8 +83,12 @@ async def _login(target, password, params, reader, writer, timeout) -> UpstreamC
         framer.feed(chunk)
         for kind, payload in framer.messages():
             if kind == "R":
+                auth = codec.parse_authentication(payload)
                 try:
-                    reply = login.respond(codec.parse_authentication(payload))
+                    if is_expensive(auth):  # PBKDF2 of the password: never on the event loop
+                        reply = await asyncio.wait_for(asyncio.to_thread(login.respond, auth), timeout)
+                    else:
+                        reply = login.respond(auth)
                 except UpstreamAuthError as exc:
                     raise UpstreamLoginError(f"the gateway could not log in: {exc}", "28000") from None
                 if reply:

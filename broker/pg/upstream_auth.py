@@ -4,6 +4,11 @@ Feed each Authentication request from the server to ``respond``; it returns the
 bytes to send back (or b"" when nothing is due). SCRAM-SHA-256 (via scramp) and
 md5 are supported; cleartext is refused unless the connection is encrypted, so a
 misconfigured upstream cannot make us send the held password in the clear.
+
+Whatever the upstream sends, ``respond`` raises only ``UpstreamAuthError`` (or the
+codec's ``ProtocolError`` for bytes that are not the protocol). The SCRAM step costs
+one PBKDF2 of the upstream's chosen iteration count, so the count is capped and the
+I/O side runs ``respond`` for that step in a worker thread (``is_expensive``).
 """
 from __future__ import annotations
 
@@ -12,15 +17,26 @@ import hashlib
 import scramp
 
 from broker.pg import codec
+from jitgate.settings import PG_MAX_SCRAM_ITERATIONS
 
 
 class UpstreamAuthError(Exception):
     pass
 
 
+DEFAULT_MAX_SCRAM_ITERATIONS = PG_MAX_SCRAM_ITERATIONS  # why this number: jitgate/settings.py
+
+
+def is_expensive(auth: codec.Authentication) -> bool:
+    """The step that hashes the password (SCRAM server-first): run it off the event loop."""
+    return auth.code == codec.AUTH_SASL_CONTINUE
+
+
 class UpstreamLogin:
-    def __init__(self, user: str, password: str, *, encrypted: bool):
+    def __init__(self, user: str, password: str, *, encrypted: bool,
+                 max_scram_iterations: int = DEFAULT_MAX_SCRAM_ITERATIONS):
         self.user = user
+        self.max_scram_iterations = max_scram_iterations
         self._password = password
         self._encrypted = encrypted
         self._scram: scramp.ScramClient | None = None
@@ -49,13 +65,20 @@ class UpstreamLogin:
             return codec.build_sasl_initial("SCRAM-SHA-256", self._scram.get_client_first().encode())
         if auth.code == codec.AUTH_SASL_CONTINUE and self._scram:
             try:
-                self._scram.set_server_first(auth.data.decode())
+                self._scram.set_server_first(auth.text())
+                iterations = int(self._scram.iterations)
+                if iterations > self.max_scram_iterations:
+                    raise UpstreamAuthError(
+                        f"the upstream asks for {iterations} SCRAM iterations; the gateway refuses more than "
+                        f"{self.max_scram_iterations} (setting JITGATE_PG_MAX_SCRAM_ITERATIONS; or lower the "
+                        "target's scram_iterations and reset the password)"
+                    )
+                return codec.build_sasl_response(self._scram.get_client_final().encode())
             except scramp.ScramException as exc:
                 raise UpstreamAuthError(f"SCRAM exchange failed: {exc}") from None
-            return codec.build_sasl_response(self._scram.get_client_final().encode())
         if auth.code == codec.AUTH_SASL_FINAL and self._scram:
             try:
-                self._scram.set_server_final(auth.data.decode())
+                self._scram.set_server_final(auth.text())
             except scramp.ScramException:
                 raise UpstreamAuthError("the upstream's SCRAM signature does not verify (is it the real server?)") from None
             return b""
