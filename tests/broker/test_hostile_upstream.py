@@ -204,3 +204,43 @@ def test_hostile_upstream_ends_the_session_with_a_clear_error(case, stack, broke
     assert not upstream.errors, upstream.errors
     with psycopg.connect(broker_dsn()) as conn:  # everyone else is still served
         assert conn.execute("SELECT 40 + 2").fetchone()[0] == 42
+
+
+def test_scram_hashing_runs_off_the_event_loop(monkeypatch):
+    """The PBKDF2 of the held password (the upstream chooses its cost) never runs on the loop."""
+    import asyncio
+    import threading as threads
+
+    import scramp
+
+    from broker.pg.upstream import UpstreamLoginError, open_upstream
+    from jitgate.policy import Target
+
+    hashed_in: list[int] = []
+    real = scramp.ScramClient.get_client_final
+
+    def recording(self):
+        hashed_in.append(threads.get_ident())
+        return real(self)
+
+    monkeypatch.setattr(scramp.ScramClient, "get_client_final", recording)
+
+    def refuse_after_proof(conn):
+        _sasl_then(lambda nonce: b"r=" + nonce + b"x,s=" + SALT + b",i=4096")(conn)
+        _read_message(conn)  # the client's proof
+        conn.sendall(codec.build_error("password authentication failed", "28P01"))
+
+    upstream = ScriptedUpstream(refuse_after_proof)
+    target = Target.model_validate({"kind": "postgres", "address": f"127.0.0.1:{upstream.port}", "database": "demo",
+                                    "username": "u", "tls": "disable", "credential": "env:X", "allow": {"groups": ["g"]}})
+
+    async def login() -> int:
+        with pytest.raises(UpstreamLoginError, match="refused the gateway's held credential"):
+            await open_upstream(target, "held-password", {})
+        return threads.get_ident()
+
+    try:
+        loop_thread = asyncio.run(login())
+    finally:
+        upstream.close()
+    assert hashed_in and loop_thread not in hashed_in
