@@ -18,19 +18,23 @@ TOTAL=${TOTAL:-1000000}
 SEED=${SEED:-1}
 JOBS=${JOBS:-1}
 OUT=${OUT:-bench/results/fuzz-work}
+# The project's virtual environment when scripts/install.sh --test made one, else python3.
+venv="${JITGATE_VENV:-$PWD/.venv}"
+PY=python3
+if [ -x "$venv/bin/python" ]; then PY="$venv/bin/python"; fi
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  mapfile -t TARGETS < <(python3 -c "from tests.fuzz.targets import TARGETS; print('\n'.join(TARGETS))")
+  mapfile -t TARGETS < <("$PY" -c "from tests.fuzz.targets import TARGETS; print('\n'.join(TARGETS))")
 fi
 mkdir -p "$OUT/logs"
 run_target() {
   local t=$1
-  python3 bench/fuzz/run.py "$t" --runs "$GUIDED" --seed "$SEED" --out "$OUT" >"$OUT/logs/$t-guided.log" 2>&1
-  python3 bench/fuzz/run.py "$t" --runs "$((TOTAL - GUIDED))" --seed "$SEED" --out "$OUT" --unguided \
+  "$PY" bench/fuzz/run.py "$t" --runs "$GUIDED" --seed "$SEED" --out "$OUT" >"$OUT/logs/$t-guided.log" 2>&1
+  "$PY" bench/fuzz/run.py "$t" --runs "$((TOTAL - GUIDED))" --seed "$SEED" --out "$OUT" --unguided \
     >"$OUT/logs/$t-unguided.log" 2>&1
   echo "$t done"
 }
 export -f run_target
-export GUIDED TOTAL SEED OUT
+export GUIDED TOTAL SEED OUT PY
 printf '%s\n' "${TARGETS[@]}" | xargs -P "$JOBS" -I{} bash -c 'run_target {}'
-python3 bench/fuzz/summarize.py "$OUT"
+"$PY" bench/fuzz/summarize.py "$OUT"
