@@ -9,17 +9,12 @@ Refusals are 401 (no or bad token) and 403 (a valid token of someone else), as C
 """
 from __future__ import annotations
 
-import http.client
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import jwt
 
+from tests.cloud.http_standin import Handler, Server
 from tests.cloud.metadata_server import GOOGLE_ISSUER
-
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
-              "content-length", "host"}
 
 
 class CloudRunInvoker:
@@ -29,11 +24,11 @@ class CloudRunInvoker:
         self.invokers = set(invokers)
         self.refused: list[tuple[int, str]] = []
         self.passed = 0
-        self._server: ThreadingHTTPServer | None = None
+        self._server: Server | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._server.port}"
 
     def check(self, authorization: str | None) -> tuple[int, str]:
         """(0, email) when Cloud Run would let the request through, else (status, reason)."""
@@ -55,48 +50,21 @@ class CloudRunInvoker:
     def start(self) -> "CloudRunInvoker":
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _relay(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+        class Front(Handler):
+            def handle_request(self):
+                body = self.body()
                 status, reason = outer.check(self.headers.get("Authorization"))
                 if status:
                     outer.refused.append((status, reason))
                     data = f"Error: {'Unauthorized' if status == 401 else 'Forbidden'}\n".encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                    return
+                    return self.reply(status, data, [("Content-Type", "text/plain")])
                 outer.passed += 1
-                conn = http.client.HTTPConnection(outer.backend.hostname, outer.backend.port, timeout=120)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                conn.close()
-                self.send_response(response.status)
-                for k, v in response.getheaders():
-                    if k.lower() not in HOP_BY_HOP:
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                status, headers, data = self.forward(outer.backend, body)
+                self.reply(status, data, headers)
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _relay
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = Server(Front)
         return self
 
     def stop(self) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()

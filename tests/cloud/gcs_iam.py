@@ -13,13 +13,10 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from tests.cloud.http_standin import Handler, Server
 from tests.cloud.iam_model import BucketGrant
-
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length", "host"}
 
 
 # ---------------------------------------------------------------- IAM conditions
@@ -86,11 +83,11 @@ class GcsIamProxy:
         self.denied: list[str] = []
         self.allowed: list[str] = []
         self._uploads: set[str] = set()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: Server | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._server.port}"
 
     def allows(self, permission: str, bucket: str, resource: tuple[str, str]) -> bool:
         return any(permission in g.permissions and condition_holds(g.condition, *resource)
@@ -149,64 +146,40 @@ class GcsIamProxy:
     def start(self) -> "GcsIamProxy":
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, status: int, data: bytes, headers=()) -> None:
-                self.send_response(status)
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _relay(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+        class Proxy(Handler):
+            def handle_request(self):
+                body = self.body()
                 url = urlsplit(self.path)
                 try:
                     needs = outer.required(self.command, url.path, parse_qs(url.query), body)
+                    missing = [f"{p} on {r[0]}" for p, b, r in needs if not outer.allows(p, b, r)]
+                    reason = f"{outer.identity} does not have {', '.join(missing)}" if missing else ""
                 except LookupError as exc:
-                    needs, refusal = None, str(exc)
-                missing = [] if needs is None else [f"{p} on {r[0]}" for p, b, r in needs if not outer.allows(p, b, r)]
-                if needs is None or missing:
-                    reason = refusal if needs is None else f"{outer.identity} does not have {', '.join(missing)}"
+                    reason = str(exc)
+                if reason:
                     outer.denied.append(f"{self.command} {url.path}: {reason}")
                     error = {"error": {"code": 403, "message": reason, "errors": [{"reason": "forbidden", "message": reason}]}}
-                    return self._reply(403, json.dumps(error).encode(), [("Content-Type", "application/json")])
+                    return self.reply(403, json.dumps(error).encode(), [("Content-Type", "application/json")])
                 outer.allowed.append(f"{self.command} {url.path}")
-                conn = http.client.HTTPConnection(outer.backend.hostname, outer.backend.port, timeout=120)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                conn.close()
-                # Links in the answers (mediaLink, resumable Location) must lead back through the proxy.
-                backend = f"{outer.backend.hostname}:{outer.backend.port}".encode()
-                data = data.replace(backend, outer.url.removeprefix("http://").encode())
-                out_headers = []
-                for k, v in response.getheaders():
-                    if k.lower() in HOP_BY_HOP:
-                        continue
-                    if k.lower() == "location":
-                        v = v.replace(backend.decode(), outer.url.removeprefix("http://"))
-                        upload_id = parse_qs(urlsplit(v).query).get("upload_id", [None])[0]
-                        if upload_id:
-                            outer._uploads.add(upload_id)
-                    out_headers.append((k, v))
-                self._reply(response.status, data, out_headers)
+                status, headers, data = self.forward(outer.backend, body)
+                self.reply(status, *outer.through_proxy(data, headers))
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _relay
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = Server(Proxy)
         return self
+
+    def through_proxy(self, data: bytes, headers: list[tuple[str, str]]) -> tuple[bytes, list[tuple[str, str]]]:
+        """Links in the answers (mediaLink, a resumable upload's Location) must lead back through the proxy."""
+        backend, proxy = f"{self.backend.hostname}:{self.backend.port}", self.url.removeprefix("http://")
+        out = []
+        for k, v in headers:
+            if k.lower() == "location":
+                v = v.replace(backend, proxy)
+                upload_id = parse_qs(urlsplit(v).query).get("upload_id", [None])[0]
+                if upload_id:
+                    self._uploads.add(upload_id)
+            out.append((k, v))
+        return data.replace(backend.encode(), proxy.encode()), out
 
     def stop(self) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()

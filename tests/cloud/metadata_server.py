@@ -7,14 +7,13 @@ Cloud Run stand-in (tests/cloud/cloud_run.py) trusts exactly this key.
 """
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.cloud.http_standin import Handler, Server
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 IDENTITY_PATH = "/computeMetadata/v1/instance/service-accounts/default/identity"
@@ -28,7 +27,7 @@ class MetadataServer:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = "standin-google-1"
         self.issued: list[dict] = []
-        self._server: ThreadingHTTPServer | None = None
+        self._server: Server | None = None
 
     @property
     def public_key(self):
@@ -37,7 +36,7 @@ class MetadataServer:
     @property
     def host(self) -> str:
         """host:port, as GCE_METADATA_HOST takes it."""
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return f"127.0.0.1:{self._server.port}"
 
     def mint(self, audience: str, *, email: str | None = None, now: float | None = None, key=None) -> str:
         now = int(now if now is not None else time.time())
@@ -48,20 +47,13 @@ class MetadataServer:
     def start(self) -> "MetadataServer":
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
+        class Metadata(Handler):
             def _send(self, status: int, body: str) -> None:
-                data = body.encode()
-                self.send_response(status)
-                self.send_header("Metadata-Flavor", "Google")
-                self.send_header("Content-Type", "application/text")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply(status, body.encode(), [("Metadata-Flavor", "Google"), ("Content-Type", "application/text")])
 
-            def do_GET(self):
+            def handle_request(self):
+                if self.command != "GET":
+                    return self._send(405, "method not allowed")
                 if self.headers.get("Metadata-Flavor") != "Google" or self.headers.get("X-Forwarded-For"):
                     return self._send(403, "Missing Metadata-Flavor:Google header.")
                 url = urlsplit(self.path)
@@ -76,16 +68,9 @@ class MetadataServer:
                 outer.issued.append({"audience": audience, "at": time.time()})
                 return self._send(200, token)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = Server(Metadata)
         return self
 
     def stop(self) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-
-
-def jwks_of(server: MetadataServer) -> str:
-    return json.dumps({"keys": [json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(server.public_key)) | {"kid": server.kid}]})
+            self._server.stop()
