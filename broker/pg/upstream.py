@@ -15,6 +15,10 @@ from broker.tls import upstream_context
 from jitgate.policy import Target
 
 READ_SIZE = 256 * 1024
+# Login messages are a few hundred bytes (ParameterStatus, BackendKeyData, a notice or two). These
+# bound what a hostile target can make the broker hold before the session even starts.
+LOGIN_MAX_MESSAGE = 1024 * 1024
+LOGIN_MAX_BYTES = 4 * 1024 * 1024
 
 
 class UpstreamLoginError(Exception):
@@ -75,11 +79,15 @@ async def _login(target, password, params, reader, writer, timeout, max_scram_it
     await writer.drain()
     login = UpstreamLogin(target.username, password, encrypted=encrypted, max_scram_iterations=max_scram_iterations)
     connection = UpstreamConnection(reader, writer)
-    framer = codec.MessageReader()
+    framer = codec.MessageReader(LOGIN_MAX_MESSAGE)
+    received = 0
     while True:
         chunk = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
         if not chunk:
             raise UpstreamLoginError("the target closed the connection during login", "08006")
+        received += len(chunk)
+        if received > LOGIN_MAX_BYTES:
+            raise UpstreamLoginError(f"the target sent more than {LOGIN_MAX_BYTES} bytes during login", "08P01")
         framer.feed(chunk)
         for kind, payload in framer.messages():
             if kind == "R":

@@ -60,7 +60,8 @@ class UpstreamLogin:
             return codec.build_password(self._password)
         if auth.code == codec.AUTH_SASL:
             if "SCRAM-SHA-256" not in auth.mechanisms:
-                raise UpstreamAuthError(f"upstream offers SASL mechanisms {auth.mechanisms}; only SCRAM-SHA-256 is supported")
+                offered = ", ".join(m[:40] for m in auth.mechanisms[:5]) or "none"
+                raise UpstreamAuthError(f"upstream offers SASL mechanisms {offered}; only SCRAM-SHA-256 is supported")
             self._scram = scramp.ScramClient(["SCRAM-SHA-256"], self.user, self._password)
             return codec.build_sasl_initial("SCRAM-SHA-256", self._scram.get_client_first().encode())
         if auth.code == codec.AUTH_SASL_CONTINUE and self._scram:

@@ -244,3 +244,37 @@ def test_scram_hashing_runs_off_the_event_loop(monkeypatch):
     finally:
         upstream.close()
     assert hashed_in and loop_thread not in hashed_in
+
+
+def test_login_flood_is_bounded():
+    """A target that answers the startup with endless notices is cut off, not buffered."""
+    import asyncio
+
+    from broker.pg.upstream import LOGIN_MAX_BYTES, UpstreamLoginError, open_upstream
+    from jitgate.policy import Target
+
+    notice = codec.build_notice("x" * 60_000)
+
+    def flood(conn):
+        for _ in range(LOGIN_MAX_BYTES // len(notice) + 10):
+            conn.sendall(notice)
+
+    upstream = ScriptedUpstream(flood)
+    target = Target.model_validate({"kind": "postgres", "address": f"127.0.0.1:{upstream.port}", "database": "demo",
+                                    "username": "u", "tls": "disable", "credential": "env:X", "allow": {"groups": ["g"]}})
+
+    async def login():
+        with pytest.raises(UpstreamLoginError, match=f"more than {LOGIN_MAX_BYTES} bytes during login"):
+            await open_upstream(target, "held-password", {})
+
+    try:
+        asyncio.run(login())
+    finally:
+        upstream.close()
+
+
+def test_offered_mechanisms_are_quoted_briefly():
+    auth = codec.Authentication(codec.AUTH_SASL, b"\x00".join([b"X" * 5000] * 50) + b"\x00\x00")
+    with pytest.raises(UpstreamAuthError) as err:
+        UpstreamLogin("u", "p", encrypted=False).respond(auth)
+    assert len(str(err.value)) < 400 and "only SCRAM-SHA-256 is supported" in str(err.value)
