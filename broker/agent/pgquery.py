@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from broker.pg import codec
+from broker.pg.masking_step import OFF_LOOP_ROW_BYTES
 from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.pg.upstream_auth import DEFAULT_MAX_SCRAM_ITERATIONS
 from jitgate.masking import Masker
@@ -54,6 +55,14 @@ class StatementFailed(Exception):
 
 class StatementTimeout(Exception):
     pass
+
+
+class RowOverBudget(Exception):
+    """The next DataRow would pass max_bytes; its size is known from its header."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.size = size
 
 
 @dataclass
@@ -144,11 +153,17 @@ class Upstream:
         self.key = connection.key
         return self
 
-    async def _messages(self, timeout: float) -> list[tuple[str, bytes]]:
+    async def _messages(self, timeout: float, row_budget: int | None = None) -> list[tuple[str, bytes]]:
+        """The next complete messages. With ``row_budget``, a DataRow larger than the budget
+        raises ``RowOverBudget`` as soon as its header arrives, before its bytes are held."""
         while True:
             messages = self.framer.messages()
             if messages:
                 return messages
+            if row_budget is not None:
+                head = self.framer.head()
+                if head is not None and head[0] == 0x44 and head[1] - 5 > row_budget:
+                    raise RowOverBudget(head[1] - 5)
             chunk = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
             if not chunk:
                 raise UpstreamUnavailable("the target closed the connection")
@@ -207,13 +222,27 @@ class Upstream:
         truncated, truncation, tag, error = False, None, None, None
         notices: list[str] = []
         while True:
-            for kind, payload in await self._messages(3600):
+            try:
+                # Once cut, no further row is held: the next one ends the read.
+                batch = await self._messages(3600, 0 if truncated else max_bytes - kept_bytes)
+            except RowOverBudget as over:
+                # Stop reading: the row is never held. Cancel the statement and drop the connection
+                # (run_query closes it), so neither side keeps producing or buffering it.
+                await self.cancel()
+                if not truncated:
+                    truncated = True
+                    truncation = (f"result larger than max_bytes: the next row is {over.size} bytes and the "
+                                  f"{len(raw_rows)} row(s) kept already hold {kept_bytes} of the {max_bytes}-byte "
+                                  "limit; select fewer or shorter columns (left(), substr()) or raise max_bytes")
+                return await self._finish(fields, raw_rows, seen_rows, tag, truncated, truncation, error, notices,
+                                          kept_bytes, masker, lineage)
+            for kind, payload in batch:
                 if kind == "D":
                     seen_rows += 1
                     if not truncated and kept_bytes + len(payload) > max_bytes:
                         truncated = True
-                        truncation = (f"result cut at {len(raw_rows)} rows: the rows kept reached the {max_bytes}-byte limit; "
-                                      "select fewer columns or add LIMIT/OFFSET to page through it")
+                        truncation = (f"result larger than max_bytes: cut at {len(raw_rows)} rows, the rows kept reached "
+                                      f"the {max_bytes}-byte limit; select fewer columns or add LIMIT/OFFSET to page through it")
                     if not truncated:
                         raw_rows.append(payload)
                         kept_bytes += len(payload)
@@ -246,12 +275,17 @@ class Upstream:
         plan = None
         if active and fields:
             plan = await self._plan(masker, fields, lineage)
-        rows = []
-        for payload in raw_rows:
-            if plan is not None:
-                payload = plan.mask_row(payload)[5:]
-            values = codec.parse_data_row(payload)
-            rows.append([to_json(v, f.type_oid) for v, f in zip(values, fields)])
+        def convert() -> list:
+            rows = []
+            for payload in raw_rows:
+                if plan is not None:
+                    payload = plan.mask_row(payload)[5:]
+                values = codec.parse_data_row(payload)
+                rows.append([to_json(v, f.type_oid) for v, f in zip(values, fields)])
+            return rows
+
+        # Masking many or large values is linear but not free: off the loop, other sessions go on.
+        rows = convert() if kept_bytes <= OFF_LOOP_ROW_BYTES else await asyncio.to_thread(convert)
         report = plan.report([f.name for f in fields]) if plan is not None else []
         if plan is not None and plan.notice:
             notices.append(plan.notice)

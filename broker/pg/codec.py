@@ -179,6 +179,20 @@ class MessageReader:
         del buf[:pos]
         return data, out
 
+    def head(self) -> tuple[int, int] | None:
+        """(type byte, total bytes incl. the type byte) of the first buffered message, once its
+        header is in: a caller can refuse or stream a large message before it is all buffered."""
+        if len(self._buf) < 5:
+            return None
+        (length,) = _I32.unpack_from(self._buf, 1)
+        return self._buf[0], length + 1
+
+    def take(self, size: int) -> bytes:
+        """Remove and return up to ``size`` buffered bytes (a message being streamed through)."""
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        return data
+
     def messages(self) -> list[tuple[str, bytes]]:
         data, spans = self.spans()
         return [(chr(t), data[s + 5 : e]) for t, s, e in spans]

@@ -125,25 +125,3 @@ class LineageStep:
                     self._functions[name] = found.get(name, False)
         raise lineage.LineageUnknown(f"views nest deeper than {lineage.MAX_VIEW_DEPTH} levels")
 
-
-async def follow_for_relay(connection, sql: str, verdict):
-    """(verdict, lineages) for a statement the relay is about to forward under masking.
-
-    Policy ``masking.unknown_lineage: approve`` holds a statement whose lineage cannot be
-    followed for an approver (class ``masking_lineage_unknown``) instead of masking every
-    column of its result.
-    """
-    masker = connection.session.masker
-    if masker is None or not verdict.allowed or not getattr(masker, "follows_lineage", False):
-        return verdict, []
-    lineages = await masker.follow(sql)
-    unknown = next((s.unknown for s in lineages if s.unknown), None)
-    if unknown is None or connection.session.target.masking.unknown_lineage != "approve":
-        return verdict, lineages
-    from broker.session import Verdict
-
-    held = Verdict("approve", tuple(sorted(set(verdict.classes) | {"masking_lineage_unknown"})), verdict.reasons,
-                   f"jitgate: statement needs approval on target {connection.session.target_name!r}: the source "
-                   f"columns of its result cannot be followed ({unknown}) (policy masking.unknown_lineage: approve)")
-    # Approved or not, an unknown lineage still masks every column of the result (fail closed).
-    return await connection.hold_for(sql, held), lineages

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from broker import metrics
 from broker.authz import AuthorizeClient, Refused
 from broker.pg import codec
-from broker.pg.lineage_step import UNFOLLOWED, follow_for_relay
+from broker.pg.lineage_step import UNFOLLOWED
+from broker.pg.masking_step import follow_for_relay, mask_row, stream_large_row
 from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.session import Session, Verdict, new_backend_key
 from jitgate.masking import MalformedRow, MaskingRefused, apply_result_formats
@@ -596,10 +597,18 @@ class PgConnection:
         session = self.session
         pending = self.pending
         masker = session.masker
+        streaming = 0  # bytes left of a large DataRow passed through without being held
         while True:
             chunk = await reader.read(READ_SIZE)
             if not chunk:
                 return "upstream closed the connection"
+            if streaming:
+                passed, chunk = chunk[:streaming], chunk[streaming:]
+                streaming -= len(passed)
+                writer.write(passed)
+                if not chunk:
+                    await writer.drain()
+                    continue
             framer.feed(chunk)
             # Without masking, DataRows pass untouched and are counted from CommandComplete.
             data, spans = framer.spans(-1 if masker is not None else 0x44)
@@ -619,7 +628,7 @@ class PgConnection:
                             if plan.notice and head is not None and not head.noticed:
                                 head.noticed = True
                                 parts.append(codec.build_notice(plan.notice))
-                            parts.append(plan.mask_row(data[start + 5 : end]))
+                            parts.append(await mask_row(plan, data[start + 5 : end]))
                             last = end
                     continue
                 if kind == 0x64:  # 'd' CopyData (COPY TO STDOUT rows)
@@ -707,6 +716,7 @@ class PgConnection:
             else:
                 parts.append(data[last:])
                 writer.write(b"".join(parts))
+            streaming = await stream_large_row(self, framer)
             await writer.drain()
 
     async def _plan_for_rows(self, payload: bytes):

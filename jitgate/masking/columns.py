@@ -132,16 +132,28 @@ def _whole_json(jsonb_binary: bool, strategy: str, hasher: Hasher) -> ValueMaske
     return mask_json_value
 
 
+# Detectors scan a value up to this size; a larger one is redacted whole (valid for its type)
+# instead: scanning costs linear time, and one field must not hold the broker for long.
+MAX_SCANNED_VALUE = 1 << 20
+
+
 def detector_masker(type_oid: int, type_modifier: int, binary: bool, scanner: Scanner) -> ValueMasker | None:
     """The masker of a column scanned by detectors; None when the type never holds free text."""
     category = pgtypes.categorize(type_oid)
     if category is Category.TEXT or (category in (Category.USER_DEFINED, Category.TEXT_ARRAY) and not binary):
-        return _detect_in_text(type_oid, type_modifier, scanner)
-    if category in (Category.JSON, Category.JSONB):
-        return _detect_in_json(binary and category is Category.JSONB, scanner)
-    if category in (Category.USER_DEFINED, Category.TEXT_ARRAY):
-        return _detect_in_opaque(scanner)
-    return None
+        scan = _detect_in_text(type_oid, type_modifier, scanner)
+    elif category in (Category.JSON, Category.JSONB):
+        scan = _detect_in_json(binary and category is Category.JSONB, scanner)
+    elif category in (Category.USER_DEFINED, Category.TEXT_ARRAY):
+        scan = _detect_in_opaque(scanner)
+    else:
+        return None
+    too_large = whole_value_masker(type_oid, type_modifier, binary, "redact", 0, scanner.hasher)
+
+    def scan_or_redact(raw: bytes) -> bytes | None:
+        return scan(raw) if len(raw) <= MAX_SCANNED_VALUE else too_large(raw)
+
+    return scan_or_redact
 
 
 def _detect_in_text(type_oid: int, type_modifier: int, scanner: Scanner) -> ValueMasker:

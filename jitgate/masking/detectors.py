@@ -46,6 +46,7 @@ What each detector matches (and deliberately does not):
 """
 from __future__ import annotations
 
+import bisect
 import re
 from typing import Callable, Iterable
 
@@ -254,13 +255,16 @@ def find_phones(text: str, start: int = 0, end: int | None = None) -> list[Span]
 
 # --- secrets -------------------------------------------------------------------------
 
+# A PEM private key, up to its END line, or (truncated) as far as its body goes. BEGIN and
+# END lines are found in one pass each and paired in Python (``_find_pem_keys``): a lazy
+# ".{0,16384}?-----END" rescanned up to 16 KB after every repeated BEGIN line.
+_PEM_BEGIN = re.compile(r"-----BEGIN (?P<pem>(?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----")
+_PEM_END = re.compile(r"-----END (?P<pem>(?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----")
+_PEM_BODY = re.compile(r"[A-Za-z0-9+/=\s\\:,-]*")
+# A 4096-bit RSA key is about 3.3 KB: an END line further than this from its BEGIN does not close it.
+PEM_MAX_BODY = 16384
 _SECRET = re.compile(
-    # A PEM private key, up to its END line, or (truncated) as far as its body goes.
-    r"-----BEGIN (?P<pem>(?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----"
-    # (A 4096-bit RSA key is about 3.3 KB; the bound keeps BEGIN lines without an END
-    # from each scanning the rest of a large value.)
-    r"(?:(?s:.{0,16384}?)-----END (?P=pem)-----|[A-Za-z0-9+/=\s\\:,-]*)"
-    r"|(?<![\w-])eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"
+    r"(?<![\w-])eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"
     r"|(?<![A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"
     r"|(?<![\w-])xox[baprs]-[A-Za-z0-9-]{10,}"
     # Service-account key fields, also inside JSON that is escaped into a string.
@@ -268,9 +272,30 @@ _SECRET = re.compile(
 )
 
 
-def find_secrets(text: str, start: int = 0, end: int | None = None) -> list[Span]:
+def _find_pem_keys(text: str, start: int, end: int) -> list[Span]:
+    ends: dict[str, list[tuple[int, int]]] = {}
+    for m in _PEM_END.finditer(text, start, end):
+        ends.setdefault(m.group("pem"), []).append(m.span())
     found: list[Span] = []
-    for m in _SECRET.finditer(text, start, len(text) if end is None else end):
+    covered = start  # BEGIN lines inside an earlier key are part of it
+    for m in _PEM_BEGIN.finditer(text, start, end):
+        if m.start() < covered:
+            continue
+        candidates = ends.get(m.group("pem"), ())
+        k = bisect.bisect_left(candidates, (m.end(), -1))
+        if k < len(candidates) and candidates[k][0] - m.end() <= PEM_MAX_BODY:
+            stop = candidates[k][1]
+        else:
+            stop = _PEM_BODY.match(text, m.end(), end).end()
+        found.append((m.start(), stop, "secret"))
+        covered = stop
+    return found
+
+
+def find_secrets(text: str, start: int = 0, end: int | None = None) -> list[Span]:
+    end = len(text) if end is None else end
+    found: list[Span] = _find_pem_keys(text, start, end) if "-----BEGIN " in text else []
+    for m in _SECRET.finditer(text, start, end):
         if m.group("gcp") is not None:
             found.append((*m.span("gcp"), "secret"))
         else:

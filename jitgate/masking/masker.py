@@ -19,8 +19,8 @@ table name and the ``schema.table`` name.
 """
 from __future__ import annotations
 
+import bisect
 import fnmatch
-import re
 from typing import Mapping, Protocol, Sequence
 
 from jitgate.masking import columns as column_maskers
@@ -58,14 +58,16 @@ class FieldLike(Protocol):
     format: int
 
 
-# "Key (email)=(bob@example.com) already exists." and its siblings in constraint errors.
-_KEY_DETAIL = re.compile(
-    r"Key \((?P<columns>[^()]*)\)=\((?P<values>.*?)\)"
-    r"(?= already exists| is not present| is still referenced| conflicts with|\.|$)",
-    re.S,
-)
+# "Key (email)=(bob@example.com) already exists." and its siblings in constraint errors: the
+# values end at the first ")" followed by one of these (scanned in one pass, see _key_details).
+_KEY_OPEN = "Key ("
+_KEY_VALUE_ENDS = (" already exists", " is not present", " is still referenced", " conflicts with", ".")
 # "Failing row contains (1, bob@example.com, ...)." (NOT NULL and CHECK violations).
-_FAILING_ROW = re.compile(r"(Failing row contains \()(.*)(\)\.?)", re.S)
+_FAILING_ROW = "Failing row contains ("
+# Free text (error and notice fields) longer than this is masked up to here and cut: text
+# a client can make the server echo must not cost unbounded work.
+MAX_FREE_TEXT = 64 * 1024
+TRUNCATED_MARKER = "[truncated by jitgate]"
 
 
 class Masker:
@@ -252,26 +254,68 @@ class Masker:
         """
         if not self._rules or not text:
             return text
+        if len(text) > MAX_FREE_TEXT:
+            text = text[:MAX_FREE_TEXT] + TRUNCATED_MARKER
         if self._column_rules:
-            if "Key (" in text:
-                text = _KEY_DETAIL.sub(lambda m: self._mask_key_detail(m, table), text)
-            if "Failing row contains (" in text and self._column_rules_may_apply(table):
-                text = _FAILING_ROW.sub(lambda m: m.group(1) + COLUMN_MARKER + m.group(3), text)
+            if _KEY_OPEN in text:
+                text = self._mask_key_details(text, table)
+            start = text.find(_FAILING_ROW)
+            if start >= 0 and self._column_rules_may_apply(table):
+                # Greedy, as PostgreSQL prints it: the tuple runs to the last ")" of the text.
+                body = start + len(_FAILING_ROW)
+                close = text.rfind(")")
+                if close >= body:
+                    text = text[:body] + COLUMN_MARKER + text[close:]
         if self._free_text_scanner is not None:
             masked = self._free_text_scanner.mask(text)
             if masked is not None:
                 text = masked
         return text
 
-    def _mask_key_detail(self, m: re.Match[str], table: str | None) -> str:
-        names = [n.strip().strip('"') for n in m.group("columns").split(",")]
-        values = m.group("values").split(", ")
+    def _mask_key_details(self, text: str, table: str | None) -> str:
+        """Every ``Key (cols)=(values)`` with its values masked by their columns' rules.
+
+        Linear in the text: the possible ends of a values list (a ")" followed by one of
+        _KEY_VALUE_ENDS or the end of the text) are found in one pass, and each "Key ("
+        takes the first end after it (what a lazy regex would find, without rescanning).
+        """
+        ends = [i for i in _find_all(text, ")")
+                if i + 1 == len(text) or any(text.startswith(tail, i + 1) for tail in _KEY_VALUE_ENDS)]
+        out = []
+        last = 0
+        pos = text.find(_KEY_OPEN)
+        while pos >= 0:
+            names_start = pos + len(_KEY_OPEN)
+            # The column list holds no parentheses: look for ")" only up to the next "(", so
+            # the scans of successive "Key (" never overlap.
+            opening = text.find("(", names_start)
+            close = text.find(")", names_start, opening if opening >= 0 else len(text))
+            if close < 0 or not text.startswith("=(", close + 1):
+                pos = text.find(_KEY_OPEN, pos + 1)
+                continue
+            values_start = close + 3
+            k = bisect.bisect_left(ends, values_start)
+            if k == len(ends):
+                break
+            end = ends[k]
+            out.append(text[last:pos])
+            out.append(self._mask_key_detail(text[names_start:close], text[values_start:end], table))
+            last = end + 1
+            pos = text.find(_KEY_OPEN, last)
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
+
+    def _mask_key_detail(self, columns: str, values_text: str, table: str | None) -> str:
+        names = [n.strip().strip('"') for n in columns.split(",")]
+        values = values_text.split(", ")
         rules = [self._column_rule_for([n], table) for n in names]
         if not any(rules):
-            return m.group()
+            return f"Key ({columns})=({values_text})"
         if len(values) != len(names):
             # A value holds ", ": no way to tell the values apart, so hide them all.
-            return f"Key ({m.group('columns')})=({COLUMN_MARKER})"
+            return f"Key ({columns})=({COLUMN_MARKER})"
         shown = []
         for value, rule in zip(values, rules):
             if rule is None:
@@ -279,7 +323,7 @@ class Masker:
             else:
                 strategy = "redact" if rule.strategy == "null" else rule.strategy
                 shown.append(render_whole_text(value, strategy, rule.keep_last, self._hasher))
-        return f"Key ({m.group('columns')})=({', '.join(shown)})"
+        return f"Key ({columns})=({', '.join(shown)})"
 
     # --- rule resolution ---
 
@@ -352,3 +396,11 @@ def _table_candidates(table: str | None) -> list[str | None]:
 def _matches(patterns: Sequence[str], names: Sequence[str], table: str | None) -> bool:
     tables = _table_candidates(table)
     return any(column_matches(p, t, n) for p in patterns for t in tables for n in names)
+
+
+def _find_all(text: str, needle: str):
+    i = text.find(needle)
+    while i >= 0:
+        yield i
+        i = text.find(needle, i + 1)
+

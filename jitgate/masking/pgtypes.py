@@ -12,6 +12,8 @@ import struct
 import uuid
 from enum import Enum
 
+from jitgate.masking.errors import MalformedRow
+
 FIRST_NORMAL_OID = 16384
 
 
@@ -88,6 +90,8 @@ def integer_from_digest(digest: bytes, width: int) -> int:
 
 def uuid_canonical(raw: bytes, binary: bool) -> bytes:
     if binary:
+        if len(raw) != 16:
+            raise MalformedRow(f"binary uuid of {len(raw)} bytes (a uuid has 16)")
         return str(uuid.UUID(bytes=bytes(raw))).encode()
     return raw.lower()
 
@@ -116,7 +120,13 @@ def numeric_precision_scale(type_modifier: int) -> tuple[int, int] | None:
 
 
 def numeric_binary_to_text(raw: bytes) -> bytes:
-    """numeric's binary form -> its text form as PostgreSQL prints it ('-12.3400', 'NaN')."""
+    """numeric's binary form -> its text form as PostgreSQL prints it ('-12.3400', 'NaN').
+
+    Built from the base-10000 digit groups as strings, never through a Python int: a
+    numeric may hold 131072 digits, past the interpreter's int/str conversion limit.
+    """
+    if len(raw) < _NUMERIC_HEADER.size:
+        raise MalformedRow(f"binary numeric of {len(raw)} bytes is shorter than its 8-byte header")
     ndigits, weight, sign, dscale = _NUMERIC_HEADER.unpack_from(raw, 0)
     if sign == NUMERIC_NAN:
         return b"NaN"
@@ -124,19 +134,23 @@ def numeric_binary_to_text(raw: bytes) -> bytes:
         return b"Infinity"
     if sign == NUMERIC_NINF:
         return b"-Infinity"
+    if sign not in (NUMERIC_POS, NUMERIC_NEG):
+        raise MalformedRow(f"binary numeric has an unknown sign 0x{sign:04x}")
+    if ndigits < 0 or dscale < 0 or len(raw) != _NUMERIC_HEADER.size + 2 * ndigits:
+        raise MalformedRow(f"binary numeric announces {ndigits} digit groups and scale {dscale} in {len(raw)} bytes")
     digits = struct.unpack_from(f"!{ndigits}h", raw, _NUMERIC_HEADER.size)
-    total = 0
-    for digit in digits:
-        total = total * 10000 + digit
-    exponent = weight - (ndigits - 1)  # in base-10000 places
-    if exponent >= 0:
-        integer, fraction = str(total * 10000**exponent), ""
+    if any(d < 0 or d > 9999 for d in digits):
+        raise MalformedRow("binary numeric has a digit group outside 0..9999")
+    groups = [f"{d:04d}" for d in digits]
+    integer_groups = weight + 1  # groups before the decimal point
+    if integer_groups <= 0:
+        integer = "0"
+        fraction = "0000" * -integer_groups + "".join(groups)
     else:
-        places = -4 * exponent
-        text = str(total).rjust(places + 1, "0")
-        integer, fraction = text[:-places], text[-places:]
+        integer = ("".join(groups[:integer_groups]) + "0000" * max(0, integer_groups - ndigits)).lstrip("0") or "0"
+        fraction = "".join(groups[integer_groups:])
     fraction = fraction[:dscale].ljust(dscale, "0")
-    negative = sign == NUMERIC_NEG and (total != 0)
+    negative = sign == NUMERIC_NEG and any(digits)
     return (("-" if negative else "") + integer + ("." + fraction if dscale > 0 else "")).encode()
 
 
@@ -167,7 +181,13 @@ def bytea_canonical(raw: bytes, binary: bool) -> bytes:
     if binary:
         return raw
     if raw.startswith(b"\\x"):
-        return bytes.fromhex(raw[2:].decode("ascii"))
+        body = raw[2:]
+        if not body.isascii():
+            raise MalformedRow("text bytea in hex format holds non-ASCII bytes")
+        try:
+            return bytes.fromhex(body.decode("ascii"))
+        except ValueError:
+            raise MalformedRow("text bytea in hex format holds characters that are not hex digits") from None
     return _bytea_unescape(raw)
 
 
@@ -180,9 +200,14 @@ def _bytea_unescape(raw: bytes) -> bytes:
         if byte == 0x5C and i + 1 < n and raw[i + 1] == 0x5C:
             out.append(0x5C)
             i += 2
-        elif byte == 0x5C and i + 4 <= n and raw[i + 1 : i + 4].isdigit():
-            out.append(int(raw[i + 1 : i + 4], 8) & 0xFF)
+        elif byte == 0x5C:
+            octal = raw[i + 1 : i + 4]
+            if len(octal) != 3 or any(c < 0x30 or c > 0x37 for c in octal):
+                raise MalformedRow("text bytea in escape format has a backslash not followed by three octal digits")
+            out.append(int(octal, 8) & 0xFF)
             i += 4
+        elif byte >= 0x80:
+            raise MalformedRow("text bytea in escape format holds a non-ASCII byte (PostgreSQL escapes them)")
         else:
             out.append(byte)
             i += 1

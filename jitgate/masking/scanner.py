@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from jitgate.masking import detectors
+from jitgate.masking.errors import MalformedRow
 from jitgate.masking.strategies import Hasher, render_detection
 
 
@@ -22,8 +23,10 @@ class DetectorStrategy:
     keep_last: int
 
 
-# One string literal of JSON text (with its quotes), escapes included.
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+# One string literal of JSON text (with its quotes), escapes included. An unterminated one
+# runs to the end of the text instead of failing: a failed match would be retried from the
+# next quote, and '"\\"\\"\\...' would cost quadratic time. Callers reject it.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)', re.S)
 # A bare JSON number that could be a card number (cards stored as numbers).
 _JSON_LONG_NUMBER = re.compile(r"(?<![\w.])[0-9]{13,19}(?![\w.])")
 # JSON keys whose string value is a credential (Google service-account key files).
@@ -49,6 +52,10 @@ class Scanner:
     @property
     def kinds(self) -> frozenset[str]:
         return self._kinds
+
+    @property
+    def hasher(self) -> Hasher:
+        return self._hasher
 
     def families(self, raw: bytes) -> tuple[bool, bool, bool, bool] | None:
         """None when no detector can match these bytes (see ``detectors.Prefilter``)."""
@@ -111,6 +118,8 @@ class Scanner:
         if not spans:
             return text
         strings = [m.span() for m in _JSON_STRING.finditer(text)]
+        if strings and (strings[-1][1] - strings[-1][0] < 2 or text[strings[-1][1] - 1] != '"'):
+            raise MalformedRow("a JSON value has an unterminated string")
         string_starts = [start for start, _ in strings]
         out = []
         last = 0
@@ -146,7 +155,12 @@ class Scanner:
                 changed |= masked_gap is not gap
                 out.append(masked_gap)
             token = m.group()
-            value = json.loads(token) if "\\" in token else token[1:-1]
+            if len(token) < 2 or not token.endswith('"') or (token.endswith('\\"') and _escaped_quote(token)):
+                raise MalformedRow("a JSON value has an unterminated string")
+            try:
+                value = json.loads(token) if "\\" in token else token[1:-1]
+            except ValueError as exc:  # a bad escape: not JSON as PostgreSQL would send it
+                raise MalformedRow(f"a JSON value has an invalid string: {exc.args[0] if exc.args else exc}") from None
             is_key = _is_object_key(text, end)
             if pending_secret_key and not is_key and secret_choice is not None:
                 masked = self._render_whole("secret", value, secret_choice)
@@ -218,3 +232,9 @@ def _json_string(value: str) -> str:
         # A lone surrogate from a "\ud800" escape cannot be written as UTF-8; keep it escaped.
         encoded = json.dumps(value, ensure_ascii=True)
     return encoded
+
+
+def _escaped_quote(token: str) -> bool:
+    """True when the closing quote of a token is itself escaped (an odd run of backslashes)."""
+    run = len(token) - 1 - len(token[:-1].rstrip("\\"))
+    return run % 2 == 1
