@@ -7,6 +7,9 @@
 // Token:  POST /token grant_type=urn:jitgate:params:grant-type:dev-login
 //         client_id=jitgate-dev&client_secret=...&username=alice@example.com&groups=sre,dba
 //         [&ttl=SECONDS][&alg=RS256|ES256][&audience=...]
+// Browser sign-in (the review console): authorization code + PKCE for the public client
+// jitgate-review (any http://127.0.0.1:<port>/auth/callback); /interaction/<uid> asks for a
+// user name and groups and signs that person in, no password (DEV ONLY, like the grant above).
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -24,6 +27,9 @@ const audience = args.audience || 'jitgate';
 const clientSecret = args['client-secret'] || 'jitgate-dev-secret';
 const keysFile = args['keys-file'];
 const GRANT = 'urn:jitgate:params:grant-type:dev-login';
+const REVIEW_CLIENT = 'jitgate-review';
+// Groups each browser-signed-in user chose at the login form, by account id (the user name).
+const accountGroups = new Map();
 
 function newKeys() {
   const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
@@ -65,12 +71,32 @@ function buildProvider(issuer) {
       redirect_uris: ['http://127.0.0.1/other'],
       response_types: [],
       id_token_signed_response_alg: 'RS256',
+    }, {
+      // The review console: a public client (no secret; PKCE is then mandatory). As a native
+      // application its loopback redirect URI matches any port, so the console's port is free.
+      client_id: REVIEW_CLIENT,
+      application_type: 'native',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/auth/callback'],
+      id_token_signed_response_alg: 'RS256',
     }],
     jwks,
+    // ID tokens of the code flow carry email and groups (the console reads them from the ID token).
+    conformIdTokenClaims: false,
     enabledJWA: { idTokenSigningAlgValues: ['RS256', 'ES256'] },
     claims: { openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'] },
     features: { devInteractions: { enabled: false } },
-    findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+    findAccount: async (ctx, sub) => ({
+      accountId: sub,
+      claims: async () => ({
+        sub,
+        email: sub.includes('@') ? sub : undefined,
+        email_verified: sub.includes('@') ? true : undefined,
+        groups: accountGroups.get(sub) || [],
+      }),
+    }),
   });
   provider.registerGrantType(GRANT, async (ctx) => {
     const { params } = ctx.oidc;
@@ -106,11 +132,60 @@ function buildProvider(issuer) {
   return provider;
 }
 
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+// The login step of the browser flow: a form for who to be (DEV ONLY: no password).
+async function interaction(provider, req, res) {
+  const details = await provider.interactionDetails(req, res);
+  if (details.prompt.name === 'consent' && details.params.client_id === REVIEW_CLIENT) {
+    // The console is first-party: its scopes are granted without a consent screen (oidc-provider
+    // always asks native clients, so this step answers for the person who just signed in).
+    const grant = details.grantId ? await provider.Grant.find(details.grantId)
+      : new provider.Grant({ accountId: details.session.accountId, clientId: REVIEW_CLIENT });
+    grant.addOIDCScope('openid email groups');
+    const grantId = await grant.save();
+    await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+    return;
+  }
+  if (req.method === 'GET') {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store',
+      'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http://127.0.0.1:*" });
+    res.end(`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>jitgate dev sign-in</title>
+<style>body{font-family:sans-serif;max-width:28em;margin:3em auto}label{display:block;margin-top:1em}input{width:100%}</style></head>
+<body><h1>jitgate dev issuer</h1><p><strong>DEVELOPMENT ONLY</strong>: signs in anyone, with the groups typed here.</p>
+<p>Client: ${escapeHtml(details.params.client_id)} · step: ${escapeHtml(details.prompt.name)} (${escapeHtml(details.prompt.reasons.join(', '))})</p>
+<form method="post" action="/interaction/${escapeHtml(details.uid)}">
+<label for="username">User (email)</label><input id="username" name="username" autocomplete="username" required autofocus>
+<label for="groups">Groups (comma-separated)</label><input id="groups" name="groups">
+<p><button type="submit">Sign in</button></p></form></body></html>`);
+    return;
+  }
+  let body = '';
+  for await (const chunk of req) {
+    body += chunk;
+    if (body.length > 8192) { res.writeHead(413); res.end(); return; }
+  }
+  const form = new URLSearchParams(body);
+  const username = String(form.get('username') || '').trim().toLowerCase();
+  if (!username) { res.writeHead(400, { 'content-type': 'text/plain' }); res.end('username is required'); return; }
+  accountGroups.set(username, String(form.get('groups') || '').split(',').map((g) => g.trim()).filter(Boolean));
+  await provider.interactionFinished(req, res, { login: { accountId: username } }, { mergeWithLastSubmission: false });
+}
+
 const server = createServer();
 server.listen(port, host, () => {
   const issuer = `http://${host}:${server.address().port}`;
   let provider = buildProvider(issuer);
-  server.on('request', (req, res) => provider.callback()(req, res));
+  server.on('request', (req, res) => {
+    if (req.url.startsWith('/interaction/')) {
+      interaction(provider, req, res).catch((err) => {
+        res.writeHead(400, { 'content-type': 'text/plain' });
+        res.end(`sign-in failed: ${err.message}`);
+      });
+      return;
+    }
+    provider.callback()(req, res);
+  });
   process.on('SIGHUP', () => {
     jwks = { keys: newKeys() };
     if (keysFile) writeFileSync(keysFile, JSON.stringify(jwks), { mode: 0o600 });

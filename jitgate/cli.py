@@ -76,7 +76,7 @@ jitgate is up.
   broker (PostgreSQL)  127.0.0.1:{bport}  TLS with a self-signed dev certificate
   dev OIDC issuer      {stack.issuer.issuer}   (DEV ONLY: issues a token for anyone)
   authorize function   {stack.authorize_url}
-  approval console     {stack.console_url}   (`{jg} approvals list|approve|deny` works too){'''
+  review console       {stack.console_url}   sessions, playback, verification, approvals (sign in as a reviewer: group security){'''
   slack interactions   ''' + stack.slack_interactions_url if stack.slack_interactions_url else ''}
   policy               {stack.policy_path}
   recordings           {home / 'recordings'}

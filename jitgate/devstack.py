@@ -332,6 +332,10 @@ identity:
   audience: {DEV_AUDIENCE}
   groups_claim: groups
 
+# Who may open recordings in the review console (approvers also sign in there, for approvals).
+review:
+  groups: [security]
+
 targets:
   demo:
     kind: postgres
@@ -491,14 +495,14 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
         procs.append(function_server("authorize", authorize_port, env | own.get("authorize", {}), logs))
         procs.append(function_server("finalize_recording", finalize_port, env | own.get("finalize_recording", {}), logs,
                                      signature="cloudevent"))
-        # Approvals: Slack when SLACK_BOT_TOKEN is set (extra_env), the local console always.
+        # Approvals: Slack when SLACK_BOT_TOKEN is set (extra_env), the review console always.
         procs.append(function_server("notify_approvers", notify_port, env, logs, signature="cloudevent"))
         if env.get("SLACK_BOT_TOKEN") and env.get("SLACK_SIGNING_SECRET"):
             procs.append(function_server("slack_interactions", slack_port, env, logs))
         procs.append(function_server("expire_approvals", expire_port, env, logs))
-        console = spawn("console", [sys.executable, "-m", "jitgate.console", "--port", str(console_port)], logs, env=env, cwd=REPO)
+        console = spawn("review", [sys.executable, "-m", "jitgate.review", "--port", str(console_port)], logs, env=env, cwd=REPO)
         procs.append(console)
-        wait_for(lambda: _answers(console_port), 30, "approval console", console)
+        wait_for(lambda: _answers(console_port), 30, "review console", console)
         console_url = f"http://127.0.0.1:{console_port}"
         slack_url = f"http://127.0.0.1:{slack_port}" if env.get("SLACK_BOT_TOKEN") and env.get("SLACK_SIGNING_SECRET") else ""
         broker_env = env | own.get("broker", {})

@@ -284,10 +284,21 @@ class Target(_Strict):
         return bool(groups.intersection(self.masking.clear_groups))
 
 
+class ReviewConfig(_Strict):
+    """Who may use the review console for recordings (approvers get in for approvals only)."""
+
+    groups: list[str] = Field(default_factory=list)
+    users: list[str] = Field(default_factory=list)
+
+    def admits(self, username: str, groups: frozenset[str]) -> bool:
+        return username.lower() in {u.lower() for u in self.users} or bool(groups.intersection(self.groups))
+
+
 class Policy(_Strict):
     version: Literal[1] = 1
     identity: IdentityConfig
     targets: dict[str, Target]
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     # Where the policy came from and a digest of its bytes, for recordings and grants.
     source: str = ""
     digest: str = ""

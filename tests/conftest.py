@@ -13,7 +13,7 @@ from jitgate.devstack import Stack, dev_token, start_stack
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "jitgate-test")
 
 # gcp_emulators: the Pub/Sub, Firestore and Cloud Storage emulators, started once per session when needed.
-pytest_plugins = ["tests.gcp.fixtures"]
+pytest_plugins = ["tests.gcp.fixtures", "tests.review.fixtures"]
 
 # Extra targets the tests need beside the demo target (appended to the generated demo policy).
 TEST_TARGETS = """

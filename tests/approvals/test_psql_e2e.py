@@ -130,22 +130,29 @@ def test_session_access_unlocks_the_session_for_a_while(astack, slack, backends,
         assert len(slack.find("chat.postMessage")) == posts
 
 
-def test_console_decides_with_a_verified_token(astack, slack, backends, atoken):
-    import httpx
+def test_review_console_decides_for_a_signed_in_approver(astack, slack, backends, atoken):
+    """The review console (jitgate.review) decides through the same path: a signed-in approver's
+    click releases the statement and updates the Slack message; others are refused."""
+    from tests.review.signin import client_sign_in, csrf_of
 
     sql = "ALTER TABLE customers ADD COLUMN console_note text"
     t0 = time.time()
     proc = start_psql(astack, atoken(), sql)
     approval_id, _ = wait_posted(slack, statement=sql, since=t0)
-    url = f"{astack.console_url}/approvals/{approval_id}/approve"
-    bad = httpx.post(url, json={"token": atoken("bob@example.com", ("analysts",))}, timeout=15)
-    assert bad.status_code == 409 and "not an approver" in bad.json()["error"]
-    forged = httpx.post(url, json={"token": "eyJhbGciOiJSUzI1NiJ9.e30.sig"}, timeout=15)
-    assert forged.status_code == 401
-    page = httpx.get(astack.console_url + "/", timeout=15)
-    assert approval_id in page.text
-    good = httpx.post(url, json={"token": atoken("erin@example.com", ("dba",))}, timeout=15)
-    assert good.status_code == 200 and good.json()["status"] == "approved"
+    url = f"{astack.console_url}/approvals/{approval_id}/decide"
+    bob, landing = client_sign_in(astack.console_url, "bob@example.com", ("analysts",))
+    try:
+        assert landing.status_code == 403 and "Access refused" in landing.text  # neither reviewer nor approver
+        assert bob.post(url, data={"action": "approve", "csrf": "forged"}).status_code == 403
+    finally:
+        bob.close()
+    erin, landing = client_sign_in(astack.console_url, "erin@example.com", ("dba",))
+    try:
+        assert landing.status_code == 200 and approval_id in landing.text
+        good = erin.post(url, data={"action": "approve", "csrf": csrf_of(landing.text)})
+        assert good.status_code == 200 and f"{approval_id}: approved by erin@example.com" in good.text
+    finally:
+        erin.close()
     code, _, err = _finish(proc)
     assert code == 0, err
     ref = slack_ref(backends, approval_id)
