@@ -5,7 +5,10 @@ Its account reads the recordings bucket and the index, and writes only the revie
 """
 import functions_framework
 
+from jitgate import logs
 from jitgate.review.app import create_app
+
+logs.setup()  # JSON lines on stderr: Cloud Logging's structured format (the review audit lines too)
 
 _app = {}
 
