@@ -233,7 +233,8 @@ def _timeline(backends, events: list[dict]) -> tuple[list[dict], list[dict], lis
             approval.setdefault("events", []).append(e)
             if kind == "approval.requested":
                 approval.update(requested_at=e.get("ts"), classes=e.get("classes", []), sha256=e.get("sha256"),
-                                requester=e.get("requester"), approvers_needed=e.get("approvers"), required=e.get("required"))
+                                requester=e.get("requester"), approvers_needed=_names(e.get("approvers")),
+                                required=e.get("required"))
             elif kind == "approval.decided":
                 approval.update(status=e.get("status"), decided_by=e.get("decided_by"), approved_by=e.get("approvers", []),
                                 via=e.get("via", []), reason=e.get("reason"), decided_at=e.get("decided_at"))
@@ -266,11 +267,18 @@ def _timeline(backends, events: list[dict]) -> tuple[list[dict], list[dict], lis
     return timeline, list(approvals.values()), transfers, terminals
 
 
+def _names(value) -> list[str]:
+    """Approvers as the recording names them: one phrase ("group dba") or a list."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
 def _approval_line(kind: str, e: dict) -> str:
     if kind == "approval.requested":
-        return f"held for approval ({', '.join(e.get('classes', []))}); asks {', '.join(e.get('approvers') or []) or 'approvers'}"
+        return f"held for approval ({', '.join(e.get('classes', []))}); asks {', '.join(_names(e.get('approvers'))) or 'approvers'}"
     if kind == "approval.decided":
-        who = ", ".join(e.get("approvers") or []) or e.get("decided_by") or "-"
+        who = ", ".join(_names(e.get("approvers"))) or e.get("decided_by") or "-"
         return f"{e.get('status', '')} by {who}" + (f" via {', '.join(e.get('via'))}" if e.get("via") else "")
     return kind.partition(".")[2].replace("_", " ")
 

@@ -73,8 +73,20 @@ def test_no_authoritative_or_broad_grants(tf):
 def test_public_access_is_only_slack_interactions(tf):
     public = [(f"{t}.{n}", attr(b, "name")) for t, n, b, _ in tf.resources()
               if t.endswith("_iam_member") and attr(b, "member") in ("allUsers", "allAuthenticatedUsers")]
-    assert public == [("google_cloud_run_v2_service_iam_member.slack_public",
+    assert public == [("google_cloud_run_v2_service_iam_member.review_public",
+                       "${google_cloudfunctions2_function.review[0].name}"),
+                      ("google_cloud_run_v2_service_iam_member.slack_public",
                        '${google_cloudfunctions2_function.fn["slack_interactions"].name}')]
+    # the review console is public only when it signs people in itself (review_auth = "oidc")
+    review = next(b for t, n, b, _ in tf.resources() if n == "review_public")
+    assert attr(review, "count") == '${local.bootstrapped && var.review_auth == "oidc" ? 1 : 0}'
+
+
+def test_review_console_reads_recordings_and_never_writes_them(tf):
+    roles = [attr(b, "role") for t, n, b, _ in tf.resources("google_storage_bucket_iam_member")
+             if attr(b, "member") == "${local.review_member}"
+             and attr(b, "bucket") == "${google_storage_bucket.recordings.name}"]
+    assert roles == ["roles/storage.objectViewer"]
 
 
 def test_only_the_broker_invokes_authorize(tf):
