@@ -27,6 +27,8 @@ resource "google_service_account" "review" {
   account_id   = "jitgate-review"
   display_name = "jitgate review console"
   description  = "functions/review: reads recordings and the index, decides approvals, writes the review audit trail"
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_storage_bucket" "review_audit" {
@@ -170,6 +172,8 @@ resource "google_project_iam_member" "review_firestore" {
     title      = "jitgate-database-only"
     expression = local.firestore_condition_expression
   }
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_pubsub_topic_iam_member" "review_publish_decided" {

@@ -70,10 +70,10 @@ def test_no_authoritative_or_broad_grants(tf):
         assert grant["role"] not in FORBIDDEN_ROLES
 
 
-def test_public_access_is_only_slack_interactions(tf):
+def test_public_access_is_only_slack_interactions_and_the_signed_in_review_console(tf):
     public = [(f"{t}.{n}", attr(b, "name")) for t, n, b, _ in tf.resources()
               if t.endswith("_iam_member") and attr(b, "member") in ("allUsers", "allAuthenticatedUsers")]
-    assert public == [("google_cloud_run_v2_service_iam_member.review_public",
+    assert sorted(public) == [("google_cloud_run_v2_service_iam_member.review_public",
                        "${google_cloudfunctions2_function.review[0].name}"),
                       ("google_cloud_run_v2_service_iam_member.slack_public",
                        '${google_cloudfunctions2_function.fn["slack_interactions"].name}')]
