@@ -500,7 +500,8 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
         if env.get("SLACK_BOT_TOKEN") and env.get("SLACK_SIGNING_SECRET"):
             procs.append(function_server("slack_interactions", slack_port, env, logs))
         procs.append(function_server("expire_approvals", expire_port, env, logs))
-        console = spawn("review", [sys.executable, "-m", "jitgate.review", "--port", str(console_port)], logs, env=env, cwd=REPO)
+        console = spawn("review", [sys.executable, "-m", "jitgate.review", "--port", str(console_port)], logs,
+                        env=env | own.get("review", {}), cwd=REPO)
         procs.append(console)
         wait_for(lambda: _answers(console_port), 30, "review console", console)
         console_url = f"http://127.0.0.1:{console_port}"
@@ -553,6 +554,9 @@ def _provision_gcp(home: Path, env: dict[str, str]) -> None:
 
     settings = Settings.from_env(env)
     provision(settings)
+    from jitgate.review.audit import provision_audit_bucket
+
+    provision_audit_bucket(settings)
     root = env.get("JITGATE_GCS_EMULATOR_ROOT")
     link = home / "recordings"
     if root and not link.exists() and not link.is_symlink():

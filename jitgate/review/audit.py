@@ -23,19 +23,28 @@ logger = logging.getLogger("jitgate.review.audit")
 SEARCH_KEY = "_search"
 
 
+def audit_bucket(settings) -> str:
+    return settings.env.get("JITGATE_REVIEW_AUDIT_BUCKET") or f"{settings.project}-jitgate-review-audit"
+
+
+def provision_audit_bucket(settings) -> None:
+    """The audit bucket on a local emulator (in production Terraform creates it: infra/review.tf)."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import storage
+
+    try:
+        storage.Client(project=settings.project).create_bucket(audit_bucket(settings))
+    except gexc.Conflict:
+        pass
+
+
 class AuditTrail:
     def __init__(self, settings):
         self.settings = settings
         if settings.backends == "gcp":
             from jitgate.backends.gcp import GcsRecordingStore
 
-            self.bucket_name = settings.env.get("JITGATE_REVIEW_AUDIT_BUCKET") or f"{settings.project}-jitgate-review-audit"
-            self.store = GcsRecordingStore(self.bucket_name, settings.project)
-            if settings.env.get("STORAGE_EMULATOR_HOST"):  # local emulator: nobody ran Terraform
-                try:
-                    self.store.bucket.client.create_bucket(self.bucket_name)
-                except Exception:  # noqa: BLE001 - exists already
-                    pass
+            self.store = GcsRecordingStore(audit_bucket(settings), settings.project)
             self.root: Path | None = None
         else:
             from jitgate.backends.embedded import LocalRecordingStore

@@ -42,7 +42,7 @@ def _each_values(expression) -> list[str]:
 
 
 def account_email(identity: str, project: str) -> str:
-    """broker, scheduler, builder, deployer, or fn:<function> -> the account's email."""
+    """broker, scheduler, builder, deployer, review, or fn:<function> -> the account's email."""
     tf = terraform()
     if identity.startswith("fn:"):
         body = tf.resource("google_service_account", "fn")
@@ -57,7 +57,7 @@ def account_email(identity: str, project: str) -> str:
 def _members(member: str, each_key: str | None) -> list[str]:
     """A member expression -> identities (broker, fn:<name>, ...) or literal principals."""
     member = str(member)
-    named = re.fullmatch(r"\$\{local\.(broker|scheduler|builder|deployer)_member\}", member)
+    named = re.fullmatch(r"\$\{local\.(broker|scheduler|builder|deployer|review)_member\}", member)
     if named:
         return [named.group(1)]
     match = re.fullmatch(r'\$\{local\.fn_member\["([a-z_]+)"\]\}', member)

@@ -1,7 +1,8 @@
 """Google's checks around the GCP test stack, with the rules infra/ sets (tests/cloud/iam_model.py).
 
 - the broker's Cloud Storage calls go through a permission proxy acting as jitgate-broker,
-  finalize_recording's through one acting as jitgate-fn-finalize-recording;
+  finalize_recording's through one acting as jitgate-fn-finalize-recording, the review
+  console's through one acting as jitgate-review;
 - the broker calls authorize through Cloud Run's invoker check, with the ID token of a
   stand-in metadata server (JITGATE_AUTHORIZE_AUTH=google-id-token, as infra/ configures it).
 
@@ -27,14 +28,17 @@ class CloudStandins:
         self.project = project
         self.gcs = emulator_env["STORAGE_EMULATOR_HOST"]
         self.bucket = f"{project}-jitgate-recordings"
+        self.audit_bucket = f"{project}-jitgate-review-audit"
         self.metadata = MetadataServer(iam_model.account_email("broker", project))
         self.proxies: dict[str, GcsIamProxy] = {}
         self.invoker: CloudRunInvoker | None = None
 
     def start(self) -> "CloudStandins":
         self.metadata.start()
-        for process, identity in (("broker", "broker"), ("finalize_recording", "fn:finalize_recording")):
-            grants = iam_model.bucket_grants(identity, {"recordings": self.bucket})
+        buckets = {"recordings": self.bucket, "review_audit": self.audit_bucket}
+        for process, identity in (("broker", "broker"), ("finalize_recording", "fn:finalize_recording"),
+                                  ("review", "review")):
+            grants = iam_model.bucket_grants(identity, buckets)
             self.proxies[process] = GcsIamProxy(self.gcs, grants, identity=identity).start()
         return self
 
@@ -44,6 +48,8 @@ class CloudStandins:
             "broker": {"STORAGE_EMULATOR_HOST": self.proxies["broker"].url, "GCE_METADATA_HOST": self.metadata.host,
                        "JITGATE_AUTHORIZE_AUTH": "google-id-token"},
             "finalize_recording": {"STORAGE_EMULATOR_HOST": self.proxies["finalize_recording"].url},
+            # the review console reads recordings and writes its audit trail as jitgate-review
+            "review": {"STORAGE_EMULATOR_HOST": self.proxies["review"].url},
         }
 
     def front_authorize(self, url: str) -> str:
