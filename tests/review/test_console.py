@@ -141,6 +141,7 @@ def test_statement_search_is_a_post_within_a_time_range(held_drop):
     assert page.url.endswith("/search"), "the searched text never goes into a URL"
     hits = page.get_by_role("region", name=re.compile(r"\d+ match")).inner_text()
     assert held_drop["sql"] in hits
+    reviewer.shot("sessions-search")
     # outside the time range (applied with the filters): nothing
     page.get_by_label("From (UTC)").fill("2001-01-01")
     page.get_by_label("To (UTC)").fill("2001-01-02")
