@@ -16,7 +16,12 @@ _app = {}
 @functions_framework.http
 def review(request):
     if "app" not in _app:
-        _app["app"] = create_app()
+        app = create_app()
+        app.config["SESSION_COOKIE_SECURE"] = True  # functions are served over HTTPS only
+        _app["app"] = app
     app = _app["app"]
+    # Google's front end terminates TLS: the app sees http; its own URLs (the sign-in
+    # redirect URI, the Origin it accepts) are https.
+    request.environ["wsgi.url_scheme"] = "https"
     with app.request_context(request.environ):
         return app.full_dispatch_request()
