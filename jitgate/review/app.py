@@ -196,7 +196,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             return render_template("error.html", viewer=None, code=400,
                                    message="no sign-in is in progress in this browser; start again from the console"), 400
         try:
-            principal = review.login().finish(PendingLogin(**data), request.args.to_dict())
+            principal, id_token = review.login().finish(PendingLogin(**data), request.args.to_dict())
         except SignInError as exc:
             log(logger, logging.WARNING, "review sign-in failed", error=str(exc))
             return render_template("error.html", viewer=None, code=401, message=str(exc)), 401
@@ -205,6 +205,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         session["viewer"] = {"email": principal.username.lower(), "groups": sorted(principal.groups), "via": "oidc",
                              "exp": min(principal.expires_at, int(time.time()) + SESSION_HOURS * 3600)}
         session["csrf"] = secrets.token_urlsafe(32)
+        session["id_token"] = id_token
         try:  # the groups this person proved, for their Slack clicks (as the CLI and the old console did)
             ap.remember_principal(review.backends.approvals, principal.username, principal.groups)
         except Exception:  # noqa: BLE001 - a convenience only
@@ -310,7 +311,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             abort(400, "a denial needs a reason (the requester sees it)")
         approver = approver_of(g.viewer["email"], g.viewer["groups"])
         try:
-            record = decisions.apply(review.backends, approval_id, approver, action, reason)
+            record = decisions.apply(review.backends, approval_id, approver, action, reason,
+                                     token=session.get("id_token", ""))
         except ap.DecisionError as exc:
             code = 404 if exc.code == "not_found" else 409
             return render_template("error.html", code=code, message=f"{approval_id}: not applied: {exc}"), code

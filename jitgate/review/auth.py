@@ -118,7 +118,10 @@ class OidcLogin:
         }
         return f"{endpoint}?{urllib.parse.urlencode(query)}", pending
 
-    def finish(self, pending: PendingLogin, params: dict) -> Principal:
+    def finish(self, pending: PendingLogin, params: dict) -> tuple[Principal, str]:
+        """(who signed in, their ID token). The token is kept (HttpOnly session cookie) so decisions
+        can be sent on to a service that authenticates the approver itself; its audience is the
+        console's client id, so the broker does not accept it."""
         if params.get("error"):
             raise SignInError(f"the identity provider refused the sign-in: {params.get('error')}"
                               f" {params.get('error_description', '')}".rstrip())
@@ -148,7 +151,7 @@ class OidcLogin:
             raise SignInError(f"the ID token was refused: {exc}") from None
         if not secrets.compare_digest(str(principal.claims.get("nonce", "")), pending.nonce):
             raise SignInError("the ID token was minted for another sign-in (nonce mismatch)")
-        return principal
+        return principal, id_token
 
 
 # -- Identity-Aware Proxy ----------------------------------------------------------------------
