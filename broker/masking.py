@@ -104,6 +104,53 @@ class SessionMasker:
     def plan_copy(self, *args, **kwargs):
         return self.masker.plan_copy(*args, **kwargs)
 
+    async def copy_source(self, stmt):
+        """(fields, table names, column names) of what a COPY TO statement copies, read on a side
+        connection: the table's columns from the catalog, or a COPY query's columns from a
+        Describe (nothing runs). ``MaskingRefused`` when the gateway cannot see them."""
+        from pglast.stream import RawStream
+
+        from broker.pg.codec import FieldDescription
+        from broker.pg.lineage_step import _ident
+        from jitgate.masking import MaskingRefused
+
+        try:
+            conn = await self._connect()
+        except Exception as exc:  # noqa: BLE001 - no catalog, no COPY under masking
+            log(logger, logging.WARNING, "COPY catalog lookup failed", error=type(exc).__name__)
+            raise MaskingRefused("the gateway could not read the target's catalog to mask this COPY; retry later") from None
+        try:
+            if stmt.query is not None:
+                try:
+                    prepared = await conn.prepare(RawStream()(stmt.query))
+                except asyncpg.PostgresError as exc:
+                    raise MaskingRefused(f"the gateway cannot describe this COPY's query ({exc.sqlstate}: {exc}); "
+                                         "a temporary table is not visible to it") from None
+                return [FieldDescription(a.name, 0, 0, a.type.oid, -1, -1, 0) for a in prepared.get_attributes()], {}, {}
+            relation = stmt.relation
+            ident = ".".join(_ident(p) for p in ([relation.schemaname] if relation.schemaname else []) + [relation.relname])
+            rows = await conn.fetch(
+                "SELECT c.oid, n.nspname::text, c.relname::text, a.attnum, a.attname::text, a.atttypid, a.atttypmod "
+                "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
+                "ORDER BY a.attnum", ident)
+        finally:
+            await conn.close()
+        if not rows:
+            raise MaskingRefused(f"relation {ident} is not visible to the gateway (a temporary table?), so its COPY "
+                                 "cannot be masked; SELECT from it instead")
+        by_name = {row["attname"]: row for row in rows}
+        wanted = [c.sval for c in stmt.attlist] if stmt.attlist else [row["attname"] for row in rows]
+        missing = [name for name in wanted if name not in by_name]
+        if missing:
+            raise MaskingRefused(f"COPY names columns the gateway does not see: {', '.join(missing)}")
+        oid = rows[0]["oid"]
+        fields = [FieldDescription(name, oid, by_name[name]["attnum"], by_name[name]["atttypid"], -1,
+                                   by_name[name]["atttypmod"], 0) for name in wanted]
+        tables = {oid: f"{rows[0]['nspname']}.{rows[0]['relname']}"}
+        columns = {(oid, row["attnum"]): row["attname"] for row in rows}
+        return fields, tables, columns
+
     async def resolve(self, oids: set[int]) -> None:
         missing = sorted(o for o in oids if o and o not in self._tables)
         if not missing:

@@ -9,8 +9,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from jitgate.logs import log
 from jitgate.masking import MaskingRefused
+
+logger = logging.getLogger("jitgate.broker.pg.masking")
 
 # Rows larger than this are masked on a worker thread (scanning is linear, but a few
 # hundred KiB of adversarial text still costs tens of milliseconds).
@@ -59,6 +63,9 @@ async def follow_for_relay(connection, sql: str, verdict):
         return verdict, []
     lineages = await masker.follow(sql)
     unknown = next((s.unknown for s in lineages if s.unknown), None)
+    if unknown is not None:
+        log(logger, logging.INFO, "column lineage unknown; results fail closed", session_id=connection.session.session_id,
+            reason=unknown)
     if unknown is None or connection.session.target.masking.unknown_lineage != "approve":
         return verdict, lineages
     from broker.session import Verdict
@@ -68,3 +75,75 @@ async def follow_for_relay(connection, sql: str, verdict):
                    f"columns of its result cannot be followed ({unknown}) (policy masking.unknown_lineage: approve)")
     # Approved or not, an unknown lineage still masks every column of the result (fail closed).
     return await connection.hold_for(sql, held), lineages
+
+
+# COPY TO options the masker reads (others are refused, not ignored: an option that changes
+# how rows are written could make the masker split them differently from the server).
+_COPY_VALUE_OPTIONS = ("format", "delimiter", "null", "quote", "escape", "encoding")
+_COPY_IGNORED_OPTIONS = ("force_quote",)  # only adds quotes, which the CSV reader handles
+_TRUE = ("true", "on", "yes", "1")
+_FALSE = ("false", "off", "no", "0")
+
+
+def copy_options(stmt) -> dict:
+    """The masker's view of a CopyStmt's options, read as PostgreSQL reads them."""
+    options: dict = {"format": "text"}
+    for opt in stmt.options or ():
+        name = opt.defname.lower()
+        arg = opt.arg
+        value = None if arg is None else getattr(arg, "sval", None)
+        if value is None and arg is not None:
+            value = getattr(arg, "ival", None)
+            if value is None:
+                value = getattr(arg, "boolval", None)
+        if name == "header":
+            text = "true" if arg is None else str(value).lower()
+            if text in ("true", "on", "yes", "1"):
+                options["header"] = True
+            elif text in ("false", "off", "no", "0"):
+                options["header"] = False
+            else:
+                raise MaskingRefused(f"COPY HEADER {value!r} is not supported under masking; use HEADER true or false")
+        elif name in _COPY_VALUE_OPTIONS:
+            if not isinstance(value, str):
+                raise MaskingRefused(f"COPY option {name.upper()} needs a string value")
+            if name == "encoding":
+                if value.replace("-", "").replace("_", "").lower() not in ("utf8", "unicode"):
+                    raise MaskingRefused("COPY ENCODING other than UTF8 cannot be masked; leave ENCODING out")
+                continue
+            options[name] = value.lower() if name == "format" else value
+        elif name not in _COPY_IGNORED_OPTIONS:
+            raise MaskingRefused(f"COPY option {name.upper()} is not supported under masking; leave it out")
+    return options
+
+
+async def copy_plan_for(connection, sql: str, lineages: list):
+    """(plan, refusal) for a ``COPY ... TO STDOUT`` under masking; (None, None) for anything else.
+
+    The copied columns come from the catalog (a table, with or without a column list) or
+    from describing the query (``COPY (SELECT ...)``), so text, CSV and binary COPY, pg_dump
+    included, are masked like the same rows through SELECT.
+    """
+    if "copy" not in sql.lower():
+        return None, None
+    from pglast import ast, parse_sql
+    from pglast.parser import ParseError
+
+    try:
+        statements = parse_sql(sql)
+    except ParseError:
+        return None, None  # unparsable: PostgreSQL refuses it too
+    masker = connection.session.masker
+    for index, raw in enumerate(statements):
+        stmt = raw.stmt
+        if not isinstance(stmt, ast.CopyStmt) or stmt.is_from or stmt.filename is not None:
+            continue
+        lineage = lineages[index] if index < len(lineages) else None
+        try:
+            options = copy_options(stmt)
+            fields, tables, columns = await masker.copy_source(stmt)
+            plan = masker.masker.plan_copy_fields(fields, tables, columns, lineage, **options)
+        except MaskingRefused as exc:
+            return None, str(exc)
+        return plan, None
+    return None, None

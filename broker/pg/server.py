@@ -25,7 +25,7 @@ from broker import metrics
 from broker.authz import AuthorizeClient, Refused
 from broker.pg import codec
 from broker.pg.lineage_step import UNFOLLOWED
-from broker.pg.masking_step import follow_for_relay, mask_row, stream_large_row
+from broker.pg.masking_step import copy_plan_for, follow_for_relay, mask_row, stream_large_row
 from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.session import Session, Verdict, new_backend_key
 from jitgate.masking import MalformedRow, MaskingRefused, apply_result_formats
@@ -488,7 +488,7 @@ class PgConnection:
                     copy_plan = None
                     verdict, lineages = await follow_for_relay(self, sql, verdict)
                     if verdict.allowed and session.masker is not None:
-                        copy_plan, refusal = copy_masking_plan(session.masker, sql)
+                        copy_plan, refusal = await copy_plan_for(self, sql, lineages)
                         if refusal:
                             verdict = Verdict("deny", verdict.classes, verdict.reasons, f"jitgate: {refusal}")
                     statement_id = session.record_statement(sql, protocol="simple", verdict=verdict)
@@ -636,9 +636,13 @@ class PgConnection:
                         if parts is None:
                             parts = []
                         parts.append(data[last:start])
-                        parts.append(codec.message("d", self.copy_plan.mask_line(data[start + 5 : end])))
+                        masked = self.copy_plan.mask_data(data[start + 5 : end])
+                        if masked:  # binary COPY holds back a tuple until it is complete
+                            parts.append(codec.message("d", masked))
                         last = end
                     continue
+                if kind == 0x63 and self.copy_plan is not None:  # 'c' CopyDone
+                    self.copy_plan.finish()
                 if kind == 0x43:  # 'C' CommandComplete
                     tag = codec.parse_command_complete(data[start + 5 : end])
                     if pending:
@@ -770,36 +774,3 @@ class _NullAllPlan:
 
 _NULL_ALL = _NullAllPlan()
 
-
-def copy_masking_plan(masker, sql: str):
-    """(plan, refusal) for a COPY ... TO STDOUT statement under masking; (None, None) for anything else."""
-    if "copy" not in sql.lower():
-        return None, None
-    try:
-        from pglast import ast, parse_sql
-
-        statements = parse_sql(sql)
-    except Exception:  # noqa: BLE001 - unparsable text is refused upstream anyway
-        return None, None
-    for raw in statements:
-        stmt = raw.stmt
-        if not isinstance(stmt, ast.CopyStmt) or stmt.is_from or stmt.filename is not None:
-            continue
-        options = {}
-        for opt in stmt.options or ():
-            value = getattr(opt.arg, "sval", None) if opt.arg is not None else None
-            if value is None and opt.arg is not None:
-                value = getattr(opt.arg, "ival", None) if hasattr(opt.arg, "ival") else getattr(opt.arg, "boolval", None)
-            options[opt.defname] = value
-        columns = [c.sval for c in stmt.attlist] if stmt.attlist else None
-        table = None
-        if stmt.relation is not None:
-            table = f"{stmt.relation.schemaname}.{stmt.relation.relname}" if stmt.relation.schemaname else stmt.relation.relname
-        try:
-            plan = masker.plan_copy(columns, table, format=str(options.get("format") or "text").lower(),
-                                    delimiter=options.get("delimiter"), null=options.get("null"),
-                                    header=bool(options.get("header")))
-        except MaskingRefused as exc:
-            return None, str(exc)
-        return plan, None
-    return None, None

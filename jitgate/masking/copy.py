@@ -9,6 +9,8 @@ masker looks at are carried over byte for byte.
 from __future__ import annotations
 
 import re
+import struct
+
 from jitgate.masking.columns import ValueMasker
 from jitgate.masking.errors import MalformedRow
 
@@ -21,7 +23,7 @@ _HEX = re.compile(rb"x([0-9A-Fa-f]{1,2})")
 class CopyPlan:
     """How to mask each row of one COPY TO STDOUT (see ``Masker.plan_copy``)."""
 
-    __slots__ = ("_maskers", "_every_field", "_csv", "_delimiter", "_null", "_skip_header", "_quote")
+    __slots__ = ("_maskers", "_every_field", "_csv", "_delimiter", "_null", "_skip_header", "_quote", "_escape")
 
     def __init__(
         self,
@@ -32,6 +34,8 @@ class CopyPlan:
         delimiter: bytes,
         null: bytes,
         header: bool,
+        quote: bytes = b'"',
+        escape: bytes | None = None,
     ):
         self._maskers = maskers  # by field index
         self._every_field = every_field  # used where no column is known (detectors only)
@@ -39,7 +43,17 @@ class CopyPlan:
         self._delimiter = delimiter
         self._null = null
         self._skip_header = header
-        self._quote = b'"'
+        # CSV: PostgreSQL writes the escape character (by default the quote itself) before
+        # every quote and escape character inside a quoted field.
+        self._quote = quote
+        self._escape = escape if escape is not None else quote
+
+    def mask_data(self, data: bytes) -> bytes:
+        """One CopyData payload (one row, PostgreSQL sends a row per message)."""
+        return self.mask_line(data)
+
+    def finish(self) -> None:
+        """Text and CSV rows are complete in each message: nothing can be left over."""
 
     def mask_line(self, line: bytes) -> bytes:
         if self._skip_header:
@@ -68,14 +82,14 @@ class CopyPlan:
 
     def _decode(self, field: bytes) -> bytes | None:
         if self._csv:
-            return _csv_decode(field, self._null, self._quote)
+            return _csv_decode(field, self._null, self._quote, self._escape)
         if field == self._null:
             return None
         return _text_unescape(field) if b"\\" in field else field
 
     def _encode(self, value: bytes | None) -> bytes:
         if self._csv:
-            return _csv_encode(value, self._null, self._delimiter, self._quote)
+            return _csv_encode(value, self._null, self._delimiter, self._quote, self._escape)
         if value is None:
             return self._null
         return _text_escape(value, self._delimiter)
@@ -90,16 +104,16 @@ class CopyPlan:
         n = len(body)
         delimiter = self._delimiter[0]
         quote = self._quote[0]
+        escape = self._escape[0]
         start = 0
         in_quotes = False
         while i < n:
             byte = body[i]
             if in_quotes:
-                if byte == quote:
-                    if i + 1 < n and body[i + 1] == quote:
-                        i += 1  # a doubled quote is a literal quote
-                    else:
-                        in_quotes = False
+                if byte == escape and i + 1 < n and body[i + 1] in (quote, escape) and (escape != quote or body[i + 1] == quote):
+                    i += 1  # an escaped quote or escape character is data
+                elif byte == quote:
+                    in_quotes = False
             elif byte == quote:
                 in_quotes = True
             elif byte == delimiter:
@@ -185,17 +199,148 @@ def _text_escape(value: bytes, delimiter: bytes) -> bytes:
     return bytes(out)
 
 
-def _csv_decode(field: bytes, null: bytes, quote: bytes) -> bytes | None:
-    if field.startswith(quote) and field.endswith(quote) and len(field) >= 2:
-        return field[1:-1].replace(quote + quote, quote)
-    if field == null:
-        return None  # only an unquoted field equal to the NULL string is NULL
-    return field
+def _csv_decode(field: bytes, null: bytes, quote: bytes, escape: bytes | None = None) -> bytes | None:
+    """A CSV field as PostgreSQL writes it: quoted sections hold escaped quote/escape characters;
+    only an unquoted field equal to the NULL string is NULL."""
+    if quote not in field:
+        return None if field == null else field
+    escape = quote if escape is None else escape
+    q, e = quote[0], escape[0]
+    out = bytearray()
+    i, n = 0, len(field)
+    in_quotes = False
+    while i < n:
+        byte = field[i]
+        if in_quotes:
+            if byte == e and i + 1 < n and field[i + 1] in (q, e) and (e != q or field[i + 1] == q):
+                out.append(field[i + 1])
+                i += 2
+                continue
+            if byte == q:
+                in_quotes = False
+            else:
+                out.append(byte)
+        elif byte == q:
+            in_quotes = True
+        else:
+            out.append(byte)
+        i += 1
+    if in_quotes:
+        raise MalformedRow("COPY CSV field ends inside quotes")
+    return bytes(out)
 
 
-def _csv_encode(value: bytes | None, null: bytes, delimiter: bytes, quote: bytes) -> bytes:
+def _csv_encode(value: bytes | None, null: bytes, delimiter: bytes, quote: bytes, escape: bytes | None = None) -> bytes:
     if value is None:
         return null
-    if value == null or any(b in value for b in (delimiter, quote, b"\n", b"\r")) or value[:1].isspace():
-        return quote + value.replace(quote, quote + quote) + quote
+    escape = quote if escape is None else escape
+    if value == null or any(b in value for b in (delimiter, quote, escape, b"\n", b"\r")) or value[:1].isspace():
+        body = bytearray()
+        for byte in value:
+            if byte == quote[0] or byte == escape[0]:
+                body += escape
+            body.append(byte)
+        return quote + bytes(body) + quote
     return value
+
+
+_BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+
+
+class BinaryCopyPlan:
+    """Masks ``COPY ... TO STDOUT (FORMAT binary)``: a header, then tuples of (int16 field count,
+    per field int32 length or -1 and the value in binary format), then an int16 -1 trailer.
+
+    Tuples need not line up with CopyData messages (PostgreSQL sends the header with the
+    first tuple), so bytes are buffered until a tuple is complete; each complete tuple is
+    masked and passed on. Values are masked by the same binary-format maskers as DataRows.
+    """
+
+    __slots__ = ("_maskers", "_columns", "_buf", "_header_done", "_finished")
+
+    def __init__(self, maskers: dict[int, ValueMasker], column_count: int):
+        self._maskers = maskers
+        self._columns = column_count
+        self._buf = bytearray()
+        self._header_done = False
+        self._finished = False
+
+    def mask_data(self, data: bytes) -> bytes:
+        if self._finished:
+            raise MalformedRow("COPY binary data after its trailer")
+        self._buf += data
+        buf = self._buf
+        out = []
+        pos = 0
+        if not self._header_done:
+            if len(buf) < 19:
+                return b""
+            if bytes(buf[:11]) != _BINARY_SIGNATURE:
+                raise MalformedRow("COPY binary data does not start with the PGCOPY signature")
+            (extension,) = _I32.unpack_from(buf, 15)
+            if extension < 0:
+                raise MalformedRow("COPY binary header has a negative extension length")
+            if len(buf) < 19 + extension:
+                return b""
+            pos = 19 + extension
+            out.append(bytes(buf[:pos]))
+            self._header_done = True
+        while len(buf) - pos >= 2:
+            (count,) = _I16.unpack_from(buf, pos)
+            if count == -1:
+                if len(buf) != pos + 2:
+                    raise MalformedRow("COPY binary data continues after its trailer")
+                out.append(b"\xff\xff")
+                pos += 2
+                self._finished = True
+                break
+            if count != self._columns:
+                raise MalformedRow(f"COPY binary tuple has {count} fields, the copy has {self._columns} columns")
+            tuple_out = self._mask_tuple(buf, pos + 2, count)
+            if tuple_out is None:
+                break  # incomplete: wait for more bytes
+            end, masked = tuple_out
+            out.append(masked if masked is not None else bytes(buf[pos:end]))
+            pos = end
+        del buf[:pos]
+        return b"".join(out)
+
+    def _mask_tuple(self, buf: bytearray, pos: int, count: int):
+        start = pos - 2
+        values: list = []
+        changed = False
+        size = len(buf)
+        for index in range(count):
+            if size - pos < 4:
+                return None
+            (length,) = _I32.unpack_from(buf, pos)
+            pos += 4
+            if length == -1:
+                values.append(None)
+                continue
+            if length < -1:
+                raise MalformedRow(f"COPY binary field {index} has invalid length {length}")
+            if size - pos < length:
+                return None
+            value = bytes(buf[pos : pos + length])
+            pos += length
+            masker = self._maskers.get(index)
+            if masker is not None:
+                masked = masker(value)
+                changed |= masked is not value
+                value = masked
+            values.append(value)
+        if not changed:
+            return pos, None
+        parts = [_I16.pack(count)]
+        for value in values:
+            parts.append(b"\xff\xff\xff\xff" if value is None else _I32.pack(len(value)) + value)
+        return pos, b"".join(parts)
+
+    def finish(self) -> None:
+        """At CopyDone: a tuple or header left half-sent is a broken stream, not data to drop."""
+        if self._buf:
+            raise MalformedRow("COPY binary data ended inside a tuple")
+

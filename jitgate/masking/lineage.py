@@ -50,6 +50,8 @@ _SRF_COLUMNS = {
     "json_object_keys": ("json_object_keys",), "jsonb_object_keys": ("jsonb_object_keys",),
     "pg_options_to_table": ("option_name", "option_value"),
 }
+# Every table has these; they identify a row version, they hold no column's data.
+SYSTEM_COLUMNS = frozenset({"tableoid", "ctid", "xmin", "xmax", "cmin", "cmax", "oid"})
 # Schemas of the system catalog: their functions are built in, their views read only the catalog.
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
 # ...except the planner statistics, which hold sample values of every analyzed column.
@@ -518,6 +520,8 @@ class _Analyzer:
                 whole = [e for e in scope if e.name == name]
                 if whole:  # a whole-row reference: SELECT c FROM customers c
                     return ColumnLineage(name, whole[0].everything)
+            if name in SYSTEM_COLUMNS:
+                return ColumnLineage(name)
             raise LineageUnknown(f"column {name!r} is not found in the statement's FROM items")
         entry = self.find_entry(parts[:-1], scopes)
         if entry is None:
@@ -529,6 +533,8 @@ class _Analyzer:
         for n, c in entry.columns:
             if n == parts[-1]:
                 return c
+        if parts[-1] in SYSTEM_COLUMNS and entry.relation is not None:
+            return ColumnLineage(parts[-1])  # row identity (ctid, xmin...), no column's data
         if len(parts) == 2:
             raise LineageUnknown(f"column {'.'.join(parts)!r} is not found")
         return ColumnLineage(parts[-1], entry.everything)

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
+from dataclasses import replace
 from typing import Mapping, Protocol, Sequence
 
 from jitgate.masking import columns as column_maskers
-from jitgate.masking.copy import CopyPlan
+from jitgate.masking.copy import BinaryCopyPlan, CopyPlan
 from jitgate.masking.errors import MaskingRefused
 from jitgate.masking.lineage import StatementLineage
 from jitgate.masking.rows import RowPlan
@@ -194,6 +195,8 @@ class Masker:
         delimiter: str | None = None,
         null: str | None = None,
         header: bool = False,
+        quote: str | None = None,
+        escape: str | None = None,
     ) -> CopyPlan | None:
         """A plan for the rows of ``COPY ... TO STDOUT``; None when nothing can need masking.
 
@@ -207,16 +210,10 @@ class Masker:
             return None
         if format == "binary":
             raise MaskingRefused(
-                "COPY ... TO STDOUT (FORMAT binary) cannot be masked on this target: "
+                "COPY ... TO STDOUT (FORMAT binary) cannot be masked without the columns' types: "
                 "use FORMAT text or FORMAT csv, or SELECT the rows"
             )
-        if format not in ("text", "csv"):
-            raise MaskingRefused(f"unknown COPY format {format!r}; use text or csv")
-        csv = format == "csv"
-        delimiter_b = (delimiter if delimiter is not None else ("," if csv else "\t")).encode()
-        null_b = (null if null is not None else ("" if csv else "\\N")).encode()
-        if len(delimiter_b) != 1:
-            raise MaskingRefused("COPY delimiter must be a single one-byte character")
+        text_options = _copy_text_options(format, delimiter, null, quote, escape)
         if type_oids is not None and (column_names is None or len(type_oids) != len(column_names)):
             raise ValueError("type_oids must give one type per copied column")
         maskers: dict[int, column_maskers.ValueMasker] = {}
@@ -241,7 +238,37 @@ class Masker:
                     maskers[index] = masker
         if not maskers and every_field is None:
             return None
-        return CopyPlan(maskers, every_field, csv=csv, delimiter=delimiter_b, null=null_b, header=header)
+        return CopyPlan(maskers, every_field, header=header, **text_options)
+
+    def plan_copy_fields(
+        self,
+        fields: Sequence[FieldLike],
+        table_names: Mapping[int, str],
+        column_names: Mapping[tuple[int, int], str] | None,
+        lineage: StatementLineage | None,
+        *,
+        format: str = "text",
+        delimiter: str | None = None,
+        null: str | None = None,
+        header: bool = False,
+        quote: str | None = None,
+        escape: str | None = None,
+    ) -> CopyPlan | BinaryCopyPlan | None:
+        """A COPY TO STDOUT plan from the copied columns as the catalog (or a Describe) knows
+        them: the same decisions as ``plan`` makes for a result with these columns, lineage
+        included, applied to text, CSV or binary COPY data."""
+        if not self._rules:
+            return None
+        binary = format == "binary"
+        text_options = None if binary else _copy_text_options(format, delimiter, null, quote, escape)
+        fields = [replace(f, format=1 if binary else 0) for f in fields]
+        rows = self.plan(fields, table_names, column_names, lineage)
+        if rows is None:
+            return None
+        maskers = dict(rows.steps)
+        if binary:
+            return BinaryCopyPlan(maskers, len(fields))
+        return CopyPlan(maskers, None, header=header, **text_options)
 
     # --- free text ---
 
@@ -404,3 +431,23 @@ def _find_all(text: str, needle: str):
         yield i
         i = text.find(needle, i + 1)
 
+
+def _copy_text_options(format: str, delimiter, null, quote, escape) -> dict:
+    """CopyPlan's options for text or CSV COPY, checked as PostgreSQL checks them."""
+    if format not in ("text", "csv"):
+        raise MaskingRefused(f"unknown COPY format {format!r}; use text, csv or binary")
+    csv = format == "csv"
+    if not csv and (quote is not None or escape is not None):
+        raise MaskingRefused("COPY QUOTE and ESCAPE are only available in CSV mode")
+    delimiter_b = (delimiter if delimiter is not None else ("," if csv else "\t")).encode()
+    null_b = (null if null is not None else ("" if csv else "\\N")).encode()
+    quote_b = (quote if quote is not None else '"').encode()
+    escape_b = escape.encode() if escape is not None else quote_b
+    for name, value in (("DELIMITER", delimiter_b), ("QUOTE", quote_b), ("ESCAPE", escape_b)):
+        if len(value) != 1:
+            raise MaskingRefused(f"COPY {name} must be a single one-byte character")
+    if delimiter_b in (b"\n", b"\r") or (not csv and delimiter_b == b"\\"):
+        raise MaskingRefused("COPY DELIMITER cannot be newline, carriage return or (text) backslash")
+    if csv and (delimiter_b == quote_b or delimiter_b in null_b or quote_b in null_b):
+        raise MaskingRefused("COPY DELIMITER, QUOTE and NULL must not overlap")
+    return {"csv": csv, "delimiter": delimiter_b, "null": null_b, "quote": quote_b, "escape": escape_b}

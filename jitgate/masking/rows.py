@@ -43,6 +43,11 @@ class RowPlan:
         # Column indexes whose value some row actually changed: what ``masked_columns`` reports.
         self.changed: set[int] = set()
 
+    @property
+    def steps(self) -> tuple:
+        """(column index, masker) per masked column."""
+        return self._steps
+
     def report(self, names: Sequence[str]) -> list[dict]:
         """The columns whose values were masked, each with the rule that masked it."""
         return [{"column": names[i], "rule": self.reasons.get(i, "")} for i in sorted(self.changed) if i < len(names)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 
@@ -68,20 +69,98 @@ def test_psycopg_masked_in_both_formats(broker_dsn, binary):
     assert profile["phones"] == ["[phone]"]
 
 
-def test_copy_to_stdout_is_masked_and_unnamed_columns_refused(broker_dsn):
-    with psycopg.connect(broker_dsn()) as conn:
+def _copy_out(dsn: str, sql: str) -> bytes:
+    with psycopg.connect(dsn) as conn:
         out = bytearray()
-        with conn.cursor().copy("COPY customers (id, email, notes) TO STDOUT") as copy:
+        with conn.cursor().copy(sql) as copy:
             for chunk in copy:
                 out += chunk
-        text = bytes(out).decode()
-        assert text.count("\n") == 5 and "***@example.com" in text
-        assert not any(e in text for e in EMAILS)
-        with pytest.raises(psycopg.Error) as err:
-            with conn.cursor().copy("COPY customers TO STDOUT") as copy:
-                for _ in copy:
-                    pass
-        assert "list the columns" in str(err.value)
+    return bytes(out)
+
+
+def _direct(stack) -> str:
+    return (f"host=127.0.0.1 port={stack.pg.port} dbname=demo user=jitgate_broker "
+            f"password={stack.pg.broker_password} sslmode=disable")
+
+
+def test_copy_to_stdout_is_masked_with_and_without_a_column_list(broker_dsn):
+    text = _copy_out(broker_dsn(), "COPY customers (id, email, notes) TO STDOUT").decode()
+    assert text.count("\n") == 5 and "***@example.com" in text
+    assert not any(e in text for e in EMAILS)
+    # No column list: the columns come from the catalog, masked like SELECT * (ids and names intact).
+    whole = _copy_out(broker_dsn(), "COPY customers TO STDOUT").decode()
+    assert whole.count("\n") == 5 and "1\tAda Lovelace\t***@example.com\t" in whole
+    for value in EMAILS + CARDS + SECRETS_IN_TEXT:
+        assert value not in whole, value
+    # A query: its lineage decides, as for SELECT.
+    derived = _copy_out(broker_dsn(), "COPY (SELECT id, reverse(email) FROM customers ORDER BY id) TO STDOUT").decode()
+    assert derived.splitlines()[0] == "1\t[redacted]"
+
+
+def test_binary_copy_is_masked(broker_dsn):
+    data = _copy_out(broker_dsn(), "COPY customers (id, email, card_number) TO STDOUT (FORMAT binary)")
+    assert data.startswith(b"PGCOPY\n\xff\r\n\x00") and data.endswith(b"\xff\xff")
+    assert b"***@example.com" in data
+    for value in EMAILS + CARDS:
+        assert value.encode() not in data, value
+    whole = _copy_out(broker_dsn(), "COPY customers TO STDOUT (FORMAT binary)")
+    for value in EMAILS + CARDS + SECRETS_IN_TEXT:
+        assert value.encode() not in whole, value
+
+
+@pytest.mark.parametrize("options", [
+    "FORMAT csv, DELIMITER ';', QUOTE '''', ESCAPE '\\', NULL 'NIL', HEADER true",
+    "FORMAT csv, QUOTE '|', HEADER on",
+    "FORMAT csv, DELIMITER '@', ESCAPE '!'",
+    "FORMAT text, DELIMITER '@', NULL 'nothing', HEADER false",
+    "FORMAT text, DELIMITER ',', HEADER 1",
+])
+def test_copy_options_are_honoured(stack, broker_dsn, options):
+    # Plain values that hold every delimiter, quote and escape character in play.
+    sql = ("COPY (SELECT id, full_name || ';,''\"|\\!@' || chr(9) AS tricky, email, NULL::text AS nothing "
+           f"FROM customers ORDER BY id) TO STDOUT ({options})")
+    clear = _copy_out(_direct(stack), sql)
+    masked = _copy_out(broker_dsn(), sql)
+    clear_lines, masked_lines = clear.split(b"\n"), masked.split(b"\n")
+    assert len(clear_lines) == len(masked_lines)
+    for value in EMAILS:
+        assert value.encode() not in masked, (options, value)
+    seen = 0
+    for c, m in zip(clear_lines, masked_lines):
+        # Masking only touches the email field: everything around it is byte for byte the server's.
+        for email in EMAILS:
+            # Text format escapes a delimiter inside a value with a backslash.
+            written = email.replace("@", "\\@") if "text, DELIMITER '@'" in options else email
+            at = c.find(written.encode())
+            if at >= 0:
+                seen += 1
+                assert m.startswith(c[:at]) and m.endswith(c[at + len(written):]), (options, c, m)
+                assert b"***" in m and b"example.com" in m, (options, m)
+    assert seen == 5
+
+
+def test_copy_header_false_does_not_skip_masking(broker_dsn):
+    for flag in ("false", "off", "0"):
+        text = _copy_out(broker_dsn(), f"COPY customers (email) TO STDOUT (FORMAT csv, HEADER {flag})").decode()
+        assert not any(e in text for e in EMAILS), (flag, text)
+
+
+def test_copy_options_the_masker_does_not_implement_are_refused(broker_dsn):
+    with pytest.raises(psycopg.Error) as err:
+        _copy_out(broker_dsn(), "COPY customers (email) TO STDOUT (FORMAT csv, ENCODING 'LATIN1')")
+    assert "ENCODING" in str(err.value)
+
+
+def test_pg_dump_works_for_a_masked_user(stack, token):
+    env = {**os.environ, "PGPASSWORD": token(), "PGSSLMODE": "require"}
+    argv = ["pg_dump", "-h", "127.0.0.1", "-p", str(stack.broker_port), "-U", "alice@example.com", "-d", "demo"]
+    result = subprocess.run(argv + ["-t", "customers", "-t", "orders"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "COPY public.customers" in result.stdout and "Ada Lovelace" in result.stdout
+    for value in EMAILS + CARDS + SECRETS_IN_TEXT:
+        assert value not in result.stdout, value
+    custom = subprocess.run(argv + ["-t", "customers", "-Fc"], capture_output=True, env=env, timeout=120)
+    assert custom.returncode == 0, custom.stderr[-2000:]
 
 
 def test_error_detail_is_masked(broker_dsn):
