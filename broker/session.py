@@ -110,6 +110,12 @@ class Session:
     def decide_sql(self, sql: str) -> Verdict:
         return self._decide(*_reasons(classify_sql_in_session(sql, self.prepared)), what="statement")
 
+    async def decide_sql_async(self, sql: str) -> Verdict:
+        """decide_sql for the event loop: long text is classified in a worker process with a time limit."""
+        from broker.sql_worker import classify_in_session  # noqa: PLC0415 - broker-only, keeps the import light
+
+        return self._decide(*_reasons(await classify_in_session(sql, self.prepared)), what="statement")
+
     def decide_command(self, command: str | list[str]) -> Verdict:
         """Exec commands (SSH exec, kubectl exec) through the shell guardrails."""
         return self._decide(*classify_command(command), what="command")
@@ -226,6 +232,8 @@ class Session:
         log(logger, logging.INFO, "session ended", session_id=self.session_id, reason=reason, statements=self.statements)
 
 
-def new_backend_key() -> tuple[int, bytes]:
-    """The (pid, secret) the client sees instead of the upstream's."""
-    return secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4)
+def new_backend_key(pid: int | None = None) -> tuple[int, bytes]:
+    """The (pid, secret) the client sees. The pid is the upstream's real one when known, so
+    ``pg_terminate_backend(pid)`` and NOTIFY sender pids match; the secret is always the
+    broker's own, so a cancel key never reaches the client."""
+    return (pid if pid is not None else secrets.randbelow(2**31 - 1) + 1), secrets.token_bytes(4)

@@ -262,6 +262,28 @@ def cmd_policy_check(args) -> int:
     return 0
 
 
+def cmd_policy_explain(args) -> int:
+    """Print what the policy decides for one statement (JSON), without running it."""
+    from jitgate.policy import PolicyError, load_policy
+    from jitgate.policy_explain import ExplainError, explain_sql
+
+    location = args.policy or _settings(args).policy_path
+    try:
+        policy = load_policy(location)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    groups = frozenset(g.strip() for g in (args.groups or "").split(",") if g.strip())
+    try:
+        if args.sql is not None:
+            answer = explain_sql(policy, args.target, args.user, groups, args.sql)
+    except ExplainError as exc:
+        print(f"jitgate policy explain: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(answer, indent=2, ensure_ascii=False))
+    return 0
+
+
 def cmd_broker(args) -> int:
     from broker.main import main as broker_main
 
@@ -328,6 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     pc = psub.add_parser("check", help="validate a policy file")
     pc.add_argument("path")
     pc.set_defaults(func=cmd_policy_check)
+    pe = psub.add_parser("explain", help="print the classes, reasons and decision for a statement (JSON); runs nothing")
+    pe.add_argument("--target", required=True, help="target name in the policy")
+    pe.add_argument("--user", required=True, help="who asks (the IdP username, e.g. alice@example.com)")
+    pe.add_argument("--groups", default="", help="comma-separated groups of that user, e.g. sre,dba")
+    pe.add_argument("--policy", help="policy file (default: $JITGATE_POLICY or the local stack's)")
+    what = pe.add_mutually_exclusive_group(required=True)
+    what.add_argument("--sql", help="a SQL text as a client would send it (one or more statements)")
+    pe.set_defaults(func=cmd_policy_explain)
 
     p = sub.add_parser("broker", help="run the broker (settings from JITGATE_* variables)")
     p.add_argument("rest", nargs=argparse.REMAINDER)

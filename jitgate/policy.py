@@ -37,6 +37,7 @@ SQL_CLASSES = (
     "transaction",
     "session",
     "unclassified",
+    "pinned_setting",
 )
 EXEC_CLASSES = (
     "command",
@@ -75,7 +76,23 @@ DEFAULT_GUARDRAILS: dict[str, str] = {
     "package_change": "approve",
     "system_write": "approve",
     "unclassified": "deny",
+    "pinned_setting": "deny",
 }
+
+# --- classes no policy can open ---------------------------------------------------
+# pinned_setting: a change of a setting that decides how PostgreSQL reads SQL text
+# (standard_conforming_strings, client_encoding, backslash_quote). The SQL guardrails
+# are only right while these keep the values the gateway pins, so it is always refused.
+ALWAYS_DENIED = {
+    "pinned_setting": "the SQL guardrails read statements under the pinned lexing settings "
+                      "(standard_conforming_strings, client_encoding, backslash_quote), so changing them is always refused",
+}
+
+
+def _check_not_always_denied(value: dict[str, str]) -> None:
+    for klass, action in value.items():
+        if klass in ALWAYS_DENIED and action != "deny":
+            raise ValueError(f"guardrail class {klass!r} cannot be set to {action!r}: {ALWAYS_DENIED[klass]}")
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -258,6 +275,8 @@ class Target(_Strict):
         Overrides apply when the caller is in one of their groups; the most
         permissive matching override wins (allow > approve > deny).
         """
+        if klass in ALWAYS_DENIED:
+            return "deny"
         base = self.guardrails.get(klass, DEFAULT_GUARDRAILS.get(klass, "deny"))
         best = None
         rank = {"deny": 0, "approve": 1, "allow": 2}
@@ -340,6 +359,7 @@ class PolicyError(ValueError):
 
 
 def _check_classes(value: dict[str, str]) -> dict[str, str]:
+    _check_not_always_denied(value)
     for klass in value:
         if klass not in ALL_CLASSES:
             hint = difflib.get_close_matches(klass, ALL_CLASSES, n=1)

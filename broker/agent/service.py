@@ -414,7 +414,7 @@ class AgentService:
             session.recorder.event("agent.request", via=via, operation="query", target=target_name,
                                    sql=session.mask_for_record(sql), params=len(params), max_rows=max_rows,
                                    max_bytes=max_bytes, timeout_s=timeout, wait_s=wait)
-            verdict = session.decide_sql(sql)
+            verdict = await session.decide_sql_async(sql)
             verdict = await self._decide(handle, statement, verdict, wait)
             if verdict.action == "approve":
                 session.record_statement(sql, protocol="agent", verdict=verdict, params=params)

@@ -187,8 +187,10 @@ class MessageReader:
         (length,) = _I32.unpack_from(self._buf, 1)
         return self._buf[0], length + 1
 
-    def take(self, size: int) -> bytes:
-        """Remove and return up to ``size`` buffered bytes (a message being streamed through)."""
+    def take(self, size: int | None = None) -> bytes:
+        """Remove and return up to ``size`` buffered bytes (a message being streamed through);
+        every buffered byte, an incomplete message too, when ``size`` is None."""
+        size = len(self._buf) if size is None else size
         data = bytes(self._buf[:size])
         del self._buf[:size]
         return data

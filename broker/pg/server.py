@@ -30,6 +30,7 @@ from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.session import Session, Verdict, new_backend_key
 from jitgate.masking import MalformedRow, MaskingRefused, apply_result_formats
 from jitgate.backends import Backends
+from jitgate.guardrails.pinned import PINNED_SETTINGS, startup_refusal, unexpected_report
 from jitgate.logs import log
 from jitgate.policy import PolicyHolder, Target
 from jitgate.recording.spool import describe_params
@@ -57,6 +58,10 @@ FORWARDED_PARAMS = {
     "idle_in_transaction_session_timeout",
 }
 READ_SIZE = 256 * 1024
+
+
+class UnexpectedSetting(Exception):
+    """The server reported a value of a pinned lexing setting that the gateway did not expect."""
 
 
 class ClientError(Exception):
@@ -176,6 +181,8 @@ class PgConnection:
         self.statement_lineages: dict[str, object] = {}
         self.copy_plan = None
         self._closing_reason: str | None = None
+        # Client bytes read together with an earlier message, not yet handled.
+        self.early = b""
 
     # -- helpers --------------------------------------------------------------------
 
@@ -212,6 +219,7 @@ class PgConnection:
                 continue
             msg, used = parsed
             del buf[:used]
+            self.early = bytes(buf)  # a client may pipeline its password (and more) after the startup packet
             if isinstance(msg, codec.SSLRequest):
                 if buf:
                     raise codec.ProtocolError("data received after SSLRequest before the TLS handshake")
@@ -228,12 +236,15 @@ class PgConnection:
             return msg
 
     async def _read_message(self, reader: codec.MessageReader, stream: asyncio.StreamReader, timeout: float = 60):
+        """The client's next message; bytes after it stay in ``self.early`` for the relay."""
+        reader.feed(self.early)
+        self.early = b""
         while True:
-            messages = reader.messages()
-            if messages:
-                if len(messages) > 1:
-                    raise codec.ProtocolError("unexpected pipelined messages during authentication")
-                return messages[0]
+            data, spans = reader.spans()
+            if spans:
+                kind, start, end = spans[0]
+                self.early = data[end:] + reader.take()
+                return chr(kind), data[start + 5 : end]
             chunk = await asyncio.wait_for(stream.read(READ_SIZE), timeout=timeout)
             if not chunk:
                 raise ConnectionError("peer closed the connection")
@@ -289,6 +300,9 @@ class PgConnection:
                 "jitgate: TLS is required; connect with sslmode=require (or prefer)", "28000",
                 hint="psql \"host=... sslmode=require\"",
             )
+        refusal = startup_refusal(startup.params)
+        if refusal:
+            raise ClientError(f"jitgate: {refusal}", "22023")
         target_name = startup.database
         user = startup.user
         if not user:
@@ -319,8 +333,9 @@ class PgConnection:
         self.session.recorder.batching = True
         self.session.notify = self._notice
         self.session.use_masking(self.broker.masker_factory)
-        params = {k: v for k, v in startup.params.items() if k.lower() in FORWARDED_PARAMS}
-        await self._connect_upstream(target, params)
+        # The settings that decide how the server reads SQL are the gateway's, not the client's.
+        params = {k: v for k, v in startup.params.items() if k.lower() in FORWARDED_PARAMS and k.lower() not in PINNED_SETTINGS}
+        await self._connect_upstream(target, {**params, **PINNED_SETTINGS})
 
     async def _connect_upstream(self, target: Target, params: dict[str, str]) -> None:
         try:
@@ -341,10 +356,17 @@ class PgConnection:
         finally:
             del password
         self.u_reader, self.u_writer = upstream.reader, upstream.writer
+        for raw in upstream.messages:
+            if raw[:1] == b"S":
+                problem = unexpected_report(*codec.parse_parameter_status(raw[5:]))
+                if problem:
+                    raise ClientError(f"jitgate: target {name!r}: {problem}", "08P01")
         to_client = [codec.AUTHENTICATION_OK, *upstream.messages]
         if upstream.key is not None:
             self.upstream_key = upstream.key
-            self.key = new_backend_key()
+            self.key = new_backend_key(upstream.key.pid)
+            while self.key in self.broker.cancel_routes:  # same pid on another target, same secret: draw again
+                self.key = new_backend_key(upstream.key.pid)
             self.broker.cancel_routes[self.key] = CancelRoute(target.host, target.port, upstream.key.pid, upstream.key.secret, self)
             to_client.append(codec.build_backend_key(*self.key))
         # The session id, so clients and agents can cite their recording.
@@ -409,6 +431,10 @@ class PgConnection:
                 await self._refuse(f"jitgate: upstream protocol error: {exc}", "08P01")
             elif isinstance(exc, MaskingRefused):
                 await self._refuse(f"jitgate: {exc}", "42501")
+            elif isinstance(exc, UnexpectedSetting):
+                log(logger, logging.ERROR, "pinned setting changed upstream; session ended",
+                    session_id=self.session.session_id, reason=str(exc))
+                await self._refuse(f"jitgate: {exc}", "08P01")
             self.c_writer.close()
             client_task.cancel()
             await asyncio.gather(client_task, return_exceptions=True)
@@ -430,7 +456,7 @@ class PgConnection:
         return f"jitgate_refused_{secrets.token_hex(6)}"
 
     async def _gate(self, sql: str, protocol: str) -> Verdict:
-        verdict = self.session.decide_sql(sql)
+        verdict = await self.session.decide_sql_async(sql)
         if verdict.action == "approve":
             verdict = await self.hold_for(sql, verdict)
         return verdict
@@ -455,7 +481,7 @@ class PgConnection:
         writer = self.u_writer
         while True:
             try:
-                chunk = await self.c_reader.read(READ_SIZE)
+                chunk, self.early = (self.early, b"") if self.early else (await self.c_reader.read(READ_SIZE), b"")
             except (ConnectionError, OSError) as exc:
                 return f"client connection lost: {type(exc).__name__}"
             if not chunk:
@@ -478,7 +504,7 @@ class PgConnection:
             for kind, start, end in spans:
                 if kind == 0x51:  # 'Q'
                     sql = codec.parse_query(memoryview(data)[start + 5 : end].tobytes()).sql
-                    verdict = session.decide_sql(sql)
+                    verdict = await session.decide_sql_async(sql)
                     if verdict.action == "approve":
                         session.recorder.flush()  # spooled before it goes upstream
                         writer.write(out)
@@ -505,7 +531,7 @@ class PgConnection:
                         out += codec.build_query(marker)
                 elif kind == 0x50:  # 'P'
                     parse = codec.parse_parse(data[start + 5 : end])
-                    verdict = session.decide_sql(parse.sql)
+                    verdict = await session.decide_sql_async(parse.sql)
                     if verdict.action == "approve":
                         session.recorder.flush()  # spooled before it goes upstream
                         writer.write(out)
@@ -707,6 +733,10 @@ class PgConnection:
                         pending[0].tags.append("PORTAL SUSPENDED" if kind == 0x73 else "EMPTY QUERY")
                         if not pending[0].simple:
                             self._finish(pending.popleft())
+                elif kind == 0x53:  # 'S' ParameterStatus: a pinned lexing setting must never move
+                    problem = unexpected_report(*codec.parse_parameter_status(data[start + 5 : end]))
+                    if problem:
+                        raise UnexpectedSetting(problem)
                 elif kind == 0x4E:  # 'N' NoticeResponse
                     if masker is not None:
                         if parts is None:

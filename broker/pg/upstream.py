@@ -7,6 +7,7 @@ TCP, the target's TLS mode, the startup packet, and the authentication exchange
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 
 from broker.pg import codec
@@ -29,6 +30,29 @@ class UpstreamLoginError(Exception):
         super().__init__(message)
         self.code = code
         self.upstream_fields = upstream_fields or {}
+
+
+# SQLSTATEs of PostgreSQL's answer to a bad credential (28P01 invalid_password, 28000
+# invalid_authorization_specification): only these mean the held credential must change.
+_CREDENTIAL_REFUSED = ("28P01", "28000")
+
+
+def login_refusal(fields: dict[str, str]) -> UpstreamLoginError:
+    """The client's error for an ErrorResponse during the held-credential login.
+
+    A bad credential is the administrator's to fix; anything else (53300 too many
+    connections, 57P03 the server is starting up, 3D000 no such database) passes
+    through with the server's SQLSTATE and reason, so pools retry what is retryable.
+    """
+    code = fields.get("C", "")
+    if not re.fullmatch(r"[0-9A-Z]{5}", code):
+        code = ""  # not a SQLSTATE: never pass arbitrary upstream text as one
+    if code in _CREDENTIAL_REFUSED or not code:
+        return UpstreamLoginError(
+            f"the target refused the gateway's held credential (upstream SQLSTATE {code or '?'}); "
+            "an administrator must rotate or fix it", "28000", upstream_fields=fields)
+    return UpstreamLoginError(f"the target refused the connection: {fields.get('M', 'no reason given')[:500]} "
+                              f"(upstream SQLSTATE {code})", code, upstream_fields=fields)
 
 
 @dataclass
@@ -103,10 +127,7 @@ async def _login(target, password, params, reader, writer, timeout, max_scram_it
                     writer.write(reply)
                     await writer.drain()
             elif kind == "E":
-                fields = codec.parse_fields(payload)
-                raise UpstreamLoginError(
-                    f"the target refused the gateway's held credential (upstream SQLSTATE {fields.get('C', '?')}); "
-                    "an administrator must rotate or fix it", "28000", upstream_fields=fields)
+                raise login_refusal(codec.parse_fields(payload))
             elif kind == "K":
                 connection.key = codec.parse_backend_key(payload)
             elif kind in ("S", "N"):

@@ -42,6 +42,9 @@ from pglast.stream import RawStream
 from pglast import ast, enums, parse_sql
 from pglast.parser import normalize as pg_normalize
 
+from jitgate.guardrails.pinned import PINNED_SETTINGS, is_pinned_value
+from jitgate.guardrails.pinned import refusal as pinned_refusal
+
 __all__ = [
     "Classification",
     "StatementVerdict",
@@ -458,24 +461,23 @@ def _on_function_call(node: ast.FuncCall, out: _Findings) -> None:
 
 
 def _set_config_literal(node: ast.FuncCall, out: _Findings) -> bool:
-    """set_config('name', ...) with a literal name is SET in function form: classify it as SET.
+    """set_config('name', value, is_local) is SET in function form: classified exactly like SET.
 
-    pg_dump and many drivers open with ``set_config('search_path', '', false)``;
-    a name that is not a literal stays a side effect (it could name any setting).
+    pg_dump and many drivers open with ``set_config('search_path', '', false)``.
+    A name that is not a literal could name any setting, a pinned one included:
+    the gateway cannot tell what it changes, so it is ``unclassified``.
     """
+    out.literal_sensitive = True
     args = node.args or ()
     first = args[0] if args else None
     value = getattr(first, "val", None) if isinstance(first, ast.A_Const) else None
     if not isinstance(value, ast.String):
-        return False
+        out.add("unclassified", "set_config() with a setting name computed when it runs "
+                                "(the gateway cannot tell which setting it changes; write SET name = value)")
+        return True
     setting = value.sval.lower()
-    out.literal_sensitive = True
-    if setting in _PRIVILEGE_SETTINGS:
-        out.add("privilege", f"set_config({setting}) changes the acting role")
-    elif setting in _SERVER_ADMIN_SETTINGS or setting.startswith(_SERVER_ADMIN_SETTING_PREFIXES):
-        out.add("server_admin", f"set_config({setting}) weakens integrity, security or auditing")
-    else:
-        out.add("session", f"set_config({setting})")
+    new_value = _const_text(args[1]) if len(args) > 1 else None
+    _setting_change(setting, [new_value], f"set_config({setting!r})", out)
     return True
 
 
@@ -654,15 +656,19 @@ def _explain(node: ast.ExplainStmt, out: _Findings, top: bool, ctx: _Context) ->
 
 
 def _explain_runs_query(options: Iterable[object] | None) -> bool:
+    """Whether EXPLAIN runs its statement. Like PostgreSQL, the last ANALYZE option wins:
+    ``EXPLAIN (ANALYZE false, ANALYZE true) DELETE ...`` runs the DELETE."""
+    runs = False
     for option in options or ():
         if isinstance(option, ast.DefElem) and option.defname in ("analyze", "analyse"):
             value = option.arg
             if value is None:
-                return True
+                runs = True
+                continue
             text = str(getattr(value, "sval", getattr(value, "ival", getattr(value, "boolval", "")))).lower()
             # Anything but an explicit "off" means ANALYZE (fail closed).
-            return text not in ("false", "off", "0", "no")
-    return False
+            runs = text not in ("false", "off", "0", "no", "f", "n", "of", "fa", "fal", "fals")
+    return runs
 
 
 def _prepare(node: ast.PrepareStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
@@ -700,25 +706,71 @@ def _transaction(node: ast.TransactionStmt, out: _Findings, top: bool, ctx: _Con
     return None
 
 
+def _const_text(node: object) -> str | None:
+    """The text of a constant as PostgreSQL would read it for a setting; None when not a constant."""
+    if isinstance(node, ast.TypeCast):
+        node = node.arg  # 'off'::text is still the constant 'off'
+    if not isinstance(node, ast.A_Const) or node.isnull:
+        return None
+    value = node.val
+    for attr in ("sval", "fval", "ival", "boolval"):
+        if hasattr(value, attr):
+            found = getattr(value, attr)
+            if isinstance(found, bool):
+                return "on" if found else "off"
+            return str(found)
+    return None
+
+
+def _setting_change(setting: str, values: list[str | None], how: str, out: _Findings) -> None:
+    """One rule for every way of setting a value: SET, SET LOCAL, set_config, SET NAMES."""
+    if setting in PINNED_SETTINGS:
+        out.literal_sensitive = True  # the value decides: never share a verdict by shape
+        if len(values) == 1 and values[0] is not None and is_pinned_value(setting, values[0]):
+            out.add("session", f"{how} keeps the pinned value")
+        else:
+            value = values[0] if len(values) == 1 else None
+            out.add("pinned_setting", pinned_refusal(setting, value, how))
+    elif setting in _PRIVILEGE_SETTINGS:
+        out.add("privilege", f"{how} changes the acting role")
+    elif setting in _SERVER_ADMIN_SETTINGS or setting.startswith(_SERVER_ADMIN_SETTING_PREFIXES):
+        out.add("server_admin", f"{how} weakens integrity, security or auditing")
+    else:
+        out.add("session", how)
+
+
 def _set(node: ast.VariableSetStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
     kind = node.kind
     if kind == enums.VariableSetKind.VAR_RESET_ALL:
+        # Back to the session defaults, and the pinned settings' defaults are the values
+        # the gateway sent in the startup packet.
         out.add("session", "RESET ALL")
         return None
     name = node.name or ""
-    verb = "RESET" if kind == enums.VariableSetKind.VAR_RESET else "SET"
     setting = name.lower()
     if kind == enums.VariableSetKind.VAR_SET_MULTI:
         # SET TRANSACTION ... / SET SESSION CHARACTERISTICS AS TRANSACTION ...
         label = "transaction" if name == "TRANSACTION" else "session"
         out.add(label, f"SET {name}")
-    elif setting in _PRIVILEGE_SETTINGS:
-        out.add("privilege", f"{verb} {setting} changes the acting role")
-    elif setting in _SERVER_ADMIN_SETTINGS or setting.startswith(_SERVER_ADMIN_SETTING_PREFIXES):
-        out.add("server_admin", f"{verb} {setting} weakens integrity, security or auditing")
+    elif kind in (enums.VariableSetKind.VAR_RESET, enums.VariableSetKind.VAR_SET_DEFAULT) and setting in PINNED_SETTINGS:
+        out.add("session", f"RESET {setting} returns to the value the gateway pinned at login")
+    elif kind == enums.VariableSetKind.VAR_SET_VALUE:
+        local = "SET LOCAL" if node.is_local else "SET"
+        _setting_change(setting, [_const_text(a) for a in node.args or ()], f"{local} {setting}", out)
     else:
-        out.add("session", f"{verb} {setting}")
+        verb = "RESET" if kind == enums.VariableSetKind.VAR_RESET else "SET"
+        _setting_change(setting, [None], f"{verb} {setting}", out)
     return None
+
+
+def _nested_setting(setstmt: object, what: str, out: _Findings) -> None:
+    """ALTER ROLE/DATABASE/SYSTEM ... SET of a pinned setting is refused like SET itself."""
+    name = (getattr(setstmt, "name", None) or "").lower()
+    if name in PINNED_SETTINGS and getattr(setstmt, "kind", None) == enums.VariableSetKind.VAR_SET_VALUE:
+        out.literal_sensitive = True
+        values = [_const_text(a) for a in setstmt.args or ()]
+        if not (len(values) == 1 and values[0] is not None and is_pinned_value(name, values[0])):
+            out.add("pinned_setting", pinned_refusal(name, values[0] if len(values) == 1 else None, f"{what} ... SET {name}"))
 
 
 def _alter_table(node: ast.AlterTableStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
@@ -801,17 +853,20 @@ def _lock(node: ast.LockStmt, out: _Findings, top: bool, ctx: _Context) -> _Desc
 
 def _alter_database_set(node: ast.AlterDatabaseSetStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
     out.add("server_admin", f"ALTER DATABASE {node.dbname} SET")
+    _nested_setting(node.setstmt, f"ALTER DATABASE {node.dbname}", out)
     return []  # the nested SET is the database default, not this session's
 
 
 def _alter_role_set(node: ast.AlterRoleSetStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
     out.add("privilege", "ALTER ROLE ... SET changes a role's defaults")
+    _nested_setting(node.setstmt, "ALTER ROLE", out)
     return []
 
 
 def _alter_system(node: ast.AlterSystemStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
     setting = getattr(node.setstmt, "name", None) or "ALL"
     out.add("server_admin", f"ALTER SYSTEM {setting} rewrites postgresql.auto.conf")
+    _nested_setting(node.setstmt, "ALTER SYSTEM", out)
     return []
 
 
@@ -968,12 +1023,34 @@ _UNCLASSIFIED = frozenset({"unclassified"})
 _EMPTY = Classification(frozenset({"read"}), (), None)
 
 
+# The parser's time grows faster than linearly on some inputs (long operator chains:
+# "SELECT " + "+x" * n takes about 1 s at 16 KB), so text over this size is not parsed
+# at all: it is ``unclassified`` and the policy decides (refused by default). 256 KiB
+# holds any hand-written or ORM statement; bulk loads belong in COPY.
+MAX_CLASSIFIED_BYTES = 256 * 1024
+
+
+def too_long(sql: str) -> Classification | None:
+    """The verdict for text over MAX_CLASSIFIED_BYTES, or None when it may be parsed."""
+    if len(sql) * 4 <= MAX_CLASSIFIED_BYTES:  # 4 bytes per character at most: no need to encode
+        return None
+    size = len(sql.encode("utf-8", "surrogatepass"))
+    if size <= MAX_CLASSIFIED_BYTES:
+        return None
+    error = (f"the statement is {size} bytes, over the {MAX_CLASSIFIED_BYTES}-byte limit of what the gateway "
+             "classifies; split it into smaller statements, or load bulk data with COPY")
+    return Classification(_UNCLASSIFIED, (StatementVerdict(sql[:200] + "...", _UNCLASSIFIED, (error,)),), error)
+
+
 def classify_sql(sql: str) -> Classification:
     """Classify every statement of a simple Query or an extended-protocol Parse.
 
     Repeated texts (the usual case for prepared statements and benchmarks) are
     answered from an LRU cache; results are immutable, so sharing is safe.
     """
+    over = too_long(sql)
+    if over is not None:
+        return over
     if len(sql) > _CACHEABLE_LENGTH:
         return _classify_uncached(sql)
     return _classify_cached(sql)
@@ -1033,6 +1110,9 @@ def classify_sql_in_session(sql: str, prepared: dict[str, tuple[frozenset[str], 
     lowered = sql.lower()
     if "execute" not in lowered and "prepare" not in lowered:
         return classify_sql(sql)
+    over = too_long(sql)
+    if over is not None:
+        return over
     return _classify_uncached(sql, prepared)
 
 

@@ -73,7 +73,8 @@ CORPUS: list[tuple[str, set[str]]] = [
     ("SET row_security = off", {"session"}),  # pg_dump: fail rather than silently filter
     ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", {"session"}),
     ("SELECT set_config('log_statement', 'none', false)", {R, "server_admin"}),
-    ("SELECT set_config(name, 'x', false) FROM pg_settings", {R, SIDE}),
+    # a setting name known only at run time could be a pinned one: unclassified
+    ("SELECT set_config(name, 'x', false) FROM pg_settings", {R, "unclassified"}),
     ("SELECT id FROM orders WHERE lo_import('/etc/passwd') > 0", {R, SIDE}),
     ("SELECT * FROM (SELECT dblink_exec('host=evil', 'DROP TABLE x')) s", {R, SIDE}),
     ("SELECT * FROM pg_ls_dir('.')", {R, SIDE}),
@@ -150,6 +151,35 @@ CORPUS: list[tuple[str, set[str]]] = [
     ("PREPARE p AS DELETE FROM orders; EXECUTE p", {"session", U}),
     ("EXECUTE p(1)", {"unclassified"}),
     ("EXPLAIN ANALYZE EXECUTE p", {R, "unclassified"}),
+    # settings that decide how the server reads SQL are pinned (issue 12)
+    ("SET standard_conforming_strings = off", {"pinned_setting"}),
+    ("SET standard_conforming_strings TO 0", {"pinned_setting"}),
+    ("SET LOCAL standard_conforming_strings = 'of'", {"pinned_setting"}),
+    ("SET standard_conforming_strings = on", {"session"}),
+    ("SET standard_conforming_strings = 'TRUE'", {"session"}),
+    ("SET client_encoding = 'GBK'", {"pinned_setting"}),
+    ("SET NAMES 'SJIS'", {"pinned_setting"}),
+    ("SET client_encoding TO 'LATIN9'", {"pinned_setting"}),
+    ("SET client_encoding TO 'utf-8'", {"session"}),
+    ("SET NAMES 'unicode'", {"session"}),
+    ("SET backslash_quote = on", {"pinned_setting"}),
+    ("SET standard_conforming_strings = on, off", {"pinned_setting"}),
+    ("RESET standard_conforming_strings", {"session"}),
+    ("SET client_encoding TO DEFAULT", {"session"}),
+    ("SELECT set_config('standard_conforming_strings', 'off', false)", {R, "pinned_setting"}),
+    ("SELECT pg_catalog.set_config('client_encoding', 'BIG5', true)", {R, "pinned_setting"}),
+    ("SELECT set_config('standard_conforming_strings', current_setting('x'), false)", {R, "pinned_setting"}),
+    ("SELECT set_config('standard_' || 'conforming_strings', 'off', false)", {R, "unclassified"}),
+    ("SELECT set_config('search_path', 'evil', false)", {R, "session"}),
+    ("ALTER ROLE agent SET standard_conforming_strings = off", {"privilege", "pinned_setting"}),
+    ("ALTER DATABASE demo SET client_encoding = 'GB18030'", {"server_admin", "pinned_setting"}),
+    ("ALTER SYSTEM SET backslash_quote = 'on'", {"server_admin", "pinned_setting"}),
+    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET standard_conforming_strings = off AS 'select 1'",
+     {"procedural", "pinned_setting"}),
+    # EXPLAIN: the last ANALYZE option wins, as in PostgreSQL
+    ("EXPLAIN (ANALYZE false, ANALYZE true) DELETE FROM orders", {R, U}),
+    ("EXPLAIN (ANALYZE true, ANALYZE false) DELETE FROM orders", {R}),
+    ("EXPLAIN (ANALYZE off, BUFFERS, ANALYZE) UPDATE orders SET paid = false", {R, U}),
     # unparsable and empty
     ("SELEC 1", {"unclassified"}),
     ("SELECT 1; DROP TABLE", {"unclassified"}),
@@ -251,3 +281,32 @@ def test_queries_of_one_shape_share_a_verdict_only_when_constants_do_not_matter(
     assert classify_sql("UPDATE t y SET a = 1 FROM s x WHERE y.f").classes == {"dml_bounded"}
     classify_sql("SELECT 7")
     assert classify_sql("SELECT 7\x00; DROP TABLE x").classes == {"unclassified"}
+
+
+def test_pinned_setting_verdict_depends_on_the_value_not_the_shape() -> None:
+    # Same shape after normalization; the shape cache must not hand one's verdict to the other.
+    assert classify_sql("SET standard_conforming_strings = on").classes == {"session"}
+    assert classify_sql("SET standard_conforming_strings = off").classes == {"pinned_setting"}
+    assert classify_sql("SET standard_conforming_strings = on").classes == {"session"}
+
+
+def test_refusal_of_a_pinned_setting_says_what_is_supported() -> None:
+    result = classify_sql("SET client_encoding = 'GBK'")
+    reason = result.statements[0].reasons[0]
+    assert "pins client_encoding = UTF8" in reason and "backslash or quote can be part of a character" in reason
+
+
+def test_statement_over_the_size_cap_is_unclassified_without_parsing(monkeypatch) -> None:
+    from jitgate.guardrails import sql as sqlmod
+
+    calls = []
+    monkeypatch.setattr(sqlmod, "parse_sql", lambda text: calls.append(text) or [])
+    monkeypatch.setattr(sqlmod, "pg_normalize", lambda text: calls.append(text) or text)
+    big = "SELECT 1;" * (sqlmod.MAX_CLASSIFIED_BYTES // 9 + 1)
+    result = sqlmod.classify_sql(big)
+    assert result.classes == {"unclassified"} and "over the" in result.error and "COPY" in result.error
+    assert calls == []  # the parser never saw it
+    # Counted in bytes: multi-byte characters cannot slip a longer text under the cap.
+    wide = "SELECT '" + "\u00e9" * (sqlmod.MAX_CLASSIFIED_BYTES // 2) + "'"
+    assert sqlmod.classify_sql(wide).classes == {"unclassified"}
+    assert sqlmod.classify_sql_in_session(big + "; EXECUTE p", {}).classes == {"unclassified"}
