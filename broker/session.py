@@ -37,6 +37,9 @@ class Verdict:
     reasons: tuple[str, ...] = ()
     message: str = ""
     approval_id: str | None = None
+    # From the classifier, for the measured row limit (broker/pg/measure.py).
+    writes_rows: bool = False
+    unmeasurable: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -114,7 +117,10 @@ class Session:
         """decide_sql for the event loop: long text is classified in a worker process with a time limit."""
         from broker.sql_worker import classify_in_session  # noqa: PLC0415 - broker-only, keeps the import light
 
-        return self._decide(*_reasons(await classify_in_session(sql, self.prepared)), what="statement")
+        classification = await classify_in_session(sql, self.prepared)
+        verdict = self._decide(*_reasons(classification), what="statement")
+        verdict.writes_rows, verdict.unmeasurable = classification.writes_rows, classification.unmeasurable
+        return verdict
 
     def decide_command(self, command: str | list[str]) -> Verdict:
         """Exec commands (SSH exec, kubectl exec) through the shell guardrails."""

@@ -94,6 +94,9 @@ def _check_not_always_denied(value: dict[str, str]) -> None:
         if klass in ALWAYS_DENIED and action != "deny":
             raise ValueError(f"guardrail class {klass!r} cannot be set to {action!r}: {ALWAYS_DENIED[klass]}")
 
+# Rows a statement may change before it waits for a human (Target.max_rows_changed).
+DEFAULT_MAX_ROWS_CHANGED = 100
+
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -148,7 +151,9 @@ class GuardrailOverride(_Strict):
     """Per-group exceptions, e.g. the dba group may run DDL without approval."""
 
     groups: list[str]
-    guardrails: dict[str, Action]
+    guardrails: dict[str, Action] = Field(default_factory=dict)
+    # Measured blast radius: a different row limit for these groups (see Target.max_rows_changed).
+    max_rows_changed: int | None = Field(default=None, ge=0)
 
     @field_validator("guardrails")
     @classmethod
@@ -233,6 +238,11 @@ class Target(_Strict):
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     # Time-boxed access: every session needs an approval before it starts.
     session_approval: bool = False
+    # --- measured blast radius (broker/pg/measure.py) ---
+    # A statement that changes rows runs inside a savepoint; if it changed more rows than
+    # this (counted by PostgreSQL, triggers and functions included), it is rolled back and
+    # held for approval. 0: every change needs approval.
+    max_rows_changed: int = Field(default=DEFAULT_MAX_ROWS_CHANGED, ge=0)
 
     @field_validator("guardrails")
     @classmethod
@@ -298,6 +308,12 @@ class Target(_Strict):
             elif action == worst and action != "allow":
                 why.append(klass)
         return worst, why
+
+    def row_limit(self, groups: frozenset[str]) -> int:
+        """max_rows_changed for a caller in these groups: the largest matching override, else the target's."""
+        limits = [o.max_rows_changed for o in self.overrides
+                  if o.max_rows_changed is not None and groups.intersection(o.groups)]
+        return max(limits) if limits else self.max_rows_changed
 
     def sees_clear_text(self, groups: frozenset[str]) -> bool:
         return bool(groups.intersection(self.masking.clear_groups))

@@ -395,6 +395,14 @@ def build_query(sql: str) -> bytes:
     return message("Q", cstr(sql))
 
 
+def build_close(kind: str, name: str) -> bytes:
+    return message("C", kind.encode() + cstr(name))
+
+
+def build_sync() -> bytes:
+    return message("S")
+
+
 def build_parse(name: str, sql: str, param_types: tuple[int, ...] = ()) -> bytes:
     return message(
         "P", cstr(name) + cstr(sql) + _I16.pack(len(param_types)) + b"".join(t.to_bytes(4, "big") for t in param_types)

@@ -26,6 +26,7 @@ from broker.authz import AuthorizeClient, Refused
 from broker.pg import codec
 from broker.pg.lineage_step import UNFOLLOWED
 from broker.pg.masking_step import copy_plan_for, follow_for_relay, mask_row, stream_large_row
+from broker.pg.measure import UNMEASURABLE_EXECUTE, Batch, RowLimit
 from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.session import Session, Verdict, new_backend_key
 from jitgate.masking import MalformedRow, MaskingRefused, apply_result_formats
@@ -183,6 +184,16 @@ class PgConnection:
         self._closing_reason: str | None = None
         # Client bytes read together with an earlier message, not yet handled.
         self.early = b""
+        # Measured row limit: the runner, the run in flight (the pump routes to it), the
+        # client's transaction status and how many client cycles the pump has answered.
+        self.row_limit = RowLimit(self)
+        self.measurement = None
+        self.tx_status = "I"
+        self.flushed_cycle = 0
+        self.answered = asyncio.Event()
+        # The open extended-protocol batch (since the last Sync), see measure.Batch.
+        self.batch = Batch()
+        self.held_out = b""  # a measured batch's bytes kept until its Sync arrives
 
     # -- helpers --------------------------------------------------------------------
 
@@ -455,11 +466,11 @@ class PgConnection:
     def _denial_marker(self) -> str:
         return f"jitgate_refused_{secrets.token_hex(6)}"
 
-    async def _gate(self, sql: str, protocol: str) -> Verdict:
-        verdict = await self.session.decide_sql_async(sql)
-        if verdict.action == "approve":
-            verdict = await self.hold_for(sql, verdict)
-        return verdict
+    async def wait_answered(self, cycles: int) -> None:
+        """Until the pump has answered the client's first ``cycles`` cycles."""
+        while self.flushed_cycle < cycles:
+            self.answered.clear()
+            await self.answered.wait()
 
     async def hold_for(self, sql: str, verdict: Verdict) -> Verdict:
         """Wait for an approval of this statement; a client's CancelRequest gives up waiting."""
@@ -500,17 +511,18 @@ class PgConnection:
                 window = session.target.approvals.session_access
                 if window:
                     asyncio.get_running_loop().call_later(window, self.shutdown, f"approved access window of {window}s elapsed")
-            out = bytearray()
+            out, self.held_out = bytearray(self.held_out), b""
             for kind, start, end in spans:
                 if kind == 0x51:  # 'Q'
                     sql = codec.parse_query(memoryview(data)[start + 5 : end].tobytes()).sql
-                    verdict = await session.decide_sql_async(sql)
+                    verdict = self.row_limit.unmeasurable(await session.decide_sql_async(sql))
                     if verdict.action == "approve":
                         session.recorder.flush()  # spooled before it goes upstream
                         writer.write(out)
+                        self.batch.flushed(len(out))
                         out = bytearray()
                         await writer.drain()
-                        verdict = await self._gate(sql, "simple")
+                        verdict = await self.hold_for(sql, verdict)
                     copy_plan = None
                     verdict, lineages = await follow_for_relay(self, sql, verdict)
                     if verdict.allowed and session.masker is not None:
@@ -524,24 +536,37 @@ class PgConnection:
                         entry.copy_plan = copy_plan
                         entry.lineages = lineages
                         self.pending.append(entry)
+                        if self.row_limit.applies(verdict):  # counted by the server, see broker/pg/measure.py
+                            session.recorder.flush()
+                            writer.write(out)
+                            await writer.drain()
+                            rest = data[end:] + framer.take()
+                            self.early = await self.row_limit.run(data[start:end], sql, verdict) + rest
+                            out = bytearray()
+                            break
                         out += data[start:end]
                     else:
                         marker = self._denial_marker()
                         self.denials.append((self.client_cycle - 1, marker, self._refusal(verdict)))
                         out += codec.build_query(marker)
                 elif kind == 0x50:  # 'P'
+                    self.batch.message(len(out))
                     parse = codec.parse_parse(data[start + 5 : end])
                     verdict = await session.decide_sql_async(parse.sql)
                     if verdict.action == "approve":
                         session.recorder.flush()  # spooled before it goes upstream
+                        if self.batch.measured is not None:
+                            out = self._refuse_measured(out, "a later Parse of its batch waits for approval")
                         writer.write(out)
+                        self.batch.flushed(len(out))
                         out = bytearray()
                         await writer.drain()
-                        verdict = await self._gate(parse.sql, "extended")
+                        verdict = await self.hold_for(parse.sql, verdict)
                     verdict, lineages = await follow_for_relay(self, parse.sql, verdict)
                     self.statement_lineages[parse.name] = lineages[0] if lineages else None
                     self.statements[parse.name] = (parse.sql, verdict)
                     if verdict.allowed:
+                        self.batch.parsed.append(parse.name)
                         out += data[start:end]
                     else:
                         session.record_statement(parse.sql, protocol="extended", verdict=verdict)
@@ -549,6 +574,7 @@ class PgConnection:
                         self.denials.append((self.client_cycle, marker, self._refusal(verdict)))
                         out += codec.build_parse(parse.name, marker)
                 elif kind == 0x42:  # 'B'
+                    self.batch.message(len(out))
                     bind = codec.parse_bind(data[start + 5 : end])
                     self.portals[bind.portal] = (bind.statement, describe_params(bind.params, [bind.param_format(i) for i in range(len(bind.params))]), bind.result_formats)
                     self.portal_fields.pop(bind.portal, None)
@@ -557,22 +583,56 @@ class PgConnection:
                     execute = codec.parse_execute(data[start + 5 : end])
                     statement_name, params, result_formats = self.portals.get(execute.portal, ("", (), ()))
                     sql, verdict = self.statements.get(statement_name, ("", None))
+                    self.batch.message(len(out), execute=True)
+                    measured = verdict is not None and self.row_limit.applies(verdict)
+                    if measured and self.batch.sent_execute:
+                        why = "an earlier Execute of its batch already went upstream"
+                        verdict = Verdict("deny", verdict.classes, verdict.reasons, UNMEASURABLE_EXECUTE.format(why=why))
+                        session.record_statement(sql, protocol="extended", verdict=verdict, params=list(params))
+                        marker = self._denial_marker()
+                        self.denials.append((self.client_cycle, marker, self._refusal(verdict)))
+                        out += codec.build_parse("jitgate_refused", marker)
+                        continue
                     if verdict is not None and verdict.allowed:
                         statement_id = session.record_statement(sql, protocol="extended", verdict=verdict, params=list(params))
                         self.pending.append(Pending(statement_id, time.perf_counter(), self.client_cycle, False,
                                                     statement=statement_name, portal=execute.portal,
                                                     result_formats=result_formats,
                                                     lineages=[self.statement_lineages.get(statement_name)]))
+                    if measured and self.batch.measured is None:
+                        self.batch.measured = (sql, verdict)
+                        self.batch.execute_at = (len(out), end - start)
                     out += data[start:end]
                 elif kind == 0x44:  # 'D' Describe: its answer tells the columns of a statement or portal
+                    self.batch.message(len(out))
                     if session.masker is not None:
                         describe = codec.parse_describe(data[start + 5 : end])
                         self.describes.append((self.client_cycle, describe.kind, describe.name))
                     out += data[start:end]
                 elif kind == 0x53:  # 'S' Sync
                     self.client_cycle += 1
+                    if self.batch.measured is not None:  # the batch changes rows: run it measured
+                        at = self.batch.start or 0
+                        sql, verdict = self.batch.measured
+                        parsed, flush_first = self.batch.parsed, self.batch.sent
+                        self.batch.reset()
+                        session.recorder.flush()
+                        writer.write(out[:at])
+                        await writer.drain()
+                        rest = data[end:] + framer.take()
+                        request = bytes(out[at:]) + data[start:end]
+                        self.early = await self.row_limit.run(request, sql, verdict, parsed=parsed, extended=True,
+                                                              flush_first=flush_first) + rest
+                        out = bytearray()
+                        break
+                    self.batch.reset()
+                    out += data[start:end]
+                elif kind == 0x48:  # 'H' Flush: the client wants answers before its Sync
+                    if self.batch.measured is not None:
+                        out = self._refuse_measured(out, "Flush asks for its answer before Sync")
                     out += data[start:end]
                 elif kind == 0x43:  # 'C' Close
+                    self.batch.message(len(out))
                     close = codec.parse_close(data[start + 5 : end])
                     (self.statements if close.kind == "S" else self.portals).pop(close.name, None)
                     out += data[start:end]
@@ -584,6 +644,7 @@ class PgConnection:
                     if verdict.action == "approve":
                         session.recorder.flush()  # spooled before it goes upstream
                         writer.write(out)
+                        self.batch.flushed(len(out))
                         out = bytearray()
                         await writer.drain()
                         verdict = await self.session.resolve(text, verdict)
@@ -604,10 +665,24 @@ class PgConnection:
                     return "client terminated the session"
                 else:
                     out += data[start:end]
+            if self.batch.measured is not None and self.batch.start is not None:
+                out, self.held_out = self.batch.held_back(out)  # a measured batch waits for its Sync
+            else:
+                self.batch.flushed(len(out))
             if out:
                 session.recorder.flush()  # spooled before it goes upstream
                 writer.write(out)
                 await writer.drain()
+
+    def _refuse_measured(self, out: bytearray, why: str) -> bytearray:
+        """Replace the batch's row-writing Execute by a failing marker: it cannot be measured."""
+        sql, verdict = self.batch.measured
+        at, length = self.batch.execute_at
+        refused = Verdict("deny", verdict.classes, verdict.reasons, UNMEASURABLE_EXECUTE.format(why=why))
+        marker = self._denial_marker()
+        self.denials.append((self.client_cycle, marker, self._refusal(refused)))
+        self.batch.measured = None
+        return bytearray(out[:at] + codec.build_parse("jitgate_refused", marker) + out[at + length :])
 
     def _refusal(self, verdict: Verdict) -> bytes:
         code = "57014" if "canceled" in verdict.message else "42501"
@@ -631,13 +706,18 @@ class PgConnection:
             if streaming:
                 passed, chunk = chunk[:streaming], chunk[streaming:]
                 streaming -= len(passed)
-                writer.write(passed)
+                if self.measurement is not None:
+                    self.measurement.withhold(passed)
+                else:
+                    writer.write(passed)
                 if not chunk:
                     await writer.drain()
                     continue
             framer.feed(chunk)
             # Without masking, DataRows pass untouched and are counted from CommandComplete.
-            data, spans = framer.spans(-1 if masker is not None else 0x44)
+            data, spans = framer.spans(-1 if masker is not None or self.measurement is not None else 0x44)
+            if self.measurement is not None:  # answers to the broker's own queries go to the measurement
+                data, spans = self.measurement.take_own(data, spans, self.ready_cycle)
             parts = None  # set to a list once any message is rewritten
             last = 0
             for kind, start, end in spans:
@@ -697,6 +777,7 @@ class PgConnection:
                         parts.append(replacement)
                         last = end
                 elif kind == 0x5A:  # 'Z' ReadyForQuery
+                    self.tx_status = chr(data[end - 1])
                     cycle = self.ready_cycle
                     while pending and pending[0].cycle <= cycle:
                         self._finish(pending.popleft())
@@ -745,12 +826,19 @@ class PgConnection:
                         parts.append(self._mask_fields("N", codec.parse_fields(data[start + 5 : end])))
                         last = end
             session.recorder.flush()
-            if parts is None:
-                writer.write(data)
-            else:
+            if parts is not None:
                 parts.append(data[last:])
-                writer.write(b"".join(parts))
-            streaming = await stream_large_row(self, framer)
+                data = b"".join(parts)
+            if self.measurement is not None:
+                self.measurement.withhold(data)  # released once the rows are counted
+            else:
+                writer.write(data)
+            self.flushed_cycle = self.ready_cycle
+            self.answered.set()
+            if self.measurement is not None:  # a large row is never passed on before the count
+                streaming = self.measurement.swallow_large_row(framer, self.broker.settings.pg_max_message)
+            else:
+                streaming = await stream_large_row(self, framer)
             await writer.drain()
 
     async def _plan_for_rows(self, payload: bytes):

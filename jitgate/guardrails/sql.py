@@ -72,6 +72,11 @@ class Classification:
     classes: frozenset[str]
     statements: tuple[StatementVerdict, ...]
     error: str | None = None
+    # For the measured row limit (broker/pg/measure.py): some statement inserts, updates,
+    # deletes or merges rows; and, if the text cannot run inside the broker's savepoint
+    # (transaction control, COPY FROM STDIN, VACUUM), why not.
+    writes_rows: bool = False
+    unmeasurable: str | None = None
 
 
 # --- functions -------------------------------------------------------------------
@@ -388,6 +393,8 @@ class _Findings:
     # True when a rule looked at a constant's value: the verdict then holds for this
     # exact text only, not for every query of the same shape (see classify_sql).
     literal_sensitive: bool = False
+    writes_rows: bool = False
+    unmeasurable: str | None = None
 
     def add(self, klass: str | Iterable[str], reason: str) -> None:
         self.classes.update((klass,) if isinstance(klass, str) else klass)
@@ -588,12 +595,14 @@ def _filters_rows(condition: object, target: ast.RangeVar) -> bool:
 
 def _insert(node: ast.InsertStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
     out.add("dml_bounded", f"INSERT into {_relation(node.relation)}")
+    out.writes_rows = True
     return None
 
 
 def _update_or_delete(node: ast.UpdateStmt | ast.DeleteStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
     verb = "UPDATE" if isinstance(node, ast.UpdateStmt) else "DELETE"
     table = _relation(node.relation)
+    out.writes_rows = True
     if node.whereClause is None:
         out.add("dml_unbounded", f"{verb} without WHERE on {table}")
     elif not _filters_rows(node.whereClause, node.relation):
@@ -605,6 +614,7 @@ def _update_or_delete(node: ast.UpdateStmt | ast.DeleteStmt, out: _Findings, top
 
 def _merge(node: ast.MergeStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
     table = _relation(node.relation)
+    out.writes_rows = True
     by_source = [
         c
         for c in node.mergeWhenClauses or ()
@@ -638,6 +648,7 @@ def _copy(node: ast.CopyStmt, out: _Findings, top: bool, ctx: _Context) -> _Desc
         out.add("copy_program", f"COPY {source} {direction} server file {node.filename!r}")
     if node.is_from:
         out.add("dml_bounded", f"COPY into {source}")
+        out.unmeasurable = "COPY FROM streams its rows after the statement starts"
     else:
         out.add("read", f"COPY {source} out")
     return None
@@ -687,6 +698,7 @@ def _execute(node: ast.ExecuteStmt, out: _Findings, top: bool, ctx: _Context) ->
     else:
         classes, reasons = known
         out.add(classes, f"EXECUTE {node.name}: " + "; ".join(reasons))
+        out.writes_rows = out.writes_rows or bool(classes & {"dml_bounded", "dml_unbounded"})
     return None  # parameters may hold function calls
 
 
@@ -703,6 +715,7 @@ def _transaction(node: ast.TransactionStmt, out: _Findings, top: bool, ctx: _Con
         out.add(("transaction", "server_admin"), f"{two_phase[kind]} (two-phase commit acts beyond this session)")
     else:
         out.add("transaction", kind.name.removeprefix("TRANS_STMT_").replace("_", " "))
+    out.unmeasurable = "the text controls its own transaction"
     return None
 
 
@@ -825,6 +838,7 @@ def _rename(node: ast.RenameStmt, out: _Findings, top: bool, ctx: _Context) -> _
 
 def _vacuum(node: ast.VacuumStmt, out: _Findings, top: bool, ctx: _Context) -> _Descend:
     options = {o.defname for o in node.options or () if isinstance(o, ast.DefElem)}
+    out.unmeasurable = "VACUUM and ANALYZE cannot run inside the gateway's savepoint"
     if not node.is_vacuumcmd:
         out.add("dml_bounded", "ANALYZE updates planner statistics")
     elif "full" in options:
@@ -1088,7 +1102,8 @@ def _classify_by_shape(sql: str) -> Classification:
         # Same classes and reasons; the statement texts are this query's own.
         if len(hit.statements) == 1:
             only = hit.statements[0]
-            return Classification(hit.classes, (StatementVerdict(sql.strip(), only.classes, only.reasons),), hit.error)
+            return Classification(hit.classes, (StatementVerdict(sql.strip(), only.classes, only.reasons),), hit.error,
+                                  hit.writes_rows, hit.unmeasurable)
         return hit
     outcome = _classify_uncached(sql, report_sensitivity=True)
     # Parse failures and empty queries come back bare: they are never cached by shape.
@@ -1133,6 +1148,7 @@ def _classify_uncached(sql: str, prepared: dict | None = None, *, report_sensiti
         ctx.prepared = prepared  # shared on purpose: new PREPAREs are remembered for the session
     verdicts = []
     sensitive = False
+    writes_rows, unmeasurable = False, None
     for raw in raw_statements:
         findings = _Findings()
         # Re-printing a statement costs more than classifying it: only try the known tool
@@ -1148,11 +1164,13 @@ def _classify_uncached(sql: str, prepared: dict | None = None, *, report_sensiti
         if not findings.classes:
             findings.add("unclassified", "no rule matched this statement")
         sensitive = sensitive or findings.literal_sensitive
+        writes_rows = writes_rows or findings.writes_rows
+        unmeasurable = unmeasurable or findings.unmeasurable
         verdicts.append(
             StatementVerdict(_statement_text(sql, raw), frozenset(findings.classes), tuple(findings.reasons))
         )
     classes = frozenset().union(*(v.classes for v in verdicts))
-    result = Classification(classes, tuple(verdicts), None)
+    result = Classification(classes, tuple(verdicts), None, writes_rows, unmeasurable)
     if report_sensitivity:
         return result, sensitive
     return result
