@@ -38,13 +38,21 @@ def _decision(target, user: str, groups: frozenset[str], classes: frozenset[str]
 
 def explain_sql(policy: Policy, target_name: str, user: str, groups: frozenset[str], sql: str) -> dict:
     """Classes, reasons and decision for one SQL text (a simple Query or a Parse) on a postgres target."""
-    from jitgate.guardrails.sql import classify_sql_in_session  # noqa: PLC0415 - pglast only when asked
+    from jitgate.guardrails.sql import classify_sql_in_session, unmeasured_reason  # noqa: PLC0415 - pglast only when asked
 
     target = _target(policy, target_name, "postgres")
     result = classify_sql_in_session(sql, {})
     reasons = [r for s in result.statements for r in s.reasons]
     if result.error and result.error not in reasons:
         reasons.append(result.error)
+    decision = _decision(target, user, groups, result.classes)
+    limit = target.row_limit(groups)
+    unmeasured = unmeasured_reason(result.writes_rows, result.unmeasurable)
+    if decision["decision"] == "allow" and unmeasured:
+        decision.update(decision="approve", deciding_classes=[])
+        decision["notes"].append(f"needs approval: {unmeasured}")
+    elif decision["decision"] == "allow" and result.writes_rows:
+        decision["notes"].append(f"measured when it runs: over {limit} changed rows it is rolled back and held for approval")
     return {
         "target": target_name,
         "user": user,
@@ -55,5 +63,7 @@ def explain_sql(policy: Policy, target_name: str, user: str, groups: frozenset[s
         "reasons": reasons,
         "statements": [{"text": s.text, "classes": sorted(s.classes), "reasons": list(s.reasons)}
                        for s in result.statements],
-        **_decision(target, user, groups, result.classes),
+        "writes_rows": result.writes_rows,
+        "max_rows_changed": limit,
+        **decision,
     }

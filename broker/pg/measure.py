@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from broker.pg import codec
 from broker.session import Verdict
+from jitgate.guardrails.sql import unmeasured_reason
 from jitgate.logs import log
 
 logger = logging.getLogger("jitgate.broker.pg.measure")
@@ -226,12 +227,12 @@ class RowLimit:
 
     def unmeasurable(self, verdict: Verdict) -> Verdict:
         """A text that writes rows but cannot be measured waits for a human instead."""
-        why = getattr(verdict, "unmeasurable", None)
-        if not (verdict.allowed and getattr(verdict, "writes_rows", False) and why):
+        why = unmeasured_reason(getattr(verdict, "writes_rows", False), getattr(verdict, "unmeasurable", None))
+        if not (verdict.allowed and why):
             return verdict
-        return Verdict("approve", verdict.classes, verdict.reasons + (f"changes rows but cannot be measured: {why}",),
-                       f"jitgate: statement needs approval on target {self.conn.session.target_name!r}: it changes "
-                       f"rows and {why}, so the gateway cannot count them (send the row-changing statement on its own)")
+        return Verdict("approve", verdict.classes, verdict.reasons + (why,),
+                       f"jitgate: statement needs approval on target {self.conn.session.target_name!r}: {why} "
+                       "(send the row-changing statement on its own)")
 
     async def run(self, request: bytes, sql: str, verdict: Verdict, *, parsed: list[str] = (), extended: bool = False,
                   flush_first: bool = False) -> bytes:

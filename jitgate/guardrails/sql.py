@@ -325,6 +325,19 @@ _VOLATILE_READ_FUNCTIONS = frozenset(
 _READ_ONLY_PG_FUNCTIONS = _load_stable_functions() | _VOLATILE_READ_FUNCTIONS
 
 
+def _load_catalog_functions() -> frozenset[str]:
+    path = Path(__file__).with_name("pg_catalog_functions.txt")
+    return frozenset(
+        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
+    )
+
+
+# Every function PostgreSQL itself defines. A call of any other name may run a user
+# function that writes rows, which the text cannot show: such a statement is measured.
+CATALOG_FUNCTIONS = _load_catalog_functions()
+_MAY_CHANGE_ROWS = " is not a PostgreSQL function and may change rows (the gateway counts them)"
+
+
 def _function_classes(name: str) -> tuple[frozenset[str], str] | None:
     """Classes for a call of the function named ``name`` (already case-folded)."""
     if name in SERVER_ADMIN_FUNCTIONS:
@@ -465,6 +478,9 @@ def _on_function_call(node: ast.FuncCall, out: _Findings) -> None:
     found = _function_classes(names[-1])
     if found is not None:
         out.add(*found)
+    elif names[-1] not in CATALOG_FUNCTIONS:
+        out.writes_rows = True
+        out.add((), f"{names[-1]}(){_MAY_CHANGE_ROWS}")
 
 
 def _set_config_literal(node: ast.FuncCall, out: _Findings) -> bool:
@@ -686,6 +702,7 @@ def _prepare(node: ast.PrepareStmt, out: _Findings, top: bool, ctx: _Context) ->
     inner = _Findings()
     _walk(node.query, inner, ctx)
     ctx.prepared[node.name] = (frozenset(inner.classes), tuple(inner.reasons))
+    out.unmeasurable = "it prepares statements, which a rollback does not undo"
     out.add("session", f"PREPARE {node.name}")
     out.add(inner.classes, f"prepared statement {node.name}: " + "; ".join(inner.reasons))
     return []
@@ -698,7 +715,8 @@ def _execute(node: ast.ExecuteStmt, out: _Findings, top: bool, ctx: _Context) ->
     else:
         classes, reasons = known
         out.add(classes, f"EXECUTE {node.name}: " + "; ".join(reasons))
-        out.writes_rows = out.writes_rows or bool(classes & {"dml_bounded", "dml_unbounded"})
+        out.writes_rows = (out.writes_rows or bool(classes & {"dml_bounded", "dml_unbounded"})
+                           or any(r.endswith(_MAY_CHANGE_ROWS) for r in reasons))
     return None  # parameters may hold function calls
 
 
@@ -1113,6 +1131,13 @@ def _classify_by_shape(sql: str) -> Classification:
         if len(_SHAPE_CACHE) > _SHAPE_CACHE_SIZE:
             _SHAPE_CACHE.popitem(last=False)
     return result
+
+
+def unmeasured_reason(writes_rows: bool, unmeasurable: str | None) -> str | None:
+    """Why a statement that changes rows must wait for a human instead of being counted, or None."""
+    if writes_rows and unmeasurable:
+        return f"it changes rows and {unmeasurable}, so the gateway cannot count them"
+    return None
 
 
 def classify_sql_in_session(sql: str, prepared: dict[str, tuple[frozenset[str], tuple[str, ...]]]) -> Classification:
