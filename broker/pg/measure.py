@@ -220,7 +220,7 @@ class RowLimit:
 
     def __init__(self, connection):
         self.conn = connection
-        self.bypass = False  # the next measured unit was approved: run it without measuring
+        self.bypass: bytes | None = None  # an approved request, fed back once: runs without measuring
 
     def applies(self, verdict: Verdict) -> bool:
         return verdict.allowed and getattr(verdict, "writes_rows", False) and not getattr(verdict, "unmeasurable", None)
@@ -246,8 +246,8 @@ class RowLimit:
         that part first, as if the client had sent it, so the rest can be wrapped.
         """
         conn = self.conn
-        if self.bypass:
-            self.bypass = False
+        if self.bypass is not None and self.bypass == request:
+            self.bypass = None
             conn.u_writer.write(request)
             await conn.u_writer.drain()
             return b""
@@ -333,7 +333,7 @@ class RowLimit:
         # Parse is not transactional: the statements the rolled-back run prepared still exist.
         if decided.allowed:
             await self._close_statements(parsed)  # the run for real prepares them again
-            self.bypass = True
+            self.bypass = request
             return request
         refusal = conn._refusal(decided)
         if extended:  # answer as a server whose first Execute failed; forget what it did not acknowledge

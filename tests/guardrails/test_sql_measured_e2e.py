@@ -174,3 +174,27 @@ def test_approved_statement_runs_for_real(broker_dsn, target, table, stack, toke
                            timeout=60)
     assert again.returncode == 0 and again.stdout.strip() == "DELETE 150", again.stderr
     assert stack.pg.psql("SELECT count(*) FROM m_orders", "demo") == "50"
+
+
+def test_in_a_failed_transaction_the_server_refuses_as_usual(broker_dsn, target, table, stack):
+    with psycopg.connect(broker_dsn(target)) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1/0")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("delete from m_orders where id = %s", (1,))
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+        assert conn.execute("delete from m_orders where id = %s", (1,)).rowcount == 1
+        conn.rollback()
+    assert _state(stack) == UNCHANGED
+
+
+def test_statement_timeout_inside_the_measurement(broker_dsn, target, table, stack):
+    with psycopg.connect(broker_dsn(target), autocommit=True) as conn:
+        conn.execute("set statement_timeout = '50ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("delete from m_orders where id = id and (select count(*) from generate_series(1, 50000000)) > 0")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        conn.execute("set statement_timeout = 0")
+        assert conn.execute("delete from m_orders where id = %s", (2,)).rowcount == 1
+    assert stack.pg.psql("SELECT count(*) FROM m_orders", "demo") == str(ROWS - 1)
