@@ -1,10 +1,15 @@
-"""Session recording on the broker: spool first, upload chunks, seal when the session ends.
+"""Session recording on the broker: spool first, upload chunks, close with a signed end.
 
-Nothing is lost when storage is down: events stay in the spool, the
-``SpoolUploader`` retries until the chunks are stored and the session is handed
-to finalize (the session-closed event, or inline sealing when no finalize
-endpoint is configured). A spool left by a killed broker is sealed at the next
-start, marked as ended by a crash.
+- Every event is in the local spool before it takes effect. Chunks go to the store when
+  the unsent spool reaches ``spool_chunk_bytes`` real bytes, and at the latest
+  ``spool_upload_seconds`` after an event was written, so a lost VM costs at most about
+  that interval plus one upload of a busy session.
+- At the end the broker signs {session, event count, chain head} with its session-closed
+  key and hands that to finalize (Pub/Sub, push, or inline sealing in a bounded pool). It
+  deletes the spool only after reading back a seal, signed by a trusted seal key, that
+  covers its last event; until then the sweeper hands the session over again.
+- A spool left by a killed broker is closed at the next start, marked as ended by a crash.
+Nothing is lost when storage is down: events stay in the spool and the sweeper retries.
 """
 from __future__ import annotations
 
@@ -18,11 +23,17 @@ from pathlib import Path
 from jitgate.backends import Backends
 from jitgate.backends.base import TOPIC_SESSION_CLOSED
 from jitgate.logs import log
-from jitgate.recording.finalize import finalize_session
-from jitgate.recording.spool import Spool
+from jitgate.recording.closing import sign_closing
+from jitgate.recording.finalize import MANIFEST, finalize_session
+from jitgate.recording.seal import read_manifest
+from jitgate.recording.spool import Spool, chain_of
+from jitgate.recording.trust import signature_valid
 from jitgate.settings import Settings
 
 logger = logging.getLogger("jitgate.broker.recorder")
+
+REHAND_SECONDS = 60.0  # a handed-over session not sealed by then is handed over again
+INLINE_SEALERS = 2  # embedded sealing without a finalize endpoint: at most this many at once
 
 
 def _state_path(spool_path: Path) -> Path:
@@ -42,29 +53,49 @@ def _write_state(spool_path: Path, state: dict) -> None:
     os.replace(tmp, _state_path(spool_path))
 
 
-def upload_pending(backends: Backends, spool_path: Path, *, final: bool) -> bool:
-    """Upload spool bytes not yet stored, as the next chunk(s). True when all is stored."""
+def upload_pending(backends: Backends, spool_path: Path, *, final: bool, chunk_bytes: int = 1024 * 1024) -> int:
+    """Upload the spool bytes not yet stored, as chunks of at most ``chunk_bytes`` (a single longer
+    event is a chunk of its own), whole lines only. Returns the offset now stored."""
     state = _read_state(spool_path)
+    chunk_bytes = max(1, chunk_bytes)
     with open(spool_path, "rb") as fh:
         fh.seek(state["offset"])
-        data = fh.read()
-    if not final:
-        cut = data.rfind(b"\n") + 1  # only whole events go into a chunk
-        data = data[:cut]
-    if data:
-        backends.recordings.put_chunk(spool_path.stem, state["chunk"], data)
-        state["offset"] += len(data)
-        state["chunk"] += 1
-        _write_state(spool_path, state)
-    return True
+        while True:
+            data = fh.read(chunk_bytes)
+            if not data:
+                break
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # one event longer than a chunk: take it whole
+                data += fh.readline()
+                cut = len(data) if data.endswith(b"\n") or final else 0
+                if cut == 0:
+                    break  # a line still being written: next time
+            data = data[:cut]  # whole lines; the rest starts the next chunk
+            backends.recordings.put_chunk(spool_path.stem, state["chunk"], data)
+            state["offset"] += len(data)
+            state["chunk"] += 1
+            _write_state(spool_path, state)
+            fh.seek(state["offset"])
+    return state["offset"]
 
 
-def hand_over(settings: Settings, backends: Backends, session_id: str) -> None:
-    """Tell finalize that a session's chunks are complete."""
-    if TOPIC_SESSION_CLOSED in settings.push_endpoints or settings.backends == "gcp":
-        backends.bus.publish(TOPIC_SESSION_CLOSED, {"session_id": session_id})
-    else:
-        finalize_session(backends, session_id)
+_inline_slots: asyncio.Semaphore | None = None
+
+
+def _sealed_covers(backends: Backends, session_id: str, events: int, head: str) -> bool:
+    """Read back the seal: it exists, is signed by a trusted seal key and covers the spool's last event."""
+    if not backends.recordings.object_exists(session_id, MANIFEST):
+        return False
+    parsed = read_manifest(backends.recordings.get_object(session_id, MANIFEST))
+    if parsed is None:
+        return False
+    manifest, signature = parsed
+    from jitgate.recording.seal import canonical
+
+    key = backends.trust.seal_key(manifest.get("key_id"))
+    return (key is not None and signature_valid(key, signature, canonical(manifest))
+            and manifest.get("session_id") == session_id and manifest.get("events") == events
+            and manifest.get("chain_head") == head)
 
 
 class Recorder:
@@ -74,8 +105,11 @@ class Recorder:
         self.session_id = session_id
         self.spool = Spool(settings.spool_dir, session_id)
         _write_state(self.spool.path, {"offset": 0, "chunk": 0, "closed": False})
-        self._since_upload = 0
+        self._uploaded = 0
         self._upload_task: asyncio.Task | None = None
+        self._again = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.uploads = 0  # chunk uploads started (tests, bench)
 
     # When True, statement and result events wait for flush() (the relay calls it before
     # forwarding upstream); every other event is written at once.
@@ -83,36 +117,66 @@ class Recorder:
 
     def flush(self) -> None:
         self.spool.flush()
+        self._maybe_upload()
 
     def event(self, event_type: str, **fields) -> dict:
         defer = self.batching and event_type in ("statement", "result")
         event = self.spool.append(event_type, defer=defer, **fields)
-        self._since_upload += 200  # rough size; exact bytes are counted at upload time
-        if self._since_upload >= self.settings.spool_chunk_bytes and (self._upload_task is None or self._upload_task.done()):
-            self._since_upload = 0
-            self._upload_task = asyncio.get_running_loop().create_task(self._upload(final=False))
+        if self._timer is None and not self.spool.closed:
+            # No event waits on this disk longer than the interval (plus one upload).
+            self._timer = asyncio.get_running_loop().call_later(self.settings.spool_upload_seconds, self._on_timer)
+        if not defer:
+            self._maybe_upload()
         return event
 
-    async def _upload(self, *, final: bool) -> bool:
-        try:
-            return await asyncio.to_thread(upload_pending, self.backends, self.spool.path, final=final)
-        except Exception as exc:  # storage outage: the spool keeps everything; the uploader retries
-            log(logger, logging.WARNING, "chunk upload failed; kept in spool", session_id=self.session_id, error=type(exc).__name__)
-            return False
+    def _maybe_upload(self) -> None:
+        if self.spool.written - self._uploaded >= self.settings.spool_chunk_bytes:
+            self._start_upload()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.spool.written > self._uploaded:
+            self._start_upload()
+
+    def _start_upload(self) -> None:
+        if self._upload_task is not None and not self._upload_task.done():
+            self._again = True
+            return
+        self.uploads += 1
+        self._upload_task = asyncio.get_running_loop().create_task(self._upload())
+
+    async def _upload(self) -> None:
+        while True:
+            self._again = False
+            try:
+                self._uploaded = await asyncio.to_thread(upload_pending, self.backends, self.spool.path, final=False,
+                                                         chunk_bytes=self.settings.spool_chunk_bytes)
+            except Exception as exc:  # storage outage: the spool keeps everything; the timer or sweeper retries
+                log(logger, logging.WARNING, "chunk upload failed; kept in spool", session_id=self.session_id,
+                    error=type(exc).__name__)
+                if self._timer is None and not self.spool.closed:
+                    self._timer = asyncio.get_running_loop().call_later(self.settings.spool_upload_seconds, self._on_timer)
+                return
+            if not self._again:
+                return
 
     async def close(self, reason: str) -> None:
         self.event("session.end", reason=reason)
         self.spool.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._upload_task:
             await asyncio.gather(self._upload_task, return_exceptions=True)
         state = _read_state(self.spool.path)
-        state["closed"] = True
+        state.update(closed=True, events=self.spool.chain.count, chain_head=self.spool.chain.head)
         _write_state(self.spool.path, state)
         await SpoolUploader.complete(self.settings, self.backends, self.spool.path)
 
 
 class SpoolUploader:
-    """Retries sessions whose upload or hand-over failed, and seals orphans after a crash."""
+    """Hands closed sessions to finalize, deletes spools whose seal it has read back, re-hands
+    sessions not sealed in time, and closes spools orphaned by a crash."""
 
     def __init__(self, settings: Settings, backends: Backends, live: set[str]):
         self.settings = settings
@@ -120,17 +184,51 @@ class SpoolUploader:
         self.live = live
 
     @staticmethod
+    def hand_over(settings: Settings, backends: Backends, spool_path: Path, state: dict) -> dict:
+        """Upload what is left, sign the end, give it to finalize. Returns the signed event."""
+        upload_pending(backends, spool_path, final=True, chunk_bytes=settings.spool_chunk_bytes)
+        closing = sign_closing(backends.closing_signer, spool_path.stem, events=state["events"],
+                               chain_head=state["chain_head"])
+        if TOPIC_SESSION_CLOSED in settings.push_endpoints or settings.backends == "gcp":
+            backends.bus.publish(TOPIC_SESSION_CLOSED, closing)
+        return closing
+
+    @staticmethod
     async def complete(settings: Settings, backends: Backends, spool_path: Path) -> bool:
+        """One step towards a sealed session; True once the spool is gone (its seal read back)."""
+        global _inline_slots
         session_id = spool_path.stem
+        state = _read_state(spool_path)
         try:
-            await asyncio.to_thread(upload_pending, backends, spool_path, final=True)
-            await asyncio.to_thread(hand_over, settings, backends, session_id)
+            if state.get("events") is None:  # closed by an older broker version or a crash: count from disk
+                chain = await asyncio.to_thread(chain_of, spool_path, session_id)
+                state.update(events=chain.count, chain_head=chain.head)
+                _write_state(spool_path, state)
+            if await asyncio.to_thread(_sealed_covers, backends, session_id, state["events"], state["chain_head"]):
+                spool_path.unlink(missing_ok=True)
+                _state_path(spool_path).unlink(missing_ok=True)
+                return True
+            if time.time() - state.get("handed_over_at", 0) < REHAND_SECONDS:
+                return False  # finalize has it; the sweeper reads the seal back later
+            closing = await asyncio.to_thread(SpoolUploader.hand_over, settings, backends, spool_path, state)
+            state["handed_over_at"] = time.time()
+            _write_state(spool_path, state)
+            if not (TOPIC_SESSION_CLOSED in settings.push_endpoints or settings.backends == "gcp"):
+                if _inline_slots is None:
+                    _inline_slots = asyncio.Semaphore(INLINE_SEALERS)
+                async with _inline_slots:
+                    result = await asyncio.to_thread(finalize_session, backends, closing,
+                                                     checkpoint_every=settings.ledger_checkpoint_every)
+                if result.status == "refused":
+                    return False
+            if await asyncio.to_thread(_sealed_covers, backends, session_id, state["events"], state["chain_head"]):
+                spool_path.unlink(missing_ok=True)
+                _state_path(spool_path).unlink(missing_ok=True)
+                return True
         except Exception as exc:
-            log(logger, logging.WARNING, "sealing deferred; spool kept for retry", session_id=session_id, error=f"{type(exc).__name__}: {exc}")
-            return False
-        spool_path.unlink(missing_ok=True)
-        _state_path(spool_path).unlink(missing_ok=True)
-        return True
+            log(logger, logging.WARNING, "sealing deferred; spool kept for retry", session_id=session_id,
+                error=f"{type(exc).__name__}: {exc}")
+        return False
 
     def recover_orphan(self, spool_path: Path) -> None:
         """A spool whose session is not live and not closed: the broker died mid-session."""
@@ -147,9 +245,14 @@ class SpoolUploader:
                 except (ValueError, KeyError):
                     pass
             fh.seek(cut)
-            fh.write(json.dumps({"seq": seq, "ts": round(time.time(), 6), "type": "session.end", "reason": "crash: broker stopped without closing the session; sealed at restart"}).encode() + b"\n")
+            fh.write(json.dumps({"seq": seq, "ts": round(time.time(), 6), "type": "session.end",
+                                 "reason": "crash: broker stopped without closing the session; sealed at restart"},
+                                separators=(",", ":")).encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        chain = chain_of(spool_path, spool_path.stem)
         state = _read_state(spool_path)
-        state["closed"] = True
+        state.update(closed=True, events=chain.count, chain_head=chain.head)
         _write_state(spool_path, state)
 
     async def sweep(self) -> int:

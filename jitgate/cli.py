@@ -235,19 +235,52 @@ def cmd_replay(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from jitgate.keys import load_public_key
-    from jitgate.recording.seal import verify
+    from jitgate.backends import open_backends
+    from jitgate.keys import key_id_of
+    from jitgate.recording.audit import verify_session
+    from jitgate.recording.trust import SEAL, load_any_public_key
 
-    backends, recording, manifest = _load_sealed(args)
-    keys = dict(backends.public_keys)
+    backends = open_backends(_settings(args))
+    trust = backends.trust
+    extra = {}
     for path in args.public_key or []:
-        key = load_public_key(Path(path).read_bytes())
-        from jitgate.keys import key_id_of
-
-        keys[key_id_of(key)] = key
-    result = verify(recording, manifest, keys)
-    print(result)
+        key = load_any_public_key(Path(path).read_bytes())
+        extra[key_id_of(key)] = key
+    if extra:
+        trust = trust.with_extra(SEAL, extra)
+    result = verify_session(backends, args.session, trust=trust)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result)
     return 0 if result.ok else 1
+
+
+def cmd_audit(args) -> int:
+    from jitgate.backends import open_backends
+    from jitgate.recording.audit import as_json, audit, describe
+
+    settings = _settings(args)
+    report = audit(open_backends(settings), spool_dir=settings.spool_dir, never_sealed_seconds=args.never_sealed_after)
+    print(as_json(report) if args.json else describe(report))
+    return 0 if report.ok else 1
+
+
+def cmd_keys_trust(args) -> int:
+    from jitgate.keys import key_id_of
+    from jitgate.recording.trust import TrustFile, load_any_public_key
+
+    pem = Path(args.public_key).read_bytes()
+    try:
+        key = load_any_public_key(pem)
+    except ValueError as exc:
+        print(f"{args.public_key}: {exc}", file=sys.stderr)
+        return 1
+    trust = TrustFile(_settings(args).trust_file)
+    key_id = args.key_id or key_id_of(key)
+    trust.add(key_id, args.purpose, pem, note=args.note or "")
+    print(f"trusted {key_id} for {args.purpose} in {trust.path}")
+    return 0
 
 
 def cmd_policy_check(args) -> int:
@@ -340,10 +373,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channel", type=int, help="with --asciicast: which terminal of the session (default: the first)")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("verify", help="check a recording's hash chain and signature")
+    p = sub.add_parser("verify", help="check that a session's recording is its own, whole, signed by a trusted key "
+                                      "and in the seal ledger")
     p.add_argument("session")
-    p.add_argument("--public-key", action="append", help="extra trusted public key (PEM)")
+    p.add_argument("--public-key", action="append", help="also trust this seal public key (PEM)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (status, problems, key)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("audit", help="walk the seal ledger and the store: missing, changed, unledgered and "
+                                     "never-sealed sessions, a broken ledger")
+    p.add_argument("--never-sealed-after", type=float, default=3600.0,
+                   help="report spools/chunks unsealed for longer than this many seconds (default 3600)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("keys", help="trusted keys of this deployment")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    kt = ksub.add_parser("trust", help="add a public key to the local trust file")
+    kt.add_argument("public_key", help="PEM file")
+    kt.add_argument("--purpose", choices=("seal", "session-closed"), default="seal")
+    kt.add_argument("--key-id", help="id the signatures name (default: ed25519:<hash> of the key)")
+    kt.add_argument("--note")
+    kt.set_defaults(func=cmd_keys_trust)
 
     p = sub.add_parser("policy", help="policy file tools")
     psub = p.add_subparsers(dest="policy_command", required=True)
@@ -371,7 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         register_approvals(sub)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `jitgate sessions | head`: the reader had enough; exit quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

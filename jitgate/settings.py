@@ -79,6 +79,26 @@ class Settings:
         return self.home / "keys"
 
     @property
+    def trust_file(self) -> Path:
+        """Keys trusted for seals and session-closed events (jitgate.recording.trust)."""
+        return Path(self.env.get("JITGATE_TRUSTED_KEYS") or self.keys_dir / "trusted-keys.json")
+
+    @property
+    def ledger_dir(self) -> Path:
+        """The embedded set's seal ledger (on GCP it lives in the recordings bucket)."""
+        return self.home / "ledger"
+
+    @property
+    def spool_upload_seconds(self) -> float:
+        """An active session's spool is uploaded at least this often (JITGATE_SPOOL_UPLOAD_SECONDS)."""
+        return float(self.env.get("JITGATE_SPOOL_UPLOAD_SECONDS") or 5)
+
+    @property
+    def ledger_checkpoint_every(self) -> int:
+        """A signed ledger checkpoint after this many seals (JITGATE_LEDGER_CHECKPOINT_EVERY)."""
+        return max(1, int(self.env.get("JITGATE_LEDGER_CHECKPOINT_EVERY") or 8))
+
+    @property
     def state_db(self) -> Path:
         return self.home / "state.sqlite3"
 

@@ -1,4 +1,8 @@
-"""Cloud Function (Pub/Sub session-closed): seal a session's recording. Redelivery-safe."""
+"""Cloud Function (Pub/Sub session-closed): seal a session's recording. Redelivery-safe.
+
+Only a session-closed event signed by a trusted broker key seals anything; any other
+event is refused in the log (and acknowledged: redelivering it cannot make it valid).
+"""
 import logging
 
 import functions_framework
@@ -14,24 +18,26 @@ logger = logging.getLogger("jitgate.finalize")
 logs.setup()  # JSON lines on stderr: Cloud Logging's structured format
 
 _backends = None
+_settings = None
 
 
 @functions_framework.cloud_event
 def finalize_recording(cloud_event):
-    global _backends
+    global _backends, _settings
     if _backends is None:
-        _backends = open_backends(Settings.from_env())
+        _settings = Settings.from_env()
+        _backends = open_backends(_settings)
     try:
         payload = decode_pubsub_event(cloud_event)
-        session_id = payload["session_id"]
-        if not isinstance(session_id, str) or not session_id:
-            raise ValueError("session_id must be a non-empty string")
+        if not isinstance(payload, dict):
+            raise ValueError("the event data is not a JSON object")
     except (ValueError, KeyError, TypeError) as exc:
         # Acknowledge a malformed event (retrying cannot fix it) and say why in the log.
         log(logger, logging.ERROR, "session-closed event ignored: malformed", error=f"{type(exc).__name__}: {exc}")
         return
-    entry = finalize_session(_backends, session_id)
-    if entry is None:
-        log(logger, logging.INFO, "already sealed; duplicate delivery ignored", session_id=session_id)
-    else:
-        log(logger, logging.INFO, "session sealed", session_id=session_id, events=entry.get("statements"))
+    result = finalize_session(_backends, payload, checkpoint_every=_settings.ledger_checkpoint_every)
+    if result.status == "duplicate":
+        log(logger, logging.INFO, "already sealed; duplicate delivery ignored", session_id=result.session_id)
+    elif result.status == "sealed":
+        log(logger, logging.INFO, "session sealed", session_id=result.session_id,
+            statements=result.entry.get("statements"), ledger_entry=result.entry.get("ledger_entry"))

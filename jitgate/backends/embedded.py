@@ -143,11 +143,16 @@ class SqliteState:
         return [json.loads(r[0]) for r in rows]
 
 
-class LocalRecordingStore:
-    """recordings/<session>/chunks/NNNNNN.jsonl while running; recordings/<session>/<name> once sealed."""
+READ_BLOCK = 1024 * 1024
 
-    def __init__(self, root: Path):
+
+class LocalRecordingStore:
+    """recordings/<session>/chunks/NNNNNN.jsonl while running; recordings/<session>/<name> once sealed;
+    the ledger (jitgate.recording.ledger) in its own folder, objects created once."""
+
+    def __init__(self, root: Path, ledger_dir: Path | None = None):
         self.root = root
+        self.ledger_dir = ledger_dir or root.parent / "ledger"
         root.mkdir(parents=True, exist_ok=True)
 
     def _dir(self, session_id: str) -> Path:
@@ -174,13 +179,7 @@ class LocalRecordingStore:
     def put_object(self, session_id: str, name: str, data: bytes) -> str:
         directory = self._dir(session_id)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)  # never overwrite a sealed object
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return path.as_uri()
+        return _create_once(directory / name, [data]).as_uri()  # never overwrites a sealed object
 
     def get_object(self, session_id: str, name: str) -> bytes:
         return (self._dir(session_id) / name).read_bytes()
@@ -188,17 +187,98 @@ class LocalRecordingStore:
     def object_exists(self, session_id: str, name: str) -> bool:
         return (self._dir(session_id) / name).exists()
 
+    def open_object(self, session_id: str, name: str):
+        """The object's bytes in blocks (a recording can be larger than memory)."""
+        with open(self._dir(session_id) / name, "rb") as fh:
+            while block := fh.read(READ_BLOCK):
+                yield block
+
+    def put_object_stream(self, session_id: str, name: str, blocks) -> str:
+        """Write a sealed object from a stream of blocks, once: refuses to overwrite (FileExistsError)."""
+        directory = self._dir(session_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        return _create_once(directory / name, blocks).as_uri()
+
+    def delete_chunks(self, session_id: str) -> int:
+        directory = self._dir(session_id) / "chunks"
+        removed = 0
+        for path in directory.glob("*.jsonl") if directory.exists() else ():
+            path.unlink(missing_ok=True)
+            removed += 1
+        if directory.exists():
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        return removed
+
+    def stored_sessions(self) -> dict[str, dict]:
+        """Every session folder: whether it has a manifest, and when its newest chunk was written."""
+        out = {}
+        for directory in self.root.iterdir():
+            if not directory.is_dir() or directory.name.startswith("."):
+                continue
+            chunks = [p.stat().st_mtime for p in (directory / "chunks").glob("*.jsonl")]
+            out[directory.name] = {"manifest": (directory / "manifest.json").exists(),
+                                   "recording": (directory / "recording.jsonl").exists(),
+                                   "chunks_updated": max(chunks) if chunks else None}
+        return out
+
+    # -- ledger ---------------------------------------------------------------------------
+
+    def put_ledger(self, name: str, data: bytes) -> None:
+        path = self.ledger_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_once(path, [data])
+
+    def get_ledger(self, name: str) -> bytes:
+        return (self.ledger_dir / name).read_bytes()
+
+    def list_ledger(self, folder: str, start_after: str = "") -> list[str]:
+        directory = self.ledger_dir / folder
+        if not directory.exists():
+            return []
+        return sorted(f"{folder}/{p.name}" for p in directory.iterdir()
+                      if not p.name.startswith(".") and f"{folder}/{p.name}" > start_after)
+
+
+def _create_once(path: Path, blocks) -> Path:
+    """Write blocks to a temporary file, then link it into place: the name appears once, whole,
+    and never replaces an existing object (FileExistsError)."""
+    if path.exists():
+        raise FileExistsError(f"{path} exists; sealed objects are never overwritten")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            for block in blocks:
+                fh.write(block)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o640)
+        os.link(tmp, path)  # fails if the name exists: the first writer wins
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
 
 class InProcessBus:
     """Callbacks in this process, plus optional HTTP push per topic (Pub/Sub push semantics:
-    retried with backoff until the endpoint answers 2xx)."""
+    retried with backoff until the endpoint answers 2xx).
+
+    ``PUSH_WORKERS`` deliveries run at once (a slow seal does not hold the sessions behind it),
+    each given ``PUSH_TIMEOUT`` seconds: a seal of a large recording takes longer than an ack
+    deadline, and resending it while it still runs only doubles the work."""
+
+    PUSH_WORKERS = 4
+    PUSH_TIMEOUT = 600.0
 
     def __init__(self, push_endpoints: dict[str, str] | None = None, project: str = "local"):
         self._subscribers: dict[str, list[Callable]] = {}
         self._push = dict(push_endpoints or {})
         self._project = project
         self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
         self._stopped = threading.Event()
 
     def subscribe(self, topic: str, callback: Callable[[dict], None]) -> None:
@@ -215,12 +295,14 @@ class InProcessBus:
             self._queue.put((topic, payload, 0))
 
     def _ensure_thread(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._pusher, name="bus-push", daemon=True)
-            self._thread.start()
+        with self._threads_lock:
+            while len(self._threads) < self.PUSH_WORKERS:
+                thread = threading.Thread(target=self._pusher, name=f"bus-push-{len(self._threads)}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     def _pusher(self) -> None:
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=httpx.Timeout(self.PUSH_TIMEOUT, connect=10)) as client:
             while not self._stopped.is_set():
                 try:
                     topic, payload, attempt = self._queue.get(timeout=0.5)

@@ -1,59 +1,201 @@
-"""Sealing a session: gather its chunks, chain, sign, store, index. Idempotent.
+"""Sealing a session: on the broker's signed end, chain its chunks, sign, store, ledger, index.
 
-This is the body of functions/finalize_recording; the broker also calls it for
-orphaned spools after a crash and when no finalize endpoint is configured.
+This is the body of functions/finalize_recording; the embedded broker without a finalize
+endpoint calls it too. It seals only what the broker's session-closed event vouches for
+(event count and chain head); anything else is refused, logged, and nothing is removed.
+
+Memory stays bounded by one chunk whatever the recording's size: a first pass over the
+chunks checks the chain and gathers the manifest, a second pass streams the sealed lines
+into the store. Idempotent: a redelivered event finds the seal and only finishes what a
+previous attempt left undone (ledger, index, chunk removal).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
 from jitgate.backends import Backends
-from jitgate.recording.seal import parse_events, seal, summarize
+from jitgate.logs import log
+from jitgate.recording import ledger
+from jitgate.recording.closing import ClosingRefused, check_closing
+from jitgate.recording.seal import Chain, Summary, build_manifest, chained, is_event_line, iter_lines, read_manifest, verify_recording
+
+logger = logging.getLogger("jitgate.finalize")
 
 RECORDING = "recording.jsonl"
 MANIFEST = "manifest.json"
 
 
-def finalize_session(backends: Backends, session_id: str) -> dict | None:
-    """Seal one session. Returns its index entry, or None if it was already sealed."""
+class ChunksIncomplete(RuntimeError):
+    """The chunks do not yet hold every event the broker closed with: retry later (not a refusal)."""
+
+
+@dataclass
+class Finalized:
+    status: str  # "sealed", "duplicate" or "refused"
+    session_id: str
+    reason: str = ""
+    entry: dict | None = None
+
+
+def _chunk_blocks(backends: Backends, session_id: str) -> Iterator[bytes]:
+    for index in backends.recordings.list_chunks(session_id):
+        yield backends.recordings.get_chunk(session_id, index)
+
+
+def _first_events(backends: Backends, session_id: str, count: int) -> Iterator[bytes]:
+    """The first ``count`` event lines of the session's chunks (a torn or foreign tail is not read)."""
+    taken = 0
+    for line in iter_lines(_chunk_blocks(backends, session_id)):
+        if taken == count:
+            return
+        taken += 1
+        yield line
+
+
+def _sealed_blocks(backends: Backends, session_id: str, count: int, digest) -> Iterator[bytes]:
+    """The sealed recording, a block per chunk's worth of lines, hashed as it goes."""
+    chain = Chain(session_id)
+    block: list[bytes] = []
+    size = 0
+    for line in _first_events(backends, session_id, count):
+        out = chained(line, chain.add(line)) + b"\n"
+        block.append(out)
+        size += len(out)
+        if size >= 1024 * 1024:
+            data = b"".join(block)
+            digest.update(data)
+            yield data
+            block, size = [], 0
+    if block:
+        data = b"".join(block)
+        digest.update(data)
+        yield data
+
+
+def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_every: int = 8) -> Finalized:
+    """Seal the session a broker's signed session-closed event names. Never raises for a refusal
+    (returns status "refused" and logs why); raises ChunksIncomplete or a backend error when a
+    retry can help."""
+    try:
+        closing = check_closing(closing_event, backends.trust)
+    except ClosingRefused as exc:
+        session_id = closing_event.get("session_id") if isinstance(closing_event, dict) else None
+        log(logger, logging.ERROR, "session-closed event refused; nothing sealed, nothing removed",
+            session_id=str(session_id), reason=str(exc))
+        return Finalized("refused", str(session_id or ""), str(exc))
+    session_id, events, head = closing["session_id"], closing["events"], closing["chain_head"]
+
     if backends.recordings.object_exists(session_id, MANIFEST):
-        backends.index.mark_finalized(session_id)
-        if backends.index.get_session(session_id) is None:  # the sealer died (or is still) before indexing
-            _index_sealed(backends, session_id)
-        return None
-    raw = b"".join(backends.recordings.get_chunk(session_id, i) for i in backends.recordings.list_chunks(session_id))
-    if not raw:
-        raise FileNotFoundError(f"no recorded chunks for session {session_id}")
-    events = parse_events(raw)
-    recording, manifest = seal(session_id, events, backends.signer)
-    recording_uri = None
-    if not backends.recordings.object_exists(session_id, RECORDING):
+        return _already_sealed(backends, closing, checkpoint_every)
+
+    # Pass 1: the chunks must chain to the head the broker signed.
+    chain, summary, digest, size = Chain(session_id), Summary(session_id), hashlib.sha256(), 0
+    for number, line in enumerate(_first_events(backends, session_id, events), start=1):
+        if not is_event_line(line):
+            return _refuse(session_id, f"line {number} of the stored chunks is not an event (chunks written by "
+                                       "someone other than the broker?)")
         try:
-            recording_uri = backends.recordings.put_object(session_id, RECORDING, recording)
-        except FileExistsError:  # a concurrent delivery of the same event stored it first
-            pass
-    if recording_uri is None:
-        # A previous attempt stored the recording but died before the manifest: reuse it.
-        recording = backends.recordings.get_object(session_id, RECORDING)
-        recording, manifest = _reseal_existing(session_id, recording, backends)
+            summary.add(json.loads(line))
+        except ValueError:
+            return _refuse(session_id, f"line {number} of the stored chunks is not JSON")
+        out = chained(line, chain.add(line)) + b"\n"
+        digest.update(out)
+        size += len(out)
+    if chain.count < events:
+        raise ChunksIncomplete(f"session {session_id}: {chain.count} of {events} events stored so far")
+    if chain.head != head:
+        return _refuse(session_id, f"the stored chunks do not chain to the head the broker closed with "
+                                   f"({events} events): they were altered or replaced")
+    sha256 = digest.hexdigest()
+
+    # Pass 2: stream the sealed lines into the store (created once).
+    written = hashlib.sha256()
+    try:
+        recording_uri = backends.recordings.put_object_stream(
+            session_id, RECORDING, _sealed_blocks(backends, session_id, events, written))
+        if written.hexdigest() != sha256:
+            return _refuse(session_id, "the chunks changed between reading and sealing; the stored recording "
+                                       "does not match its chain (left unsealed for review)")
+    except FileExistsError:
+        # An earlier attempt stored it and died before the manifest, or someone created it first.
+        existing = hashlib.sha256()
+        for block in backends.recordings.open_object(session_id, RECORDING):
+            existing.update(block)
+        if existing.hexdigest() != sha256:
+            return _refuse(session_id, "a recording object already exists for this session and does not match "
+                                       "its chunks; not sealing over it (left for review)")
         recording_uri = f"{session_id}/{RECORDING}"
+    manifest = build_manifest(session_id, summary, events=events, chain_head=head, sha256=sha256, size=size,
+                              closed_by=closing["key_id"], signer=backends.signer, previous=closing.get("continues"))
     try:
         manifest_uri = backends.recordings.put_object(session_id, MANIFEST, manifest)
-    except FileExistsError:  # a concurrent delivery sealed it first (objects are created once); it indexes
-        return None
-    entry = summarize(session_id, events)
-    entry.update(recording_uri=recording_uri, manifest_uri=manifest_uri)
-    # Only the delivery that created the manifest gets here; a duplicate may already have marked it
-    # finalized meanwhile (Pub/Sub delivers at least once, possibly concurrently), so index regardless.
+    except FileExistsError:  # a concurrent delivery sealed it first (objects are created once)
+        return _already_sealed(backends, closing, checkpoint_every)
+    entry = summary.entry()
+    entry.update(recording_uri=recording_uri, manifest_uri=manifest_uri,
+                 manifest_sha256=hashlib.sha256(manifest).hexdigest())
+    _after_seal(backends, session_id, manifest, entry, checkpoint_every)
+    return Finalized("sealed", session_id, entry=entry)
+
+
+def _refuse(session_id: str, reason: str) -> Finalized:
+    log(logger, logging.ERROR, "seal refused; nothing sealed, nothing removed", session_id=session_id, reason=reason)
+    return Finalized("refused", session_id, reason)
+
+
+def _already_sealed(backends: Backends, closing: dict, checkpoint_every: int) -> Finalized:
+    """A seal exists: a duplicate delivery when it covers the same end, else a refusal."""
+    session_id = closing["session_id"]
+    manifest = backends.recordings.get_object(session_id, MANIFEST)
+    parsed = read_manifest(manifest)
+    if parsed is None or parsed[0].get("events") != closing["events"] or parsed[0].get("chain_head") != closing["chain_head"]:
+        return _refuse(session_id, "the session is already sealed with a different end than this session-closed "
+                                   "event names (the broker records the rest as a continuation)")
+    entry: dict = {}
+    if not backends.recordings.object_exists(session_id, ledger.MARKER) or backends.index.get_session(session_id) is None:
+        # The sealer died between the manifest and the ledger/index: finish its work.
+        summary = Summary(session_id)
+        for line in iter_lines(backends.recordings.open_object(session_id, RECORDING)):
+            summary.add(json.loads(line))
+        entry = summary.entry()
+        entry.update(recording_uri=f"{session_id}/{RECORDING}", manifest_uri=f"{session_id}/{MANIFEST}",
+                     manifest_sha256=hashlib.sha256(manifest).hexdigest())
+        _after_seal(backends, session_id, manifest, entry, checkpoint_every)
+    else:
+        _remove_chunks(backends, session_id, manifest)
+    return Finalized("duplicate", session_id, entry=entry or None)
+
+
+def _after_seal(backends: Backends, session_id: str, manifest: bytes, entry: dict, checkpoint_every: int) -> None:
+    manifest_sha256 = hashlib.sha256(manifest).hexdigest()
+    if not backends.recordings.object_exists(session_id, ledger.MARKER):
+        number = ledger.append(backends.recordings, backends.signer, session_id=session_id,
+                               manifest_sha256=manifest_sha256, checkpoint_every=checkpoint_every)
+        try:
+            backends.recordings.put_object(session_id, ledger.MARKER, json.dumps({"entry": number}).encode() + b"\n")
+        except FileExistsError:
+            pass
+        entry["ledger_entry"] = number
+    else:
+        entry["ledger_entry"] = json.loads(backends.recordings.get_object(session_id, ledger.MARKER))["entry"]
+    # Pub/Sub delivers at least once, possibly concurrently: index regardless of who marked it first.
     backends.index.mark_finalized(session_id)
     backends.index.put_session(entry)
-    return entry
+    _remove_chunks(backends, session_id, manifest)
 
 
-def _index_sealed(backends: Backends, session_id: str) -> None:
-    entry = summarize(session_id, parse_events(backends.recordings.get_object(session_id, RECORDING)))
-    entry.update(recording_uri=f"{session_id}/{RECORDING}", manifest_uri=f"{session_id}/{MANIFEST}")
-    backends.index.put_session(entry)
-
-
-def _reseal_existing(session_id: str, recording: bytes, backends: Backends) -> tuple[bytes, bytes]:
-    events = parse_events(recording)
-    return seal(session_id, events, backends.signer)
+def _remove_chunks(backends: Backends, session_id: str, manifest: bytes) -> None:
+    """Chunks go only once the stored recording verifies against its signed manifest."""
+    if not backends.recordings.list_chunks(session_id):
+        return
+    result = verify_recording(backends.recordings.open_object(session_id, RECORDING), manifest, backends.trust,
+                              session_id=session_id)
+    if not result.ok:
+        log(logger, logging.ERROR, "sealed recording does not verify; chunks kept", session_id=session_id,
+            problems="; ".join(result.problems))
+        return
+    backends.recordings.delete_chunks(session_id)

@@ -3,9 +3,11 @@
 One file per session (``<spool>/<session_id>.jsonl``). Each event is written and
 flushed to the OS before the statement goes upstream, so a killed broker loses
 nothing that ran; fsync is batched (``fsync_interval``) because a disk flush per
-statement would cap throughput at the disk's sync rate. Completed chunks are
-uploaded by the Uploader; the file is deleted only after the session is sealed
-upstream, and an orphaned spool found at startup is sealed as a crashed session.
+statement would cap throughput at the disk's sync rate. The spool keeps the head of
+the session's chain over the exact lines it wrote (jitgate.recording.seal), which
+the broker signs when it closes the session. Chunks are uploaded by the recorder;
+the file is deleted only after the broker reads back a seal covering its last event,
+and an orphaned spool found at startup is sealed as a crashed session.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 from jitgate.logs import scrub
+from jitgate.recording.seal import Chain, iter_lines
 
 
 class Spool:
@@ -28,6 +31,8 @@ class Spool:
         self._fsync_interval = fsync_interval
         self._last_sync = time.monotonic()
         self.closed = False
+        self.chain = Chain(session_id)
+        self.written = 0  # bytes in the file
 
     def append(self, event_type: str, *, defer: bool = False, **fields) -> dict:
         """Append one event. ``defer`` keeps it in memory until the next ``flush`` (or the
@@ -43,8 +48,12 @@ class Spool:
     def flush(self) -> None:
         if not self._pending:
             return
+        for line in self._pending:
+            self.chain.add(line)
         self._pending.append(b"")
-        self._fh.write(b"\n".join(self._pending))
+        data = b"\n".join(self._pending)
+        self._fh.write(data)
+        self.written += len(data)
         self._pending.clear()
         now = time.monotonic()
         if now - self._last_sync >= self._fsync_interval:
@@ -57,6 +66,20 @@ class Spool:
             os.fsync(self._fh.fileno())
             self._fh.close()
             self.closed = True
+
+
+def chain_of(path: Path, session_id: str) -> Chain:
+    """The chain of a spool file on disk (a spool left by an earlier broker process)."""
+    chain = Chain(session_id)
+
+    def blocks():
+        with open(path, "rb") as fh:
+            while block := fh.read(1024 * 1024):
+                yield block
+
+    for line in iter_lines(blocks()):
+        chain.add(line)
+    return chain
 
 
 def describe_params(values, formats) -> list:

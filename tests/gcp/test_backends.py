@@ -164,21 +164,59 @@ def _chunks(session_id: str, statements: int = 3) -> bytes:
                "principal": {"username": "alice@example.com", "groups": ["sre"]}}]
     events += [{"seq": i, "ts": 1.0 + i, "type": "statement", "text": f"SELECT {i}"} for i in range(1, statements + 1)]
     events.append({"seq": statements + 1, "ts": 9.0, "type": "session.end", "reason": "client closed"})
-    return b"".join(json.dumps(e).encode() + b"\n" for e in events)
+    return b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events)
+
+
+def _closing(backends, session_id: str, data: bytes) -> dict:
+    """The broker's signed end for chunks holding ``data``."""
+    from jitgate.recording.closing import sign_closing
+    from jitgate.recording.seal import Chain
+
+    chain = Chain(session_id)
+    for line in data.splitlines():
+        chain.add(line)
+    return sign_closing(backends.closing_signer, session_id, events=chain.count, chain_head=chain.head)
 
 
 def test_finalize_is_idempotent_on_firestore_and_gcs(gcp_backends):
+    from jitgate.recording.audit import audit, verify_session
+
     data = _chunks("f1")
-    gcp_backends.recordings.put_chunk("f1", 0, data[:150])
-    gcp_backends.recordings.put_chunk("f1", 1, data[150:])
-    entry = finalize_session(gcp_backends, "f1")
-    assert entry["statements"] == 3 and entry["recording_uri"].startswith("gs://")
+    cut = data.index(b"\n", 150) + 1
+    gcp_backends.recordings.put_chunk("f1", 0, data[:cut])
+    gcp_backends.recordings.put_chunk("f1", 1, data[cut:])
+    closing = _closing(gcp_backends, "f1", data)
+    result = finalize_session(gcp_backends, {"session_id": "f1"})  # unsigned: refused
+    assert result.status == "refused" and not gcp_backends.recordings.object_exists("f1", MANIFEST)
+    result = finalize_session(gcp_backends, closing)
+    assert result.status == "sealed" and result.entry["statements"] == 3 and result.entry["recording_uri"].startswith("gs://")
     generation = gcp_backends.recordings.bucket.get_blob("f1/" + MANIFEST).generation
-    assert finalize_session(gcp_backends, "f1") is None  # redelivered: nothing rewritten
+    assert finalize_session(gcp_backends, closing).status == "duplicate"  # redelivered: nothing rewritten
     assert gcp_backends.recordings.bucket.get_blob("f1/" + MANIFEST).generation == generation
     recording = gcp_backends.recordings.get_object("f1", RECORDING)
     assert verify(recording, gcp_backends.recordings.get_object("f1", MANIFEST), gcp_backends.public_keys).ok
     assert [r["session_id"] for r in gcp_backends.index.list_sessions()] == ["f1"]
+    assert gcp_backends.recordings.list_chunks("f1") == []  # removed once the seal verified
+    check = verify_session(gcp_backends, "f1")
+    assert check.ok and check.ledger_entry == 0, check.problems
+    assert gcp_backends.recordings.get_ledger("entries/000000000000.json")
+    assert audit(gcp_backends).ok, audit(gcp_backends).problems
+
+
+def test_a_large_recording_streams_into_gcs(gcp_backends):
+    """Sealing reads chunk by chunk and uploads in one resumable stream (several STREAM_BLOCKs)."""
+    line = json.dumps({"seq": 1, "ts": 1.0, "type": "result", "pad": "y" * 1000}, separators=(",", ":")).encode()
+    data = _chunks("big")
+    gcp_backends.recordings.put_chunk("big", 0, data)
+    body = (line + b"\n") * 1024  # 1 MiB chunks, 10 MiB in all
+    for i in range(1, 11):
+        gcp_backends.recordings.put_chunk("big", i, body)
+    closing = _closing(gcp_backends, "big", data + body * 10)
+    assert finalize_session(gcp_backends, closing).status == "sealed"
+    from jitgate.recording.audit import verify_session
+
+    check = verify_session(gcp_backends, "big")
+    assert check.ok and check.events == 5 + 10 * 1024, check.problems
 
 
 def test_session_closed_is_pushed_to_the_function_as_eventarc_would(gcp_env, gcp_project, tmp_path):
@@ -200,8 +238,9 @@ def test_session_closed_is_pushed_to_the_function_as_eventarc_would(gcp_env, gcp
         assert sub.push_config.push_endpoint.endswith(f"/projects/{gcp_project}/topics/jitgate-session-closed")
         assert sub.dead_letter_policy.dead_letter_topic.endswith("/topics/jitgate-dead-letter")
         backends.recordings.put_chunk("p1", 0, _chunks("p1"))
-        backends.bus.publish(TOPIC_SESSION_CLOSED, {"session_id": "p1"})
-        backends.bus.publish(TOPIC_SESSION_CLOSED, {"session_id": "p1"})  # duplicate
+        closing = _closing(backends, "p1", _chunks("p1"))
+        backends.bus.publish(TOPIC_SESSION_CLOSED, closing)
+        backends.bus.publish(TOPIC_SESSION_CLOSED, closing)  # duplicate
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not backends.index.list_sessions():
             time.sleep(0.2)
@@ -217,9 +256,13 @@ def test_session_closed_is_pushed_to_the_function_as_eventarc_would(gcp_env, gcp
                       backends.public_keys).ok
         # The same body that the emulator pushes, sent by hand, is accepted as a CloudEvent (no ce-* headers).
         body = {"subscription": f"projects/{gcp_project}/subscriptions/x", "message": {
-            "data": base64.b64encode(b'{"session_id":"p1"}').decode(), "messageId": "42", "attributes": {}}}
+            "data": base64.b64encode(json.dumps(closing).encode()).decode(), "messageId": "42", "attributes": {}}}
         response = httpx.post(f"http://127.0.0.1:{port}/projects/{gcp_project}/topics/jitgate-session-closed", json=body)
         assert response.status_code == 200, response.text
+        # An unsigned event sent the same way is answered (acknowledged) and refused in the log.
+        body["message"]["data"] = base64.b64encode(b'{"session_id":"p1"}').decode()
+        response = httpx.post(f"http://127.0.0.1:{port}/projects/{gcp_project}/topics/jitgate-session-closed", json=body)
+        assert response.status_code == 200 and "not signed by a broker" in fn.log_path.read_text(), fn.tail()
     finally:
         fn.stop()
         backends.close()

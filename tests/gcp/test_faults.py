@@ -3,6 +3,7 @@
 two brokers sharing one set of backends."""
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -14,6 +15,7 @@ from jitgate import approvals as ap
 from jitgate.backends import open_backends
 from jitgate.backends.base import TOPIC_SESSION_CLOSED
 from jitgate.devstack import dev_token, free_port, start_broker, start_stack
+from jitgate.recording.closing import sign_closing
 from jitgate.recording.finalize import MANIFEST, RECORDING
 from jitgate.recording.seal import parse_events, verify
 from jitgate.settings import Settings
@@ -99,8 +101,10 @@ def test_duplicate_session_closed_finalizes_once(fault_stack):
         conn.execute("SELECT 'duplicate delivery'").fetchall()
     session_id = _new_sessions(backends, before)[0]["session_id"]
     generation = backends.recordings.bucket.get_blob(f"{session_id}/{MANIFEST}").generation
-    for _ in range(3):
-        backends.bus.publish(TOPIC_SESSION_CLOSED, {"session_id": session_id})
+    sealed = json.loads(backends.recordings.get_object(session_id, MANIFEST))
+    closing = sign_closing(backends.closing_signer, session_id, events=sealed["events"], chain_head=sealed["chain_head"])
+    for _ in range(3):  # the broker's own end, redelivered
+        backends.bus.publish(TOPIC_SESSION_CLOSED, closing)
     fn_log = fault_stack.home / "logs" / "fn-finalize_recording.log"
 
     def duplicates_answered() -> int:

@@ -1,15 +1,22 @@
-"""Sealed recordings: chain, signature, tamper detection, crash recovery, idempotent finalize."""
+"""Sealed recordings: chain, binding, signature, trusted keys, authenticated close, ledger and audit,
+crash recovery, idempotent and streaming finalize."""
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tracemalloc
 
 import pytest
 
-from broker.recorder import SpoolUploader
+from broker.recorder import SpoolUploader, _write_state, upload_pending
 from jitgate.backends import open_backends
+from jitgate.keys import LocalSigner
+from jitgate.recording import ledger
+from jitgate.recording.audit import audit, verify_session
+from jitgate.recording.closing import sign_closing
 from jitgate.recording.finalize import MANIFEST, RECORDING, finalize_session
-from jitgate.recording.seal import parse_events, seal, verify
+from jitgate.recording.seal import Chain, parse_events, seal, verify
 from jitgate.recording.spool import Spool
 from jitgate.settings import Settings
 
@@ -21,21 +28,39 @@ def backends(tmp_path):
 
 
 EVENTS = [
-    {"seq": 0, "ts": 1.0, "type": "session.start", "principal": {"username": "alice@example.com", "groups": ["sre"]}, "target": "demo"},
+    {"seq": 0, "ts": 1.0, "type": "session.start", "principal": {"username": "alice@example.com", "groups": ["sre"]},
+     "target": "demo", "kind": "postgres"},
     {"seq": 1, "ts": 1.5, "type": "statement", "id": 1, "sql": "SELECT 1", "decision": "allow"},
     {"seq": 2, "ts": 1.6, "type": "result", "id": 1, "rows": 1, "error": None},
     {"seq": 3, "ts": 2.0, "type": "session.end", "reason": "client closed"},
 ]
 
 
+def spool_bytes(events) -> bytes:
+    return b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events)
+
+
+def store_and_close(b, session_id: str, events=EVENTS, *, split: int = 100, signer=None) -> dict:
+    """Store a session's chunks as the broker uploads them; return its signed session-closed event."""
+    data = spool_bytes(events)
+    cut = data.index(b"\n", min(split, len(data) - 1)) + 1
+    b.recordings.put_chunk(session_id, 0, data[:cut])
+    if data[cut:]:
+        b.recordings.put_chunk(session_id, 1, data[cut:])
+    chain = Chain(session_id)
+    for line in data.splitlines():
+        chain.add(line)
+    return sign_closing(signer or b.closing_signer, session_id, events=chain.count, chain_head=chain.head)
+
+
 def test_seal_then_verify_and_every_single_byte_change_is_caught(backends):
     _, b = backends
     recording, manifest = seal("s1", EVENTS, b.signer)
-    assert verify(recording, manifest, b.public_keys).ok
+    assert verify(recording, manifest, b.trust, session_id="s1").ok
     for position in range(0, len(recording), 7):
         flipped = bytearray(recording)
         flipped[position] ^= 0x01
-        assert not verify(bytes(flipped), manifest, b.public_keys).ok, position
+        assert not verify(bytes(flipped), manifest, b.trust).ok, position
 
 
 def test_verify_names_the_altered_line_and_detects_truncation(backends):
@@ -43,40 +68,135 @@ def test_verify_names_the_altered_line_and_detects_truncation(backends):
     recording, manifest = seal("s1", EVENTS, b.signer)
     lines = recording.split(b"\n")
     lines[2] = lines[2].replace(b'"rows":1', b'"rows":9')
-    result = verify(b"\n".join(lines), manifest, b.public_keys)
+    result = verify(b"\n".join(lines), manifest, b.trust)
     assert not result.ok and any("line 3" in p for p in result.problems)
     truncated = b"\n".join(recording.split(b"\n")[:2]) + b"\n"
-    assert not verify(truncated, manifest, b.public_keys).ok
+    assert not verify(truncated, manifest, b.trust).ok
 
 
-def test_manifest_signature_is_checked(backends):
+def test_manifest_binds_the_session_and_its_facts(backends):
     _, b = backends
     recording, manifest = seal("s1", EVENTS, b.signer)
     doc = json.loads(manifest)
-    doc["events"] = 3
-    result = verify(recording, json.dumps(doc).encode(), b.public_keys)
-    assert not result.ok and any("signature does not verify" in p for p in result.problems)
-    assert not verify(recording, manifest, {}).ok  # unknown key
+    assert {doc[k] for k in ("session_id", "target", "principal", "protocol")} == {"s1", "demo", "alice@example.com", "postgres"}
+    assert (doc["started_at"], doc["ended_at"], doc["events"]) == (1.0, 2.0, 4) and doc["chain_head"] and doc["sha256"]
+    for field, value in (("events", 3), ("target", "prod"), ("principal", "mallory@example.com"), ("ended_at", 1.5)):
+        altered = dict(doc, **{field: value})
+        result = verify(recording, json.dumps(altered).encode(), b.trust)
+        assert not result.ok and any("signature does not verify" in p for p in result.problems), field
+    # Asked about s2 while the files are s1's (copied into s2's folder): refused, naming both.
+    result = verify(recording, manifest, b.trust, session_id="s2")
+    assert not result.ok and any("for session 's1', not 's2'" in p for p in result.problems)
 
 
-def test_finalize_is_idempotent(backends):
+def test_only_configured_keys_are_trusted_and_the_key_is_named(backends, tmp_path):
+    settings, b = backends
+    recording, manifest = seal("s1", EVENTS, b.signer)
+    result = verify(recording, manifest, b.trust)
+    assert result.ok and b.signer.key_id in str(result)
+    stranger = LocalSigner(tmp_path / "elsewhere" / "k.pem")  # e.g. generated by whoever holds the host
+    recording, manifest = seal("s1", EVENTS, stranger)
+    result = verify(recording, manifest, b.trust)
+    assert result.status == "untrusted" and any(stranger.key_id in p and "not a configured seal key" in p
+                                                for p in result.problems)
+    # A second start with a new key file does not trust the new key by itself.
+    (settings.keys_dir / "manifest-signing.pem").unlink()
+    again = open_backends(settings)
+    assert again.signer.key_id != b.signer.key_id and again.signer.key_id not in again.trust
+    assert b.signer.key_id in again.trust
+
+
+def test_finalize_is_idempotent_streams_and_removes_chunks(backends):
     _, b = backends
-    data = b"".join(json.dumps(e).encode() + b"\n" for e in EVENTS)
-    b.recordings.put_chunk("s2", 0, data[:100])
-    b.recordings.put_chunk("s2", 1, data[100:])
-    entry = finalize_session(b, "s2")
-    assert entry["statements"] == 1 and entry["principal"] == "alice@example.com"
-    assert finalize_session(b, "s2") is None  # duplicate delivery
-    assert verify(b.recordings.get_object("s2", RECORDING), b.recordings.get_object("s2", MANIFEST), b.public_keys).ok
+    closing = store_and_close(b, "s2")
+    result = finalize_session(b, closing)
+    assert result.status == "sealed" and result.entry["statements"] == 1 and result.entry["principal"] == "alice@example.com"
+    assert finalize_session(b, closing).status == "duplicate"  # redelivery
+    assert b.recordings.list_chunks("s2") == []  # removed after the seal verified
+    check = verify_session(b, "s2")
+    assert check.ok and check.ledger_entry == 0, check.problems
     with pytest.raises(FileExistsError):
         b.recordings.put_object("s2", RECORDING, b"overwrite attempt")
+
+
+def test_an_unsigned_or_foreign_session_closed_is_refused_and_changes_nothing(backends, tmp_path):
+    _, b = backends
+    closing = store_and_close(b, "s3")
+    for forged in ({"session_id": "s3"},
+                   sign_closing(LocalSigner(tmp_path / "x.pem"), "s3", events=2, chain_head=closing["chain_head"]),
+                   {**closing, "events": 2},  # a signed event, re-counted: the signature breaks
+                   {**closing, "signature": closing["signature"][:-4] + "AAA="}):
+        result = finalize_session(b, forged)
+        assert result.status == "refused", forged
+        assert not b.recordings.object_exists("s3", MANIFEST) and len(b.recordings.list_chunks("s3")) == 2
+    assert "not signed by a broker" in finalize_session(b, {"session_id": "s3"}).reason
+    assert "not a trusted broker key" in finalize_session(b, sign_closing(LocalSigner(tmp_path / "y.pem"), "s3", events=4,
+                                                                          chain_head=closing["chain_head"])).reason
+    assert finalize_session(b, closing).status == "sealed"  # the broker's own end still seals all of it
+    assert [e["type"] for e in parse_events(b.recordings.get_object("s3", RECORDING))][-1] == "session.end"
+
+
+def test_finalize_seals_only_chunks_that_chain_to_the_signed_head(backends):
+    _, b = backends
+    closing = store_and_close(b, "s4")
+    swapped = spool_bytes(EVENTS[:1] + [dict(EVENTS[1], sql="SELECT 2")] + EVENTS[2:])
+    b.recordings.put_chunk("s4", 0, swapped)  # someone rewrote a chunk in the bucket
+    b.recordings.put_chunk("s4", 1, b"")
+    result = finalize_session(b, closing)
+    assert result.status == "refused" and "do not chain to the head" in result.reason
+    assert not b.recordings.object_exists("s4", MANIFEST) and b.recordings.list_chunks("s4")
+
+
+def test_sealing_a_100_mib_recording_stays_under_200_mib(backends):
+    """Issue 21: finalize streams; its peak allocation is bounded by a chunk, not the recording."""
+    _, b = backends
+    line = json.dumps({"seq": 0, "ts": 1.0, "type": "result", "id": 1, "rows": 1, "error": None,
+                       "pad": "x" * 900}, separators=(",", ":")).encode()
+    chain, seq, chunk_index, total = Chain("big"), 0, 0, 0
+    start = json.dumps(EVENTS[0], separators=(",", ":")).encode()
+    lines_per_chunk = (1024 * 1024) // (len(line) + 1)
+    chunk = [start]
+    chain.add(start)
+    while total < 100 * 1024 * 1024:
+        while len(chunk) < lines_per_chunk:
+            seq += 1
+            event = line.replace(b'"seq":0', b'"seq":%d' % seq)
+            chain.add(event)
+            chunk.append(event)
+        data = b"\n".join(chunk) + b"\n"
+        b.recordings.put_chunk("big", chunk_index, data)
+        total += len(data)
+        chunk_index, chunk = chunk_index + 1, []
+    closing = sign_closing(b.closing_signer, "big", events=chain.count, chain_head=chain.head)
+    tracemalloc.start()
+    try:
+        result = finalize_session(b, closing)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.status == "sealed" and result.entry["statements"] == 0
+    assert peak < 200 * 1024 * 1024, f"finalize peaked at {peak / 2**20:.0f} MiB"
+    assert peak < 16 * 1024 * 1024, f"finalize peaked at {peak / 2**20:.0f} MiB for a 100 MiB recording (not streaming?)"
+    check = verify_session(b, "big")
+    assert check.ok and check.events == chain.count, check.problems
+
+
+def test_chunks_are_cut_at_their_configured_size_in_real_bytes(backends, tmp_path):
+    settings, b = backends
+    spool = Spool(settings.spool_dir, "sized")
+    _write_state(spool.path, {"offset": 0, "chunk": 0, "closed": False})
+    for i in range(300):
+        spool.append("statement", id=i, sql="SELECT " + "x" * 90, decision="allow")
+    upload_pending(b, spool.path, final=False, chunk_bytes=4096)
+    sizes = [len(b.recordings.get_chunk("sized", i)) for i in b.recordings.list_chunks("sized")]
+    assert sum(sizes) == spool.written and len(sizes) >= spool.written // 4096
+    assert all(s <= 4096 for s in sizes) and all(c.endswith(b"\n") for c in
+                                                  (b.recordings.get_chunk("sized", i) for i in b.recordings.list_chunks("sized")))
 
 
 def test_orphaned_spool_is_sealed_as_crashed_with_torn_tail_dropped(backends):
     settings, b = backends
     spool = Spool(settings.spool_dir, "crashed1")
-    from broker.recorder import _write_state
-
     _write_state(spool.path, {"offset": 0, "chunk": 0, "closed": False})
     spool.append("session.start", principal={"username": "bob@example.com", "groups": []}, target="demo")
     spool.append("statement", id=1, sql="UPDATE t SET x = 1 WHERE id = 2", decision="allow")
@@ -88,4 +208,57 @@ def test_orphaned_spool_is_sealed_as_crashed_with_torn_tail_dropped(backends):
     assert [e["type"] for e in events] == ["session.start", "statement", "session.end"]
     assert events[-1]["reason"].startswith("crash")
     assert b.index.get_session("crashed1")["end_reason"].startswith("crash")
-    assert not spool.path.exists()
+    assert not spool.path.exists()  # removed only after the seal covering its last event was read back
+    assert verify_session(b, "crashed1").ok
+
+
+def test_audit_finds_deleted_swapped_resealed_unledgered_and_unsealed_sessions(backends, tmp_path):
+    settings, b = backends
+    for sid in ("a1", "b1", "c1", "d1", "e1"):
+        assert finalize_session(b, store_and_close(b, sid), checkpoint_every=2).status == "sealed"
+    assert audit(b).ok, audit(b).problems
+    root = settings.recordings_dir
+    # a1: deleted, folder and index row.
+    shutil.rmtree(root / "a1")
+    b.index._conn().execute("DELETE FROM sessions WHERE session_id='a1'")
+    # b1: c1's files copied over it (the cross-session swap).
+    for name in (RECORDING, MANIFEST):
+        (root / "b1" / name).unlink()
+        shutil.copy(root / "c1" / name, root / "b1" / name)
+    # c1: re-sealed without its statement, with a key nobody configured.
+    stranger = LocalSigner(tmp_path / "stranger.pem")
+    recording, manifest = seal("c1", [e for e in EVENTS if e["type"] != "statement"], stranger)
+    (root / "c1" / RECORDING).write_bytes(recording)
+    (root / "c1" / MANIFEST).write_bytes(manifest)
+    # f1: sealed by someone holding the seal key, without finalize (so not in the ledger).
+    recording, manifest = seal("f1", EVENTS, b.signer)
+    b.recordings.put_object("f1", RECORDING, recording)
+    b.recordings.put_object("f1", MANIFEST, manifest)
+    # g1: chunks that were never sealed; an old spool.
+    b.recordings.put_chunk("g1", 0, spool_bytes(EVENTS[:2]))
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    (settings.spool_dir / "h1.jsonl").write_bytes(spool_bytes(EVENTS[:1]))
+    report = audit(b, spool_dir=settings.spool_dir, never_sealed_seconds=-1)
+    text = "\n".join(report.problems)
+    assert "session a1 (ledger entry 0) is gone" in text
+    assert "session b1: the manifest is for session 'c1', not 'b1'" in text
+    assert "session c1:" in text and f"signed by key '{stranger.key_id}', which is not a configured seal key" in text
+    assert "session f1 is sealed but missing from the ledger" in text
+    assert "session g1 has chunks" in text and "never sealed" in text and "h1.jsonl" in text
+    assert verify_session(b, "b1").status == "tampered" and verify_session(b, "c1").status == "untrusted"
+    assert "not in the seal ledger" in " ".join(verify_session(b, "f1").problems)
+
+
+def test_audit_finds_a_rewritten_or_truncated_ledger(backends):
+    settings, b = backends
+    for sid in ("l1", "l2", "l3", "l4"):
+        finalize_session(b, store_and_close(b, sid), checkpoint_every=2)
+    assert ledger.walk(b.recordings, b.trust).verified_size == 4
+    entry = settings.ledger_dir / ledger.entry_name(1)
+    doc = json.loads(entry.read_text())
+    entry.chmod(0o644)
+    entry.write_text(json.dumps({**doc, "manifest_sha256": "0" * 64}) + "\n")
+    text = "\n".join(audit(b).problems)
+    assert "ledger chain breaks at entry 2" in text and "checkpoint 2: the entries up to 1 differ" in text
+    (settings.ledger_dir / ledger.entry_name(3)).unlink()
+    assert "checkpoint 4 signs 4 entries, but entry 3 is gone" in "\n".join(audit(b).problems)

@@ -10,8 +10,13 @@ Settings (environment, as infra/ passes them):
   GOOGLE_CLOUD_PROJECT         project of the topics, the Firestore database and secrets
   JITGATE_FIRESTORE_DATABASE   Firestore database name (default "(default)")
   JITGATE_RECORDINGS_BUCKET    recordings bucket (default "<project>-jitgate-recordings")
-  JITGATE_KMS_KEY              full cryptoKeyVersion name of the EC_SIGN_ED25519 manifest key;
-                               unset: the local Ed25519 key signs (logged; for emulators/dev only)
+  JITGATE_KMS_KEY              full cryptoKeyVersion name of the EC_SIGN_ED25519 manifest key that
+                               finalize signs seals with; unset: the local Ed25519 key signs (logged;
+                               for emulators/dev only). The broker never needs it to sign.
+  JITGATE_KMS_TRUSTED_KEYS     comma-separated key versions verify trusts for seals (default: JITGATE_KMS_KEY)
+  JITGATE_BROKER_KMS_KEY       key version the broker signs its session-closed events with; unset: a local
+                               key (keys/broker-session-closed.pem, in the trust file)
+  JITGATE_BROKER_KMS_TRUSTED_KEYS  versions finalize trusts for session-closed (default: JITGATE_BROKER_KMS_KEY)
   JITGATE_BROKER_ID            names this broker's own Pub/Sub subscriptions (default: host + random)
   JITGATE_GCS_PART_BYTES       sealed objects larger than this are uploaded in parts and composed
   JITGATE_GCS_RESUMABLE_BYTES  chunks/parts larger than this use a resumable upload
@@ -38,6 +43,7 @@ DEAD_LETTER_TOPIC = "dead-letter"
 EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")
 SUBSCRIPTION_TTL_SECONDS = 24 * 3600  # a broker's own subscription goes away after a day without it
 COMPOSE_MAX_SOURCES = 32
+LEDGER_PREFIX = "ledger"  # gs://BUCKET/ledger/...: the seal ledger, not a session
 
 
 def topic_name(topic: str) -> str:
@@ -443,7 +449,7 @@ class GcsRecordingStore:
 
     @staticmethod
     def _check(session_id: str) -> str:
-        if not session_id or "/" in session_id or session_id.startswith("."):
+        if not session_id or "/" in session_id or session_id.startswith(".") or session_id == LEDGER_PREFIX:
             raise ValueError(f"invalid session id {session_id!r}")
         return session_id
 
@@ -574,6 +580,96 @@ class GcsRecordingStore:
 
     def object_exists(self, session_id: str, name: str) -> bool:
         return self.bucket.blob(f"{self._check(session_id)}/{name}").exists(retry=self._retry)
+
+    STREAM_BLOCK = 4 * 1024 * 1024  # a multiple of 256 KiB, as resumable uploads require
+
+    def open_object(self, session_id: str, name: str):
+        """The object's bytes in blocks of STREAM_BLOCK (a recording can be larger than memory)."""
+        from google.api_core import exceptions as gexc
+
+        path = f"{self._check(session_id)}/{name}"
+        try:
+            with self.bucket.blob(path).open("rb", chunk_size=self.STREAM_BLOCK, retry=self._retry) as reader:
+                while block := reader.read(self.STREAM_BLOCK):
+                    yield block
+        except gexc.NotFound:
+            raise FileNotFoundError(f"gs://{self.bucket_name}/{path}") from None
+
+    def put_object_stream(self, session_id: str, name: str, blocks) -> str:
+        """A sealed object written from a stream (one resumable upload, STREAM_BLOCK at a time), once."""
+        from google.api_core import exceptions as gexc
+
+        path = f"{self._check(session_id)}/{name}"
+        blob = self.bucket.blob(path)
+        try:
+            if blob.exists(retry=self._retry):
+                raise gexc.PreconditionFailed(f"{path} exists")
+            with blob.open("wb", chunk_size=self.STREAM_BLOCK, if_generation_match=0,
+                           content_type="application/octet-stream", retry=self._retry) as writer:
+                for block in blocks:
+                    writer.write(block)
+        except gexc.PreconditionFailed:
+            raise FileExistsError(f"gs://{self.bucket_name}/{path} is already sealed; it is never overwritten") from None
+        return f"gs://{self.bucket_name}/{path}"
+
+    def delete_chunks(self, session_id: str) -> int:
+        """Remove a sealed session's chunks. Under a retention policy GCS refuses: they age out then."""
+        from google.api_core import exceptions as gexc
+
+        prefix = f"{self._check(session_id)}/chunks/"
+        removed = 0
+        for blob in self.bucket.client.list_blobs(self.bucket_name, prefix=prefix, retry=self._retry):
+            try:
+                blob.delete(retry=self._retry)
+                removed += 1
+            except gexc.Forbidden as exc:  # retention: kept until it ages out (docs/deploy.md)
+                log(logger, logging.INFO, "chunk kept under the retention policy", object=blob.name,
+                    reason=type(exc).__name__)
+                break
+            except gexc.NotFound:
+                pass
+        return removed
+
+    def stored_sessions(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for blob in self.bucket.client.list_blobs(self.bucket_name, retry=self._retry):
+            session_id, _, rest = blob.name.partition("/")
+            if session_id == LEDGER_PREFIX or not rest or rest.startswith(".compose/"):
+                continue
+            info = out.setdefault(session_id, {"manifest": False, "recording": False, "chunks_updated": None})
+            if rest == "manifest.json":
+                info["manifest"] = True
+            elif rest == "recording.jsonl":
+                info["recording"] = True
+            elif rest.startswith("chunks/"):
+                updated = blob.updated.timestamp() if blob.updated else 0.0
+                info["chunks_updated"] = max(info["chunks_updated"] or 0.0, updated)
+        return out
+
+    # -- ledger (under the bucket's retention policy, like the recordings) ------------------
+
+    def put_ledger(self, name: str, data: bytes) -> None:
+        from google.api_core import exceptions as gexc
+
+        try:
+            self._upload_new(f"{LEDGER_PREFIX}/{name}", data, "application/json")
+        except gexc.PreconditionFailed:
+            raise FileExistsError(f"gs://{self.bucket_name}/{LEDGER_PREFIX}/{name} exists") from None
+
+    def get_ledger(self, name: str) -> bytes:
+        from google.api_core import exceptions as gexc
+
+        try:
+            return self.bucket.blob(f"{LEDGER_PREFIX}/{name}").download_as_bytes(checksum=None, retry=self._retry)
+        except gexc.NotFound:
+            raise FileNotFoundError(f"gs://{self.bucket_name}/{LEDGER_PREFIX}/{name}") from None
+
+    def list_ledger(self, folder: str, start_after: str = "") -> list[str]:
+        prefix = f"{LEDGER_PREFIX}/{folder}/"
+        kwargs = {"start_offset": f"{LEDGER_PREFIX}/{start_after}"} if start_after else {}
+        names = [b.name[len(LEDGER_PREFIX) + 1:] for b in
+                 self.bucket.client.list_blobs(self.bucket_name, prefix=prefix, retry=self._retry, **kwargs)]
+        return sorted(n for n in names if n > start_after)
 
 
 # --- Secret Manager: held credentials ----------------------------------------------------
@@ -711,29 +807,6 @@ class KmsSigner:
         return pem
 
 
-class KmsPublicKeys(dict):
-    """key_id -> Ed25519PublicKey. KMS key version names are fetched on first use, so
-    manifests signed by older (still enabled) key versions verify too."""
-
-    def __init__(self, *args, client_factory: Callable[[], Any] | None = None):
-        super().__init__(*args)
-        self._client_factory = client_factory
-
-    def get(self, key, default=None):
-        if key in self:
-            return self[key]
-        if isinstance(key, str) and _KMS_VERSION.match(key):
-            try:
-                from jitgate.keys import load_public_key
-
-                signer = KmsSigner(key, client=self._client_factory() if self._client_factory else None)
-                self[key] = load_public_key(signer.public_key_pem())
-                return self[key]
-            except Exception as exc:  # noqa: BLE001
-                log(logger, logging.WARNING, "cannot fetch a KMS public key", key=key, error=str(exc))
-        return default
-
-
 # --- provisioning (emulators and the local stack; Terraform does it in production) ----------
 
 _provisioned: set[tuple] = set()
@@ -829,7 +902,8 @@ def provision(settings, *, push_endpoints: dict[str, str] | None = None) -> None
 def open_gcp_backends(settings):
     from jitgate.backends import Backends
     from jitgate.backends.embedded import EnvFileSecrets
-    from jitgate.keys import LocalSigner, load_public_key
+    from jitgate.keys import LocalSigner
+    from jitgate.recording.trust import SEAL, SESSION_CLOSED, Trust, TrustFile
 
     env = settings.env
     _apply_emulator_env(env)
@@ -846,19 +920,41 @@ def open_gcp_backends(settings):
                 log(logger, logging.WARNING, "emulator resources not provisioned", error=f"{type(exc).__name__}: {exc}")
 
     kms_key = env.get("JITGATE_KMS_KEY", "").strip()
-    public_keys = KmsPublicKeys()
+    trust_file = TrustFile(settings.trust_file)
+    configured = {SEAL: _names(env.get("JITGATE_KMS_TRUSTED_KEYS")) or ([kms_key] if kms_key else []),
+                  SESSION_CLOSED: _names(env.get("JITGATE_BROKER_KMS_TRUSTED_KEYS"))
+                  or _names(env.get("JITGATE_BROKER_KMS_KEY"))}
+    for name in configured[SEAL] + configured[SESSION_CLOSED]:
+        KmsSigner(name)  # a clear error for a malformed version name, at start
+    kms_clients: list = []
+
+    def kms_client():
+        if not kms_clients:
+            from google.cloud import kms
+
+            kms_clients.append(kms.KeyManagementServiceClient())
+        return kms_clients[0]
+
+    trust = Trust(file=trust_file, configured=configured,
+                  fetch=lambda name: KmsSigner(name, client=kms_client()).public_key_pem())
     if kms_key:
-        signer = KmsSigner(kms_key)
-        public_keys = KmsPublicKeys(client_factory=lambda: signer.client)
-        public_keys.get(signer.key_id)  # prefetch the current version (callers may copy the dict)
+        signer = KmsSigner(kms_key, client=None)
     else:
         signer = LocalSigner(settings.keys_dir / "manifest-signing.pem")
+        trust_file.trust_first_key(SEAL, signer)
         if signer.key_id not in _warned_local_key:
             _warned_local_key.add(signer.key_id)
             log(logger, logging.WARNING,
                 "JITGATE_KMS_KEY is not set: manifests are signed with the local Ed25519 key (emulators/dev only)",
                 key_id=signer.key_id, key_file=str(settings.keys_dir / "manifest-signing.pem"))
-        public_keys[signer.key_id] = load_public_key(signer.public_key_pem())
+
+    def closing_signer():
+        broker_key = env.get("JITGATE_BROKER_KMS_KEY", "").strip()
+        if broker_key:
+            return KmsSigner(broker_key)
+        from jitgate.backends import local_closing_signer
+
+        return local_closing_signer(settings)
 
     state = FirestoreState(project, env.get("JITGATE_FIRESTORE_DATABASE") or None)
     return Backends(
@@ -874,6 +970,11 @@ def open_gcp_backends(settings):
         secrets=SecretManagerSecrets(project, EnvFileSecrets(settings.policy_base_dir),
                                      cache_seconds=float(env.get("JITGATE_SECRET_CACHE_SECONDS") or 300)),
         signer=signer,
-        public_keys=public_keys,
+        public_keys=trust,
         name="gcp",
+        closing_signer_factory=closing_signer,
     )
+
+
+def _names(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]

@@ -1,0 +1,124 @@
+"""Verification of one session, and the audit of the whole store against the ledger.
+
+``verify_session`` is the one function the CLI and the review console call: it returns a
+``Verification`` (status, problems, key name, ledger entry). ``audit`` walks the ledger and the
+store and reports what is missing, changed, never sealed or out of the ledger.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jitgate.recording import ledger
+from jitgate.recording.finalize import MANIFEST, RECORDING
+from jitgate.recording.seal import Verification, read_manifest, verify_recording
+
+NEVER_SEALED_SECONDS = 3600.0  # a spool or chunks older than this without a seal is reported
+
+
+def verify_session(backends, session_id: str, *, ledger_walk: ledger.LedgerWalk | None = None,
+                   trust=None) -> Verification:
+    """Verify a sealed session where it is stored: the manifest is this session's, signed by a
+    configured key, the recording matches it byte for byte, and the ledger holds that manifest.
+
+    ``ledger_walk`` (from ledger.walk) saves re-reading the ledger when verifying many sessions."""
+    trust = trust or backends.trust
+    store = backends.recordings
+    try:
+        manifest = store.get_object(session_id, MANIFEST)
+    except (FileNotFoundError, KeyError, ValueError):
+        return Verification(False, [f"no sealed recording for session {session_id!r} (no manifest)"], 0, None,
+                            status="missing", session_id=session_id)
+    try:
+        result = verify_recording(store.open_object(session_id, RECORDING), manifest, trust, session_id=session_id)
+    except FileNotFoundError:
+        parsed = read_manifest(manifest)
+        key_id = parsed[0].get("key_id") if parsed else None
+        return Verification(False, [f"the recording file of session {session_id!r} is gone (its manifest remains)"],
+                            0, key_id, status="missing", session_id=session_id, key_name=trust.describe(key_id))
+    manifest_sha256 = hashlib.sha256(manifest).hexdigest()
+    walk = ledger_walk if ledger_walk is not None else ledger.walk(store, trust)
+    numbers = walk.by_session.get(session_id, [])
+    matching = [n for n in numbers if walk.entries[n].get("manifest_sha256") == manifest_sha256]
+    if matching:
+        result.ledger_entry = matching[0]
+    elif numbers:
+        result.problems.append(f"the manifest differs from the one the ledger recorded at its seal (entry {numbers[0]}): "
+                               "the session was re-sealed or its manifest replaced")
+    else:
+        result.problems.append("the session is not in the seal ledger (sealed outside finalize, or its entry removed)")
+    if result.problems:
+        result.ok = False
+        if result.status == "ok":
+            result.status = "tampered"
+    return result
+
+
+@dataclass
+class AuditReport:
+    problems: list[str] = field(default_factory=list)
+    sessions_checked: int = 0
+    ledger_entries: int = 0
+    checkpoints: int = 0
+    verified_size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "problems": self.problems, "sessions_checked": self.sessions_checked,
+                "ledger_entries": self.ledger_entries, "checkpoints": self.checkpoints,
+                "checkpointed_entries": self.verified_size}
+
+
+def audit(backends, *, spool_dir: Path | None = None, never_sealed_seconds: float = NEVER_SEALED_SECONDS,
+          now: float | None = None, index_limit: int = 100000) -> AuditReport:
+    now = time.time() if now is None else now
+    store = backends.recordings
+    walk = ledger.walk(store, backends.trust)
+    report = AuditReport(problems=list(walk.problems), ledger_entries=walk.size, checkpoints=walk.checkpoints,
+                         verified_size=walk.verified_size)
+    stored = store.stored_sessions()
+    # Every session the ledger knows must still be there, unchanged.
+    for session_id in sorted(walk.by_session):
+        report.sessions_checked += 1
+        if session_id not in stored or not stored[session_id]["manifest"]:
+            entry = walk.by_session[session_id][0]
+            report.problems.append(f"session {session_id} (ledger entry {entry}) is gone: its manifest was deleted")
+            continue
+        result = verify_session(backends, session_id, ledger_walk=walk)
+        if not result.ok:
+            report.problems.append(f"session {session_id}: " + "; ".join(result.problems))
+    # Every sealed session must be in the ledger; chunks must not wait unsealed for long.
+    for session_id, info in sorted(stored.items()):
+        if info["manifest"] and session_id not in walk.by_session:
+            report.problems.append(f"session {session_id} is sealed but missing from the ledger")
+        elif not info["manifest"] and info["chunks_updated"] and now - info["chunks_updated"] > never_sealed_seconds:
+            report.problems.append(f"session {session_id} has chunks from {int(now - info['chunks_updated'])}s ago "
+                                   "and was never sealed")
+    if spool_dir is not None and spool_dir.exists():
+        for spool in sorted(spool_dir.glob("*.jsonl")):
+            age = now - spool.stat().st_mtime
+            if age > never_sealed_seconds:
+                report.problems.append(f"spool {spool} was last written {int(age)}s ago and was never sealed")
+    # The index is a search aid the broker host can edit: it must not list what the ledger does not hold.
+    for row in backends.index.list_sessions(limit=index_limit):
+        if row.get("session_id") not in walk.by_session:
+            report.problems.append(f"the session index lists {row.get('session_id')}, which is not in the ledger")
+    return report
+
+
+def describe(report: AuditReport) -> str:
+    head = (f"{report.ledger_entries} ledger entries ({report.verified_size} under a signed checkpoint, "
+            f"{report.checkpoints} checkpoints), {report.sessions_checked} sessions verified")
+    if report.ok:
+        return "OK: " + head
+    return "PROBLEMS: " + head + "\n" + "\n".join(f"  - {p}" for p in report.problems)
+
+
+def as_json(report: AuditReport) -> str:
+    return json.dumps(report.to_dict(), indent=2)
