@@ -4,6 +4,7 @@ two brokers sharing one set of backends."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import threading
 import time
@@ -171,6 +172,8 @@ def _second_broker(fault_stack, tmp_path, name: str, **extra):
     env.update(JITGATE_HOME=str(tmp_path / name), JITGATE_PG_LISTEN=f"127.0.0.1:{free_port()}",
                JITGATE_SSH_LISTEN="", JITGATE_HTTP_LISTEN="", JITGATE_K8S_LISTEN="", JITGATE_BROKER_ID=name, **extra)
     (tmp_path / name).mkdir()
+    # Brokers of one deployment share the session-closed key and the trust (a KMS key in production).
+    shutil.copytree(fault_stack.home / "keys", tmp_path / name / "keys")
     proc, info = start_broker(tmp_path / name, env, tmp_path / name / "logs", name=name)
     return proc, int(info["pg"].rpartition(":")[2])
 
