@@ -137,7 +137,7 @@ def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_ever
         return _already_sealed(backends, closing, checkpoint_every)
     entry = summary.entry()
     entry.update(recording_uri=recording_uri, manifest_uri=manifest_uri,
-                 manifest_sha256=hashlib.sha256(manifest).hexdigest())
+                 manifest_sha256=hashlib.sha256(manifest).hexdigest(), manifest=manifest.decode())
     _after_seal(backends, session_id, manifest, entry, checkpoint_every)
     return Finalized("sealed", session_id, entry=entry)
 
@@ -163,7 +163,7 @@ def _already_sealed(backends: Backends, closing: dict, checkpoint_every: int) ->
             summary.add(json.loads(line))
         entry = summary.entry()
         entry.update(recording_uri=f"{session_id}/{RECORDING}", manifest_uri=f"{session_id}/{MANIFEST}",
-                     manifest_sha256=hashlib.sha256(manifest).hexdigest())
+                     manifest_sha256=hashlib.sha256(manifest).hexdigest(), manifest=manifest.decode())
         _after_seal(backends, session_id, manifest, entry, checkpoint_every)
     else:
         _remove_chunks(backends, session_id, manifest)

@@ -93,8 +93,23 @@ def test_finalize_seals_with_its_grants(acting_as, gcp_env):
     finalize_store, proxy = acting_as("fn:finalize_recording")
     backends = open_backends(Settings.from_env(gcp_env))
     backends.recordings = finalize_store
-    entry = finalize_session(backends, "f1")
-    assert entry and entry["recording_uri"].startswith("gs://")
+    from jitgate.recording.closing import sign_closing
+    from jitgate.recording.seal import Chain
+
+    chain = Chain("f1")
+    for line in DATA.splitlines():
+        chain.add(line)
+    closing = sign_closing(backends.closing_signer, "f1", events=chain.count, chain_head=chain.head)
+    result = finalize_session(backends, closing)
+    assert result.status == "sealed" and result.entry["recording_uri"].startswith("gs://")
+    assert result.entry["ledger_entry"] == 0
+    # The broker reads the seal back (before it deletes its spool) with its own grants: from the index.
+    from broker.recorder import _sealed_covers
+
+    broker_view = open_backends(Settings.from_env(gcp_env))
+    broker_view.recordings = broker
+    assert _sealed_covers(broker_view, "f1", chain.count, chain.head)
+    assert not _sealed_covers(broker_view, "f1", chain.count + 1, chain.head)
     assert finalize_store.get_object("f1", "recording.jsonl").count(b"\n") >= 3
     # What finalize was refused (if anything) must be what it is designed to live without.
     assert all("storage.objects.delete" in d for d in refused(proxy)), refused(proxy)
