@@ -226,6 +226,10 @@ class LocalRecordingStore:
 
     # -- ledger ---------------------------------------------------------------------------
 
+    @property
+    def ledger_location(self) -> str:
+        return str(self.ledger_dir.resolve())
+
     def put_ledger(self, name: str, data: bytes) -> None:
         path = self.ledger_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)

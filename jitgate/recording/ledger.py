@@ -26,7 +26,7 @@ ENTRIES = "entries"
 CHECKPOINTS = "checkpoints"
 MARKER = "ledger-entry.json"  # in the session's folder: which entry sealed it (a hint; audit checks)
 
-_last: dict[int, tuple[int, str]] = {}  # id(store) -> (number, hash) of the newest entry seen
+_last: dict[str, tuple[int, str]] = {}  # ledger location -> (number, hash) of the newest entry seen
 _lock = threading.Lock()
 
 
@@ -45,7 +45,13 @@ def entry_hash(raw: bytes) -> str:
 def _newest(store) -> tuple[int, str]:
     """(number, hash) of the newest entry, -1 and GENESIS when the ledger is empty."""
     with _lock:
-        number, head = _last.get(id(store), (-1, GENESIS))
+        number, head = _last.get(store.ledger_location, (-1, GENESIS))
+    if number >= 0:  # the remembered entry must still be the one we saw (else: read from the start)
+        try:
+            if entry_hash(store.get_ledger(entry_name(number))) != head:
+                number, head = -1, GENESIS
+        except FileNotFoundError:
+            number, head = -1, GENESIS
     names = store.list_ledger(ENTRIES, start_after=entry_name(number) if number >= 0 else "")
     if names:
         number = int(names[-1].rpartition("/")[2].split(".")[0])
@@ -68,7 +74,7 @@ def append(store, signer, *, session_id: str, manifest_sha256: str, checkpoint_e
             continue
         head = entry_hash(raw)
         with _lock:
-            _last[id(store)] = (number, head)
+            _last[store.ledger_location] = (number, head)
         if (number + 1) % checkpoint_every == 0:
             write_checkpoint(store, signer, size=number + 1, head=head)
         return number

@@ -262,3 +262,13 @@ def test_audit_finds_a_rewritten_or_truncated_ledger(backends):
     assert "ledger chain breaks at entry 2" in text and "checkpoint 2: the entries up to 1 differ" in text
     (settings.ledger_dir / ledger.entry_name(3)).unlink()
     assert "checkpoint 4 signs 4 entries, but entry 3 is gone" in "\n".join(audit(b).problems)
+
+
+def test_ledger_appends_chain_from_the_stored_head_not_a_stale_memory(backends):
+    settings, b = backends
+    for sid in ("m1", "m2"):
+        finalize_session(b, store_and_close(b, sid))
+    shutil.rmtree(settings.ledger_dir)  # a new, empty ledger at the same place (or another store entirely)
+    assert ledger.append(b.recordings, b.signer, session_id="m3", manifest_sha256="0" * 64) == 0
+    walk = ledger.walk(b.recordings, b.trust)
+    assert walk.entries[0]["prev"] == ledger.GENESIS and not walk.problems

@@ -648,6 +648,10 @@ class GcsRecordingStore:
 
     # -- ledger (under the bucket's retention policy, like the recordings) ------------------
 
+    @property
+    def ledger_location(self) -> str:
+        return f"gs://{self.bucket_name}/{LEDGER_PREFIX}"
+
     def put_ledger(self, name: str, data: bytes) -> None:
         from google.api_core import exceptions as gexc
 
