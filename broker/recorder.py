@@ -88,6 +88,8 @@ def _read_back_manifest(backends: Backends, session_id: str) -> bytes | None:
     entry = backends.index.get_session(session_id)
     if entry and isinstance(entry.get("manifest"), str):
         return entry["manifest"].encode()
+    if backends.name == "gcp":
+        return None  # infra/ grants the broker no read of sealed objects
     try:
         return backends.recordings.get_object(session_id, MANIFEST)
     except Exception:  # noqa: BLE001 - not sealed yet, or not readable by this broker

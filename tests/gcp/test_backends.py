@@ -196,6 +196,9 @@ def test_finalize_is_idempotent_on_firestore_and_gcs(gcp_backends):
     recording = gcp_backends.recordings.get_object("f1", RECORDING)
     assert verify(recording, gcp_backends.recordings.get_object("f1", MANIFEST), gcp_backends.public_keys).ok
     assert [r["session_id"] for r in gcp_backends.index.list_sessions()] == ["f1"]
+    assert gcp_backends.recordings.list_chunks("f1") == [0, 1]  # kept: infra/ grants no delete (retention)
+    gcp_backends.recordings.may_delete_chunks = True  # JITGATE_GCS_DELETE_CHUNKS=true
+    assert finalize_session(gcp_backends, closing).status == "duplicate"
     assert gcp_backends.recordings.list_chunks("f1") == []  # removed once the seal verified
     check = verify_session(gcp_backends, "f1")
     assert check.ok and check.ledger_entry == 0, check.problems

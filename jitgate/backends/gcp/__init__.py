@@ -20,6 +20,8 @@ Settings (environment, as infra/ passes them):
   JITGATE_BROKER_ID            names this broker's own Pub/Sub subscriptions (default: host + random)
   JITGATE_GCS_PART_BYTES       sealed objects larger than this are uploaded in parts and composed
   JITGATE_GCS_RESUMABLE_BYTES  chunks/parts larger than this use a resumable upload
+  JITGATE_GCS_DELETE_CHUNKS    "true": finalize deletes a session's chunks after a verified seal (needs
+                               storage.objects.delete and no retention on them; infra/ grants neither)
 """
 from __future__ import annotations
 
@@ -425,7 +427,8 @@ class GcsRecordingStore:
     """
 
     def __init__(self, bucket: str, project: str, *, part_bytes: int = 32 * 1024 * 1024,
-                 resumable_bytes: int = 8 * 1024 * 1024, retry_deadline: float = 30.0):
+                 resumable_bytes: int = 8 * 1024 * 1024, retry_deadline: float = 30.0, delete_chunks: bool = False):
+        self.may_delete_chunks = delete_chunks
         self.bucket_name = bucket
         self.project = project
         self.part_bytes = max(1, part_bytes)
@@ -613,9 +616,13 @@ class GcsRecordingStore:
         return f"gs://{self.bucket_name}/{path}"
 
     def delete_chunks(self, session_id: str) -> int:
-        """Remove a sealed session's chunks. Under a retention policy GCS refuses: they age out then."""
+        """Remove a sealed session's chunks, when this store may (``delete_chunks=True``). infra/ grants
+        no delete on the recordings bucket and keeps it under retention: there chunks stay until they
+        age out, and this does nothing."""
         from google.api_core import exceptions as gexc
 
+        if not self.may_delete_chunks:
+            return 0
         prefix = f"{self._check(session_id)}/chunks/"
         removed = 0
         for blob in self.bucket.client.list_blobs(self.bucket_name, prefix=prefix, retry=self._retry):
@@ -970,6 +977,7 @@ def open_gcp_backends(settings):
             recordings_bucket(settings), project,
             part_bytes=int(env.get("JITGATE_GCS_PART_BYTES") or 32 * 1024 * 1024),
             resumable_bytes=int(env.get("JITGATE_GCS_RESUMABLE_BYTES") or 8 * 1024 * 1024),
+            delete_chunks=(env.get("JITGATE_GCS_DELETE_CHUNKS") or "").lower() in ("1", "true", "yes"),
         ),
         secrets=SecretManagerSecrets(project, EnvFileSecrets(settings.policy_base_dir),
                                      cache_seconds=float(env.get("JITGATE_SECRET_CACHE_SECONDS") or 300)),
