@@ -198,3 +198,13 @@ def test_statement_timeout_inside_the_measurement(broker_dsn, target, table, sta
         conn.execute("set statement_timeout = 0")
         assert conn.execute("delete from m_orders where id = %s", (2,)).rowcount == 1
     assert stack.pg.psql("SELECT count(*) FROM m_orders", "demo") == str(ROWS - 1)
+
+
+def test_returning_rows_are_masked_after_the_count(broker_dsn, stack):
+    # The demo target masks customers.email for group sre; the withheld answer is the masked one.
+    clear = stack.pg.psql("SELECT email FROM customers ORDER BY id LIMIT 1", "demo")
+    with psycopg.connect(broker_dsn(), autocommit=True) as conn:
+        row = conn.execute("update customers set email = email where id = (select min(id) from customers) "
+                           "returning email").fetchone()
+    assert row[0] and row[0] != clear, row  # masked, not the clear value
+    assert stack.pg.psql("SELECT email FROM customers ORDER BY id LIMIT 1", "demo") == clear
