@@ -340,16 +340,54 @@ class Upstream:
                     return tables, columns
 
 
+class RowLimitExceeded(Exception):
+    """A measured statement changed more rows than allowed; it was rolled back."""
+
+    def __init__(self, reason: str, rows: int, changes: dict):
+        super().__init__(reason)
+        self.rows = rows
+        self.changes = changes
+
+
+async def run_measured(upstream: "Upstream", sql: str, params: list, *, row_limit: int, **kwargs) -> QueryResult:
+    """The statement inside a transaction of the gateway's, counted by PostgreSQL (broker/pg/measure.py):
+    committed within ``row_limit`` changed rows, rolled back over it (RowLimitExceeded)."""
+    from broker.pg.measure import SNAPSHOT_SQL, describe_changes, judge, parse_snapshot  # noqa: PLC0415
+
+    def snapshot(rows):
+        return parse_snapshot(*rows[0]) if rows else None
+
+    before = snapshot(await upstream.fetch_text("BEGIN; " + SNAPSHOT_SQL))
+    result = await upstream.run(sql, params, **kwargs)  # a failure raises: the connection closes uncommitted
+    if result.truncated:
+        # Cut rows cannot be counted back in: nothing is committed.
+        raise RowLimitExceeded(f"its result was cut ({result.truncation}), so the gateway could not finish counting",
+                               0, {})
+    after = snapshot(await upstream.fetch_text(SNAPSHOT_SQL))
+    tag_rows = codec.rows_from_tag(result.tag) if result.tag and result.tag.split(" ", 1)[0] in (
+        "INSERT", "UPDATE", "DELETE", "MERGE") else 0
+    problem, total, changes = judge(before, after, tag_rows or 0, row_limit)
+    if problem is not None:
+        await upstream.fetch_text("ROLLBACK")
+        detail = describe_changes(changes)
+        raise RowLimitExceeded(problem + (f"; {detail}" if detail else ""), total, changes)
+    await upstream.fetch_text("COMMIT")
+    return result
+
+
 async def run_query(target: Target, password: str, sql: str, params: list, *, max_rows: int, max_bytes: int,
-                    timeout_s: float, masker=None,
+                    timeout_s: float, masker=None, row_limit: int | None = None,
                     max_scram_iterations: int = DEFAULT_MAX_SCRAM_ITERATIONS) -> tuple[QueryResult, float]:
-    """Connect, run one statement, disconnect. Returns the result and the time spent in the target."""
+    """Connect, run one statement, disconnect. Returns the result and the time spent in the target.
+    With ``row_limit``, the statement is measured (run_measured)."""
     upstream = await Upstream.connect(target, password, timeout_s=timeout_s, max_scram_iterations=max_scram_iterations)
     started = time.perf_counter()
     try:
         try:
-            result = await asyncio.wait_for(
-                upstream.run(sql, params, max_rows=max_rows, max_bytes=max_bytes, masker=masker), timeout_s + 2)
+            run = (upstream.run(sql, params, max_rows=max_rows, max_bytes=max_bytes, masker=masker) if row_limit is None
+                   else run_measured(upstream, sql, params, row_limit=row_limit, max_rows=max_rows, max_bytes=max_bytes,
+                                     masker=masker))
+            result = await asyncio.wait_for(run, timeout_s + 2)
         except asyncio.TimeoutError:
             await upstream.cancel()
             raise StatementTimeout(f"the statement ran longer than {timeout_s:g}s and was cancelled") from None

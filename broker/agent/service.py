@@ -422,7 +422,22 @@ class AgentService:
             statement_id = session.record_statement(sql, protocol="agent", verdict=verdict, params=params)
             if not verdict.allowed:
                 raise self._denied_problem(verdict, target_name, session)
-            return await self._run_query(session, statement_id, target, sql, params, max_rows, max_bytes, timeout, verdict)
+            try:
+                return await self._run_query(session, statement_id, target, sql, params, max_rows, max_bytes, timeout,
+                                             verdict)
+            except pgquery.RowLimitExceeded as exc:  # measured and rolled back: a human decides, with the count
+                held = Verdict("approve", verdict.classes, verdict.reasons + (f"measured: {exc}",),
+                               f"jitgate: statement rolled back and needs approval on target {target_name!r}: {exc}")
+                session.recorder.event("statement.measured", rows=exc.rows, outcome="held",
+                                       limit=target.row_limit(principal.groups))
+                verdict = await self._decide(handle, statement, held, wait)
+                statement_id = session.record_statement(sql, protocol="agent", verdict=verdict, params=params)
+                if verdict.action == "approve":
+                    raise self._pending_problem(verdict, target_name, session, wait) from None
+                if not verdict.allowed:
+                    raise self._denied_problem(verdict, target_name, session) from None
+                return await self._run_query(session, statement_id, target, sql, params, max_rows, max_bytes, timeout,
+                                             verdict)
         finally:
             await self._release(handle)
 
@@ -440,8 +455,11 @@ class AgentService:
         password = (await self._credential(session, target)).decode()
         started = time.perf_counter()
         try:
+            # Statements that write rows are counted (broker/pg/measure.py); an approved one runs as approved.
+            row_limit = target.row_limit(session.principal.groups) if verdict.writes_rows and not verdict.approval_id else None
             result, started = await pgquery.run_query(target, password, sql, params, max_rows=max_rows,
                                                       max_bytes=max_bytes, timeout_s=timeout, masker=session.masker,
+                                                      row_limit=row_limit,
                                                       max_scram_iterations=self.ctx.settings.pg_max_scram_iterations)
         except pgquery.UpstreamUnavailable as exc:
             session.record_result(statement_id, started=started, rows=None, tag=None, error=str(exc))

@@ -82,12 +82,29 @@ class _BrokerCycle:
         for kind, payload in self.messages:
             if kind == ord("D"):
                 track, changes = codec.parse_data_row(payload)
-                tables = {}
-                for schema, name, ins, upd, dele in json.loads(changes) if changes else []:
-                    if not schema.startswith("pg_temp"):  # this session's temporary tables
-                        tables[f"{schema}.{name}"] = (int(ins), int(upd), int(dele))
-                return (track or b"").decode() == "on", tables
+                return parse_snapshot((track or b"").decode(), changes.decode() if changes else None)
         return None
+
+
+def parse_snapshot(track_counts: str | None, changes: str | None) -> tuple[bool, dict[str, tuple[int, int, int]]]:
+    """One SNAPSHOT_SQL row: (track_counts on, {schema.table: (inserted, updated, deleted)})."""
+    tables = {}
+    for schema, name, ins, upd, dele in json.loads(changes) if changes else []:
+        if not schema.startswith("pg_temp"):  # this session's temporary tables
+            tables[f"{schema}.{name}"] = (int(ins), int(upd), int(dele))
+    return track_counts == "on", tables
+
+
+def judge(before, after, tag_rows: int, limit: int) -> tuple[str | None, int, dict]:
+    """(why the statement must wait for a human or None, rows changed, changes per table)
+    from the snapshots around it and its command tags' row count."""
+    changes = _diff(before[1], after[1]) if before and after else {}
+    total = max(sum(sum(c) for c in changes.values()), tag_rows)
+    if not (before and after and before[0] and after[0]):
+        return "the server does not count row changes (track_counts is off)", total, changes
+    if total > limit:
+        return f"it changed {total} rows, over the limit of {limit}", total, changes
+    return None, total, changes
 
 
 class Measurement:
@@ -296,16 +313,9 @@ class RowLimit:
                     final = "T"
                 answer = (broker_error + codec.build_ready(final)) if broker_error else m.release(final)
                 return await self._answer(m, answer, final)
-            changes = _diff(before[1], after[1]) if before and after else {}
-            counted = sum(sum(c) for c in changes.values())
-            total = max(counted, m.rows_from_tags())
-            problem = None
-            if not (before and after and before[0] and after[0]):
-                problem = "the server does not count row changes (track_counts is off)"
-            elif m.overflow:
+            problem, total, changes = judge(before, after, m.rows_from_tags(), limit)
+            if problem is None and m.overflow:
                 problem = f"its answer is over {WITHHOLD_LIMIT // (1024 * 1024)} MiB, too large to hold while counting"
-            elif total > limit:
-                problem = f"it changed {total} rows, over the limit of {limit}"
             conn.session.recorder.event("statement.measured", rows=total, limit=limit,
                                         tables={t: dict(zip(("inserted", "updated", "deleted"), c)) for t, c in changes.items()},
                                         outcome="held" if problem else "kept")
