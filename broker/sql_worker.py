@@ -38,6 +38,8 @@ logger = logging.getLogger("jitgate.broker.sql_worker")
 INLINE_CHARS = 512
 TIME_LIMIT = float(os.environ.get("JITGATE_SQL_CLASSIFY_SECONDS", "5"))
 WORKERS = 2
+STARTUP_LIMIT = 60.0
+_READY = b"R"
 _LENGTH = struct.Struct("!I")
 
 
@@ -48,9 +50,18 @@ class _Worker:
 
     @classmethod
     async def start(cls) -> "_Worker":
+        """A new worker, once it has imported the parser (which takes seconds on a loaded machine
+        and must not count against a statement's time limit)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "broker.sql_worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        return cls(process)
+        worker = cls(process)
+        try:
+            if await asyncio.wait_for(process.stdout.readexactly(1), STARTUP_LIMIT) != _READY:
+                raise EOFError("the worker did not announce itself")
+        except BaseException:
+            worker.kill()
+            raise
+        return worker
 
     async def ask(self, sql: str, prepared: dict) -> tuple[Classification, dict]:
         request = pickle.dumps((sql, prepared), protocol=pickle.HIGHEST_PROTOCOL)
@@ -83,7 +94,11 @@ class ClassifierPool:
             self._cache.move_to_end(sql)
             return self._cache[sql]
         async with self._slots:
-            worker = self._idle.pop() if self._idle else await _Worker.start()
+            try:
+                worker = self._idle.pop() if self._idle else await _Worker.start()
+            except (EOFError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError) as exc:
+                log(logger, logging.ERROR, "SQL classification worker did not start", error=type(exc).__name__)
+                return _unclassified(sql, "the gateway's SQL classifier could not start a worker for this statement")
             try:
                 result, learned = await asyncio.wait_for(worker.ask(sql, dict(prepared)), self.time_limit)
             except asyncio.TimeoutError:
@@ -141,6 +156,8 @@ async def classify_in_session(sql: str, prepared: dict) -> Classification:
 
 def _serve() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(_READY)  # the parser is imported: statements may come
+    stdout.flush()
     while True:
         head = stdin.read(_LENGTH.size)
         if len(head) < _LENGTH.size:
