@@ -39,6 +39,9 @@ SQL_CLASSES = (
     "unclassified",
     "pinned_setting",
 )
+# -- masking: a WHERE/JOIN/ORDER BY/GROUP BY that reads a masked column (set by the masking
+# lineage step, broker/pg/masking_step.py, not by the classifier; default allow, recorded) --
+MASKING_CLASSES = ("sensitive_predicate",)
 EXEC_CLASSES = (
     "command",
     "privilege",
@@ -49,7 +52,7 @@ EXEC_CLASSES = (
     "shell",
     "unclassified",
 )
-ALL_CLASSES = tuple(dict.fromkeys(SQL_CLASSES + EXEC_CLASSES))
+ALL_CLASSES = tuple(dict.fromkeys(SQL_CLASSES + EXEC_CLASSES + MASKING_CLASSES))
 
 Action = Literal["allow", "deny", "approve"]
 
@@ -77,6 +80,7 @@ DEFAULT_GUARDRAILS: dict[str, str] = {
     "system_write": "approve",
     "unclassified": "deny",
     "pinned_setting": "deny",
+    "sensitive_predicate": "allow",
 }
 
 # --- classes no policy can open ---------------------------------------------------

@@ -62,6 +62,9 @@ async def follow_for_relay(connection, sql: str, verdict):
     if masker is None or not verdict.allowed or not getattr(masker, "follows_lineage", False):
         return verdict, []
     lineages = await masker.follow(sql)
+    verdict = await _sensitive_predicate(connection, sql, verdict, lineages)
+    if not verdict.allowed:
+        return verdict, lineages
     unknown = next((s.unknown for s in lineages if s.unknown), None)
     if unknown is not None:
         log(logger, logging.INFO, "column lineage unknown; results fail closed", session_id=connection.session.session_id,
@@ -147,3 +150,26 @@ async def copy_plan_for(connection, sql: str, lineages: list):
             return None, str(exc)
         return plan, None
     return None, None
+
+
+async def _sensitive_predicate(connection, sql: str, verdict, lineages: list):
+    """Guardrail class ``sensitive_predicate``: the statement filters, joins, sorts or groups on a
+    masked column, so its results can reveal what masking hides (``WHERE email LIKE 'a%'``).
+    The class joins the verdict (and so the recording); its policy action applies."""
+    from broker.session import Verdict
+
+    session = connection.session
+    columns = session.masker.masker.sensitive(frozenset().union(*(s.predicate_sources for s in lineages)))
+    if not columns:
+        return verdict
+    classes = tuple(sorted(set(verdict.classes) | {"sensitive_predicate"}))
+    reasons = verdict.reasons + (f"predicate on masked column(s) {', '.join(columns)}",)
+    action = session.target.action_for("sensitive_predicate", session.principal.groups)
+    if action == "allow":
+        return Verdict(verdict.action, classes, reasons, verdict.message, verdict.approval_id)
+    message = (f"jitgate: statement {'needs approval' if action == 'approve' else 'refused by policy'} on target "
+               f"{session.target_name!r} (class: sensitive_predicate; it filters, joins, sorts or groups on masked "
+               f"column(s) {', '.join(columns)})")
+    if action == "deny":
+        return Verdict("deny", classes, reasons, message)
+    return await connection.hold_for(sql, Verdict("approve", classes, reasons, message))

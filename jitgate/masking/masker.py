@@ -178,6 +178,11 @@ class Masker:
     def _strongest(rules: Sequence[MaskingRule]) -> MaskingRule:
         return max(rules, key=lambda r: STRATEGY_STRENGTH[r.strategy])
 
+    def sensitive(self, sources) -> list[str]:
+        """The table columns among ``sources`` (lineage Sources) that a column rule masks."""
+        return sorted({f"{table}.{column}" if column else f"{table}.*" for table, column in sources
+                       if any(self._rule_matches(r, table, [column] if column else None) for r in self._column_rules)})
+
     def fail_closed_notice(self, reason: str) -> str:
         return _unknown_notice(reason)
 

@@ -207,3 +207,45 @@ def test_policy_change_applies_to_new_sessions(stack, broker_dsn):
         stack.policy_path.write_text(original)
         time.sleep(0.05)
     assert _psql(broker_dsn(), "SELECT full_name FROM customers WHERE id = 1").strip() == "Ada Lovelace"
+
+
+def _with_policy(stack, old: str, new: str):
+    import contextlib
+
+    @contextlib.contextmanager
+    def swapped():
+        original = stack.policy_path.read_text()
+        assert old in original
+        try:
+            stack.policy_path.write_text(original.replace(old, new, 1))
+            time.sleep(0.05)
+            yield
+        finally:
+            stack.policy_path.write_text(original)
+            time.sleep(0.05)
+
+    return swapped()
+
+
+def test_sensitive_predicate_is_recorded_and_its_policy_action_applies(stack, broker_dsn):
+    # Default: allowed (ordinary lookups keep working) and recorded with the statement.
+    with psycopg.connect(broker_dsn()) as conn:
+        session_id = conn.info.parameter_status("jitgate_session_id")
+        rows = conn.execute("SELECT id FROM customers WHERE email LIKE 'a%' ORDER BY id").fetchall()
+    assert rows == [(1,), (3,)]
+    wait_sealed(stack, session_id)
+    import json
+
+    from jitgate.backends import open_backends
+    from jitgate.settings import Settings
+
+    recording = open_backends(Settings.from_env(stack.env)).recordings.get_object(session_id, "recording.jsonl").decode()
+    statements = [e for e in map(json.loads, recording.splitlines()) if "LIKE" in json.dumps(e)]
+    assert statements and any("sensitive_predicate" in json.dumps(e) for e in statements), statements
+    # A stricter target refuses (or holds) it; a predicate on plain columns is untouched.
+    guardrails = "    guardrails:\n      ddl: approve\n"
+    with _with_policy(stack, guardrails, guardrails + "      sensitive_predicate: deny\n"):
+        with psycopg.connect(broker_dsn()) as conn, pytest.raises(psycopg.Error) as err:
+            conn.execute("SELECT id FROM customers WHERE email > 'm' ORDER BY card_number").fetchall()
+        assert "sensitive_predicate" in str(err.value) and "customers.email" in str(err.value)
+        assert _psql(broker_dsn(), "SELECT count(*) FROM customers WHERE id < 3").strip() == "2"

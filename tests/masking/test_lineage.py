@@ -153,3 +153,10 @@ def test_catalog_queries_quote_names():
 def test_needs_name_relations_and_functions():
     needs = catalog_needs("WITH a AS (SELECT 1) SELECT myfn(x), pg_catalog.lower('A') FROM s.t, a")
     assert needs.relations == {"s.t", "a"} and needs.functions == {"myfn"}
+
+
+def test_sensitive_names_only_columns_under_column_rules():
+    m = Masker(MaskingConfig.model_validate({"rules": [{"columns": ["email"]}, {"detectors": ["email"]}]}), KEY)
+    predicate = one("SELECT id FROM customers WHERE email LIKE 'a%' AND notes <> '' ORDER BY full_name").predicate_sources
+    assert m.sensitive(predicate) == ["public.customers.email"]
+    assert m.sensitive(one("SELECT id FROM customers WHERE id = 1").predicate_sources) == []
