@@ -142,3 +142,46 @@ def test_app_behind_iap(iap_keys, tmp_path):
     assert "frame-ancestors 'none'" in ok.headers["Content-Security-Policy"]
     refused = client.get("/sessions", headers={IAP_HEADER: _assertion(key, email="bob@example.com")})
     assert refused.status_code == 403 and b"Access refused" in refused.data
+
+
+def test_the_function_serves_https_urls_and_secure_cookies(tmp_path, monkeypatch):
+    """Behind Google's front end the app sees plain http: its sign-in redirect URI must still be https."""
+    import importlib.util
+
+    from flask import Flask
+
+    class Discovery(BaseHTTPRequestHandler):
+        def do_GET(self):
+            issuer = f"http://127.0.0.1:{self.server.server_port}"
+            body = json.dumps({"issuer": issuer, "authorization_endpoint": issuer + "/auth",
+                               "token_endpoint": issuer + "/token", "jwks_uri": issuer + "/jwks"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    idp = ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
+    threading.Thread(target=idp.serve_forever, daemon=True).start()
+    try:
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(POLICY.replace("http://127.0.0.1:1", f"http://127.0.0.1:{idp.server_port}"))
+        for key, value in {"JITGATE_HOME": str(tmp_path), "JITGATE_POLICY": str(policy)}.items():
+            monkeypatch.setenv(key, value)
+        main = Path(__file__).resolve().parents[2] / "functions/review/main.py"
+        spec = importlib.util.spec_from_file_location("review_function_main", main)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        frontend = Flask("frontend")  # what functions-framework hands the entry point: a flask.Request
+        with frontend.test_request_context("/auth/login", base_url="http://review-abc.a.run.app"):
+            from flask import request
+
+            response = module.review(request)
+        assert response.status_code == 302
+        location = response.headers["Location"]
+        assert "redirect_uri=https%3A%2F%2Freview-abc.a.run.app%2Fauth%2Fcallback" in location, location
+        assert "Secure" in response.headers["Set-Cookie"] and "HttpOnly" in response.headers["Set-Cookie"]
+    finally:
+        idp.shutdown()
