@@ -28,7 +28,7 @@ from jitgate.policy import PolicyHolder
 from jitgate.review import decisions, sessions
 from jitgate.review.audit import AuditTrail
 from jitgate.review.auth import IAP_HEADER, IAP_JWKS_URL, IapVerifier, OidcLogin, SignInError, access_for, approver_of
-from jitgate.review.verification import verify_recording
+from jitgate.review.verification import verification_of
 from jitgate.settings import Settings
 
 logger = logging.getLogger("jitgate.review")
@@ -259,7 +259,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def session_page(session_id: str):
         need_reviewer()
         view = _load(session_id)
-        verification = verify_recording(review.backends, view.recording, view.manifest)
+        verification = verification_of(review.backends, session_id)
         earlier = review.audit.views(session_id, limit=20)
         review.audit.record(g.viewer["email"], "view", session_id, verified=verification.ok)
         return render_template("session.html", view=view, entry=view.entry, verification=verification, earlier=earlier)

@@ -112,6 +112,7 @@ def test_reviewer_finds_the_session_and_sees_approval_and_verified_badge(held_dr
 
     badge = page.locator("#verification")
     assert "badge ok" in badge.get_attribute("class") and "Verified" in badge.inner_text()
+    assert "in the seal ledger (entry" in badge.inner_text()  # the same verify_session as `jitgate verify`
     approval = page.get_by_role("article", name=f"Approval {held_drop['approval_id']}")
     text = approval.inner_text()
     assert held_drop["sql"] in text and "rita@example.com" in text and "via console" in text and "approved" in text
