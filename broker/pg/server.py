@@ -59,6 +59,9 @@ FORWARDED_PARAMS = {
     "idle_in_transaction_session_timeout",
 }
 READ_SIZE = 256 * 1024
+# A batch with a row-writing Execute is held until its Sync (broker/pg/measure.py); past this
+# size the Execute is refused instead of holding more.
+MAX_HELD_BATCH = 16 * 1024 * 1024
 
 
 class UnexpectedSetting(Exception):
@@ -665,6 +668,8 @@ class PgConnection:
                     return "client terminated the session"
                 else:
                     out += data[start:end]
+            if self.batch.measured is not None and len(out) - (self.batch.start or 0) > MAX_HELD_BATCH:
+                out = self._refuse_measured(out, f"its batch grew over {MAX_HELD_BATCH >> 20} MiB before Sync")
             if self.batch.measured is not None and self.batch.start is not None:
                 out, self.held_out = self.batch.held_back(out)  # a measured batch waits for its Sync
             else:

@@ -208,3 +208,43 @@ def test_returning_rows_are_masked_after_the_count(broker_dsn, stack):
                            "returning email").fetchone()
     assert row[0] and row[0] != clear, row  # masked, not the clear value
     assert stack.pg.psql("SELECT email FROM customers ORDER BY id LIMIT 1", "demo") == clear
+
+
+def test_a_measured_batch_without_sync_is_not_held_without_bound(stack, token, target, table):
+    """Execute of a row-writing statement, then Binds and no Sync: the broker stops holding at 16 MiB."""
+    import socket
+    import ssl
+
+    from broker.pg import codec
+
+    raw = socket.create_connection(("127.0.0.1", stack.broker_port), timeout=60)
+    raw.sendall(codec.build_ssl_request())
+    assert raw.recv(1) == b"S"
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    sock = context.wrap_socket(raw)
+    try:
+        sock.sendall(codec.build_startup({"user": "alice@example.com", "database": target}) + codec.build_password(token()))
+        # Bind: portal "", statement "", no parameter formats, no parameters, no result formats.
+        bind = b"B" + (4 + 2 + 2 + 2 + 2).to_bytes(4, "big") + b"\x00\x00" + b"\x00\x00" + b"\x00\x00" + b"\x00\x00"
+        execute = b"E" + (4 + 1 + 4).to_bytes(4, "big") + b"\x00" + b"\x00\x00\x00\x00"
+        sock.sendall(codec.build_parse("", "delete from m_orders where id = id") + bind + execute)
+        # 17 MiB of Describe messages of the unnamed portal, then Sync: the Execute must come back refused.
+        describe = b"D" + (4 + 1 + 1).to_bytes(4, "big") + b"P\x00"
+        chunk = describe * (1 << 16)
+        for _ in range(17 * (1 << 20) // len(chunk) + 1):
+            sock.sendall(chunk)
+        sock.sendall(b"S\x00\x00\x00\x04")
+        reader, errors, ready = codec.MessageReader(1 << 30), [], 0
+        while ready < 2:
+            data = sock.recv(1 << 20)
+            assert data
+            reader.feed(data)
+            for kind, payload in reader.messages():
+                ready += kind == "Z"
+                if kind == "E":
+                    errors.append(codec.parse_fields(payload)["M"])
+        assert any("grew over 16 MiB before Sync" in e for e in errors), errors
+    finally:
+        sock.close()
+    assert _state(stack) == UNCHANGED
