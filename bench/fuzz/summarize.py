@@ -9,14 +9,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def main(out: Path) -> None:
+def main(out: Path, stem: str | None = None, note: str = "") -> None:
     rows = {}
     for path in sorted(out.glob("*-guided.json")) + sorted(out.glob("*-unguided.json")):
         phase = json.loads(path.read_text())
         rows.setdefault(phase["target"], []).append(phase)
     lines = ["# Fuzz run (scripts/fuzz.sh)", "",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit of the working tree; "
-             "targets: tests/fuzz/targets.py; max input length 1024 bytes; seed 1.", "",
+             "targets: tests/fuzz/targets.py; max input length 1024 bytes; seed 1." + (f" {note}" if note else ""), "",
              "| target | guided execs | unguided execs | total | exec/s (guided / unguided) | findings (new) | known findings | inputs over 1 s | slowest input |",
              "|---|---|---|---|---|---|---|---|---|"]
     total = {}
@@ -35,11 +35,13 @@ def main(out: Path) -> None:
                      f"| {rates} | {'; '.join(new) or 'none'} | {'; '.join(known) or 'none'} | {slow} "
                      f"| {slowest['slowest_input_s']} s ({slowest['slowest_input_len']} B) |")
     lines += ["", "Findings: the first input of each signature is in the run's findings/ folder.", ""]
-    stamp = datetime.date.today().isoformat()
-    (ROOT / "bench" / "results" / f"{stamp}-fuzz.md").write_text("\n".join(lines))
-    (ROOT / "bench" / "results" / f"{stamp}-fuzz.json").write_text(json.dumps(total, indent=2) + "\n")
+    stem = stem or f"{datetime.date.today().isoformat()}-fuzz"
+    (ROOT / "bench" / "results" / f"{stem}.md").write_text("\n".join(lines))
+    (ROOT / "bench" / "results" / f"{stem}.json").write_text(json.dumps(total, indent=2) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "results" / "fuzz-work")
+    # summarize.py [OUT [STEM [NOTE]]]
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "results" / "fuzz-work",
+         sys.argv[2] if len(sys.argv) > 2 else None, sys.argv[3] if len(sys.argv) > 3 else "")
