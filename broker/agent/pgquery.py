@@ -267,8 +267,15 @@ class Upstream:
                       lineage=None):
         active = masker is not None and getattr(masker, "active", False)
 
+        inner = getattr(masker, "masker", masker)
+        code = error.get("C", "") if error is not None else "00000"  # notices: as an error of no class 42
+        hide_quoted = active and hasattr(inner, "quotes_may_hold_values") and inner.quotes_may_hold_values(code, lineage)
+
         def clean(text: str) -> str:
-            return masker.mask_text(text) if active and text else text
+            if not (active and text):
+                return text
+            # A statement that reads masked columns: PostgreSQL may quote a derived value in its error.
+            return masker.mask_text(inner.redact_quoted(text) if hide_quoted else text)
 
         if error is not None:
             raise StatementFailed(error.get("C", ""), clean(error.get("M", "")), clean(error.get("D", "")), clean(error.get("H", "")))

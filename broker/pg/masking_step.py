@@ -51,6 +51,16 @@ async def stream_large_row(connection, framer) -> int:
     return size - len(taken)
 
 
+def statement_error_fields(connection, fields: dict[str, str]) -> dict[str, str]:
+    """An ErrorResponse/NoticeResponse of a statement that reads masked columns: quoted values
+    are redacted (``SELECT reverse(email)::int`` would otherwise echo the reversed address)."""
+    masker = connection.session.masker
+    head = connection.pending[0] if connection.pending else None
+    if head is None or not masker.masker.quotes_may_hold_values(fields.get("C", ""), head.lineage()):
+        return fields
+    return {k: (masker.masker.redact_quoted(v) if k in ("M", "D", "H", "W") else v) for k, v in fields.items()}
+
+
 async def follow_for_relay(connection, sql: str, verdict):
     """(verdict, lineages) for a statement the relay is about to forward under masking.
 

@@ -25,7 +25,7 @@ from broker import metrics
 from broker.authz import AuthorizeClient, Refused
 from broker.pg import codec
 from broker.pg.lineage_step import UNFOLLOWED
-from broker.pg.masking_step import copy_plan_for, follow_for_relay, mask_row, stream_large_row
+from broker.pg.masking_step import copy_plan_for, follow_for_relay, mask_row, statement_error_fields, stream_large_row
 from broker.pg.measure import UNMEASURABLE_EXECUTE, Batch, RowLimit
 from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.session import Session, Verdict, new_backend_key
@@ -770,6 +770,7 @@ class PgConnection:
                         replacement = self.denials.popleft()[2]
                     else:
                         if masker is not None:
+                            fields = statement_error_fields(self, fields)
                             replacement = self._mask_fields("E", fields)
                         if pending:
                             pending[0].error = f"{fields.get('C', '')}: {fields.get('M', '')}"
@@ -828,7 +829,7 @@ class PgConnection:
                         if parts is None:
                             parts = []
                         parts.append(data[last:start])
-                        parts.append(self._mask_fields("N", codec.parse_fields(data[start + 5 : end])))
+                        parts.append(self._mask_fields("N", statement_error_fields(self, codec.parse_fields(data[start + 5 : end]))))
                         last = end
             session.recorder.flush()
             if parts is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
+import re
 from dataclasses import replace
 from typing import Mapping, Protocol, Sequence
 
@@ -68,6 +69,8 @@ _FAILING_ROW = "Failing row contains ("
 # Free text (error and notice fields) longer than this is masked up to here and cut: text
 # a client can make the server echo must not cost unbounded work.
 MAX_FREE_TEXT = 64 * 1024
+# A double-quoted fragment of an error message (linear: no nested quantifiers).
+_QUOTED = re.compile(r'"[^"]*"')
 TRUNCATED_MARKER = "[truncated by jitgate]"
 
 
@@ -177,6 +180,31 @@ class Masker:
     @staticmethod
     def _strongest(rules: Sequence[MaskingRule]) -> MaskingRule:
         return max(rules, key=lambda r: STRATEGY_STRENGTH[r.strategy])
+
+    def reads_masked(self, lineage: StatementLineage | None) -> bool:
+        """Does this statement read a column under a column rule (or can that not be ruled out)?
+        Its error and notice texts then hide what PostgreSQL quotes from the values it read."""
+        if lineage is None or not self._column_rules:
+            return False
+        if lineage.unknown:
+            return True
+        sources = set(lineage.predicate_sources)
+        for column in lineage.columns or ():
+            sources |= column.sources
+        return bool(self.sensitive(sources))
+
+    def quotes_may_hold_values(self, sqlstate: str, lineage: StatementLineage | None) -> bool:
+        """Class 42 errors (syntax, undefined table/column/function, privileges) quote the
+        statement's own identifiers; any other error or notice of a statement that reads
+        masked columns may quote a value it read."""
+        return not sqlstate.startswith("42") and self.reads_masked(lineage)
+
+    @staticmethod
+    def redact_quoted(text: str) -> str:
+        """PostgreSQL quotes the value it choked on ('invalid input syntax for type integer:
+        "moc.elpmaxe@ada"'): for statements that read masked columns, every quoted fragment
+        of an error or notice goes, since a derived value no detector knows could be in it."""
+        return _QUOTED.sub('"' + COLUMN_MARKER + '"', text) if '"' in text else text
 
     def sensitive(self, sources) -> list[str]:
         """The table columns among ``sources`` (lineage Sources) that a column rule masks."""

@@ -230,3 +230,16 @@ def test_relay_streams_large_unmasked_rows_and_refuses_large_masked_ones(stack, 
     result = subprocess.run(["psql", "-X", "-A", "-t", broker_dsn(), "-c", f"SELECT repeat('y', {size})"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "needs masking" in result.stderr and "JITGATE_PG_MAX_MESSAGE" in result.stderr
+
+
+def test_errors_do_not_echo_derived_values(api, broker_dsn, corpus_db):
+    # PostgreSQL quotes the value a cast chokes on; for a statement that reads masked columns it is hidden.
+    sql = "SELECT reverse(email)::int FROM customers ORDER BY id"
+    result = subprocess.run(["psql", "-X", "-A", "-t", broker_dsn(), "-c", sql], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "invalid input syntax for type integer" in result.stderr, result.stderr
+    assert "moc.elpmaxe" not in result.stderr and '"[redacted]"' in result.stderr
+    body = api().post("/v1/targets/demo/query", json={"sql": sql}).json()
+    assert body["code"] == "statement_failed" and "moc.elpmaxe" not in body["detail"] and "[redacted]" in body["detail"]
+    # Errors about the statement's own identifiers (class 42) keep them: the agent can fix its SQL.
+    body = api().post("/v1/targets/demo/query", json={"sql": "SELECT nosuch FROM customers WHERE email = 'x'"}).json()
+    assert '"nosuch"' in body["detail"], body
