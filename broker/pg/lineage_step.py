@@ -58,12 +58,23 @@ def functions_query(names: list[str]) -> str:
     )
 
 
+def operators_query(names: list[str]) -> str:
+    """One row per operator name: name, 'true' when every operator of that name is built in."""
+    return (
+        "SELECT q.name, coalesce(bool_and(n.nspname IN ('pg_catalog', 'information_schema')), false)::text "
+        f"FROM unnest(ARRAY[{', '.join(map(_literal, names))}]::text[]) AS q(name) "
+        "LEFT JOIN pg_operator o ON o.oprname = q.name LEFT JOIN pg_namespace n ON n.oid = o.oprnamespace "
+        "GROUP BY q.name"
+    )
+
+
 class LineageStep:
     """Per session: the catalog answers so far, and the columns it wrote derived data into."""
 
     def __init__(self):
         self._relations: dict[str, Relation | None] = {}
         self._functions: dict[str, bool] = {}
+        self._operators: dict[str, bool] = {}
         self._tainted: dict[tuple, frozenset] = {}
         self.lookups = 0  # catalog round trips, for tests
 
@@ -73,7 +84,7 @@ class LineageStep:
             await self._resolve(sql, fetch)
         except lineage.LineageUnknown as exc:
             return [StatementLineage(unknown=str(exc))]
-        result = lineage.follow(sql, Catalog(self._relations, self._functions, self._tainted))
+        result = lineage.follow(sql, Catalog(self._relations, self._functions, self._operators, self._tainted))
         out = []
         stale = False
         for statement in result:
@@ -94,17 +105,20 @@ class LineageStep:
         """Drop cached catalog answers (after DDL); what this session wrote stays remembered."""
         self._relations.clear()
         self._functions.clear()
+        self._operators.clear()
 
     async def _resolve(self, sql: str, fetch: Fetch) -> None:
         pending = [sql]
         for _ in range(lineage.MAX_VIEW_DEPTH + 1):
             relations: set[str] = set()
             functions: set[str] = set()
+            operators: set[str] = set()
             for text in pending:
                 needs = lineage.catalog_needs(text)
                 relations |= {n for n in needs.relations if n not in self._relations}
                 functions |= {n for n in needs.functions if "." not in n and n not in self._functions}
-            if not relations and not functions:
+                operators |= {n for n in needs.operators if "." not in n and n not in self._operators}
+            if not relations and not functions and not operators:
                 return
             pending = []
             self.lookups += 1
@@ -123,5 +137,9 @@ class LineageStep:
                 found = {row[0]: row[1] in ("t", "true", True) for row in await fetch(functions_query(sorted(functions)))}
                 for name in functions:
                     self._functions[name] = found.get(name, False)
+            if operators:
+                found = {row[0]: row[1] in ("t", "true", True) for row in await fetch(operators_query(sorted(operators)))}
+                for name in operators:
+                    self._operators[name] = found.get(name, False)
         raise lineage.LineageUnknown(f"views nest deeper than {lineage.MAX_VIEW_DEPTH} levels")
 

@@ -101,6 +101,7 @@ class Catalog:
 
     relations: dict = field(default_factory=dict)  # name as written -> Relation | None
     functions: dict = field(default_factory=dict)  # function name -> True when built in
+    operators: dict = field(default_factory=dict)  # operator name -> True when built in
     # Columns this session wrote data from other columns into: (relation, column or None) -> sources.
     tainted: dict = field(default_factory=dict)
 
@@ -109,6 +110,7 @@ class Catalog:
 class Needs:
     relations: frozenset
     functions: frozenset
+    operators: frozenset = frozenset()
 
 
 # --- step 1: what the catalog must answer ---------------------------------------------
@@ -125,6 +127,7 @@ def catalog_needs(sql: str) -> Needs:
     """Relation and function names the statement mentions (CTE names included: harmless)."""
     relations: set[str] = set()
     functions: set[str] = set()
+    operators: set[str] = set()
     for stmt in parse(sql):
         for node in _walk(stmt):
             if isinstance(node, ast.RangeVar):
@@ -133,7 +136,22 @@ def catalog_needs(sql: str) -> Needs:
                 name = _function_name(node)
                 if "." not in name:
                     functions.add(name)
-    return Needs(frozenset(relations), frozenset(functions))
+            elif isinstance(node, ast.A_Expr) and node.name:
+                name = _operator_name(node)
+                if name and "." not in name:
+                    operators.add(name)
+    return Needs(frozenset(relations), frozenset(functions), frozenset(operators))
+
+
+_OPERATOR_CHARS = frozenset("+-*/<>=~!@#%^&|`?")
+
+
+def _operator_name(node: ast.A_Expr) -> str | None:
+    """The operator an expression calls ('||', '~~'); None for keyword forms (BETWEEN...)."""
+    parts = [p.sval for p in node.name if isinstance(p, ast.String)]
+    if not parts or not set(parts[-1]) <= _OPERATOR_CHARS:
+        return None
+    return ".".join(parts)
 
 
 def relation_key(node: ast.RangeVar) -> str:
@@ -563,6 +581,8 @@ class _Analyzer:
                 continue
             if isinstance(item, (ast.SelectStmt, ast.RangeVar)):
                 raise LineageUnknown(f"{type(item).__name__} inside an expression is not followed")
+            if isinstance(item, ast.A_Expr) and item.name:
+                self.check_operator(item)
             if isinstance(item, ast.FuncCall):
                 self.check_function(item)
                 if item.over is not None:  # the window orders and groups rows: a predicate, not the value
@@ -582,6 +602,21 @@ class _Analyzer:
         except LineageUnknown:
             return frozenset().union(*(self.expr(t.val, scopes) for t in targets or ()
                                        if not (isinstance(t.val, ast.ColumnRef) and isinstance(t.val.fields[-1], ast.A_Star))))
+
+    def check_operator(self, node: ast.A_Expr) -> None:
+        """A user-defined operator runs a function whose body the gateway cannot see."""
+        name = _operator_name(node)
+        if not name:
+            return
+        if "." in name:
+            if name.split(".", 1)[0] in SYSTEM_SCHEMAS:
+                return
+            raise LineageUnknown(f"operator {name} is not built in: the gateway cannot see what its function reads")
+        known = self.catalog.operators.get(name)
+        if known is None:
+            raise LineageUnknown(f"operator {name} was not looked up")
+        if not known:
+            raise LineageUnknown(f"operator {name} is not built in: the gateway cannot see what its function reads")
 
     def check_function(self, node: ast.FuncCall) -> None:
         name = _function_name(node)

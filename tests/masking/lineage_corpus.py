@@ -20,6 +20,12 @@ CREATE OR REPLACE VIEW lineage_contacts AS
 CREATE OR REPLACE VIEW lineage_nested AS SELECT id, upper(contact) AS shout, full_name FROM lineage_contacts;
 CREATE OR REPLACE FUNCTION lineage_secret(i int) RETURNS text LANGUAGE sql STABLE
   AS $$ SELECT reverse(email) FROM customers WHERE id = i $$;
+CREATE OR REPLACE FUNCTION lineage_flip(a text, b text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT reverse(a) $$;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_operator WHERE oprname = '###') THEN
+    CREATE OPERATOR ### (LEFTARG = text, RIGHTARG = text, FUNCTION = lineage_flip);
+  END IF;
+END $$;
 """
 
 # Expressions over one sensitive column {c} of customers c: a curious agent's toolbox.
@@ -124,6 +130,8 @@ UNKNOWN_CASES = [
     "SELECT id, lineage_secret(id) FROM customers ORDER BY id",
     "SELECT lineage_secret(1)",
     "SELECT * FROM public.lineage_secret(2) AS s",
+    # a user-defined operator runs a function the gateway cannot see into
+    "SELECT email ### 'x' FROM customers ORDER BY id",
 ]
 
 CASES = TEMPLATE_CASES + STRUCTURAL_CASES

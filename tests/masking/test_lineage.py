@@ -21,6 +21,7 @@ CATALOG = Catalog(
     },
     functions={"reverse": True, "upper": True, "myfn": False, "string_agg": True, "row_number": True, "to_jsonb": True,
                "max": True},
+    operators={"=": True, "||": True, "~~": True, ">": True, "<>": True, "###": False},
 )
 EMAIL = ("public.customers", "email")
 
@@ -68,6 +69,8 @@ def test_star_expands_from_the_catalog():
 
 @pytest.mark.parametrize("sql, why", [
     ("SELECT myfn(1)", "not built in"),
+    ("SELECT email ### 'x' FROM customers", "operator ### is not built in"),
+    ("SELECT email OPERATOR(public.||) 'x' FROM customers", "operator public.|| is not built in"),
     ("SELECT public.reverse(email) FROM customers", "not built in"),
     ("SELECT * FROM temp_table", "not looked up"),
     ("FETCH 10 FROM c", "FETCH"),
@@ -83,7 +86,8 @@ def test_writes_are_remembered_and_reads_of_them_masked():
     statement = one("UPDATE customers SET notes = reverse(email) WHERE id = 1 RETURNING notes")
     assert statement.writes == (("public.customers", "notes", frozenset({EMAIL})),)
     assert EMAIL in statement.columns[0].sources and not statement.columns[0].direct
-    tainted = Catalog(CATALOG.relations, CATALOG.functions, {("public.customers", "notes"): frozenset({EMAIL})})
+    tainted = Catalog(CATALOG.relations, CATALOG.functions, CATALOG.operators,
+                      {("public.customers", "notes"): frozenset({EMAIL})})
     assert EMAIL in one("SELECT notes FROM customers", tainted).columns[0].sources
 
 
@@ -114,6 +118,8 @@ class RecordedCatalog:
 
     async def __call__(self, sql: str):
         self.queries.append(sql)
+        if "pg_operator" in sql:
+            return [(name, "true" if CATALOG.operators.get(name) else "false") for name in CATALOG.operators if f"'{name}'" in sql]
         if "pg_proc" in sql:
             return [(name, "true" if CATALOG.functions.get(name) else "false") for name in CATALOG.functions if f"'{name}'" in sql]
         rows = []
