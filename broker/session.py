@@ -8,6 +8,7 @@ protocol brings a codec and a small adapter, not a copy of the policy logic.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -22,6 +23,7 @@ from broker.recorder import Recorder
 from jitgate.identity.oidc import Principal
 from jitgate.logs import log
 from jitgate.policy import Policy, Target
+from jitgate.policy_explain import NUL_REFUSAL, explain_command
 
 logger = logging.getLogger("jitgate.broker.session")
 
@@ -123,11 +125,24 @@ class Session:
         return verdict
 
     def decide_command(self, command: str | list[str]) -> Verdict:
-        """Exec commands (SSH exec, kubectl exec) through the shell guardrails."""
-        return self._decide(*classify_command(command), what="command")
+        """Exec commands and shells (SSH, kubectl exec, agent exec) through the shell guardrails."""
+        decision = explain_command(self.target, command, self.principal.groups)
+        if decision.classification.error and "NUL byte" in decision.classification.error:
+            # exec would cut the command at the NUL: refuse whatever the policy says.
+            return Verdict("deny", ("unclassified",), ("NUL byte",), f"jitgate: command refused: {NUL_REFUSAL}")
+        return self._verdict(decision.action, list(decision.why), decision.classification.classes, decision.reasons,
+                             what="command")
+
+    async def decide_command_async(self, command: str | list[str]) -> Verdict:
+        """``decide_command`` on a worker thread: parsing is bounded (MAX_COMMAND_BYTES,
+        MAX_WORK) but a long command must still not hold up every other session on the loop."""
+        return await asyncio.to_thread(self.decide_command, command)
 
     def _decide(self, classes: frozenset[str], reasons: tuple[str, ...], what: str) -> Verdict:
         action, why = self.target.decide(classes, self.principal.groups)
+        return self._verdict(action, why, classes, reasons, what)
+
+    def _verdict(self, action: str, why: list[str], classes, reasons: tuple[str, ...], what: str) -> Verdict:
         message = ""
         if action == "deny":
             message = (
@@ -136,6 +151,8 @@ class Session:
             )
         elif action == "approve":
             message = f"jitgate: {what} needs approval on target {self.target_name!r} (class: {', '.join(why)})"
+            if "not_read_only" in why:
+                message += "; only read-only commands run without approval here (commands.mode: allowlist)"
         return Verdict(action, tuple(sorted(classes)), reasons, message)
 
     def use_masking(self, factory) -> None:

@@ -298,7 +298,7 @@ def cmd_policy_check(args) -> int:
 def cmd_policy_explain(args) -> int:
     """Print what the policy decides for one statement (JSON), without running it."""
     from jitgate.policy import PolicyError, load_policy
-    from jitgate.policy_explain import ExplainError, explain_sql
+    from jitgate.policy_explain import ExplainError, explain_shell, explain_sql
 
     location = args.policy or _settings(args).policy_path
     try:
@@ -310,6 +310,8 @@ def cmd_policy_explain(args) -> int:
     try:
         if args.sql is not None:
             answer = explain_sql(policy, args.target, args.user, groups, args.sql)
+        else:
+            answer = explain_shell(policy, args.target, args.user, groups, args.shell_command)
     except ExplainError as exc:
         print(f"jitgate policy explain: {exc}", file=sys.stderr)
         return 2
@@ -408,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     pe.add_argument("--policy", help="policy file (default: $JITGATE_POLICY or the local stack's)")
     what = pe.add_mutually_exclusive_group(required=True)
     what.add_argument("--sql", help="a SQL text as a client would send it (one or more statements)")
+    what.add_argument("--command", dest="shell_command",
+                      help="a shell command line (SSH exec, kubectl exec, agent exec); empty: an interactive shell")
     pe.set_defaults(func=cmd_policy_explain)
 
     p = sub.add_parser("broker", help="run the broker (settings from JITGATE_* variables)")

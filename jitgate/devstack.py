@@ -368,6 +368,26 @@ targets:
           keep_last: 4
         - detectors: [email, card, iban, ssn, phone, secret]
           strategy: redact
+# An SSH target (the demo stack runs no sshd; fill in a VM and uncomment). People get the
+# class deny-list and may open shells; agents get the read-only allow-list: anything else,
+# and any interactive or stdin-fed shell, waits for a human.
+#  web-1:
+#    kind: ssh
+#    address: 10.0.0.7:22
+#    username: deploy
+#    credential: file:/etc/jitgate/web-1.key
+#    host_key: "ssh-ed25519 AAAA..."
+#    allow:
+#      groups: [sre, agents]
+#    commands: {{mode: denylist}}
+#    shells: allow
+#    overrides:
+#      - groups: [agents]
+#        commands: {{mode: allowlist, approve_others: true}}
+#        shells: approve
+#    approvals:
+#      approver_groups: [sre]
+#      session_access: 30m
 """
 
 

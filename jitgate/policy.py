@@ -151,18 +151,72 @@ class AccessRule(_Strict):
         return any(u.lower() == user for u in self.users) or bool(groups.intersection(self.groups))
 
 
+# --- shell commands and shells (SSH exec, kubectl exec, the agent exec tool) ----------
+
+ShellsAction = Literal["allow", "approve", "deny"]
+_ACTION_RANK = {"deny": 0, "approve": 1, "allow": 2}
+
+
+class CommandsPolicy(_Strict):
+    """``commands``: which shell commands run without a human.
+
+    ``denylist`` (the default): every command runs unless a guardrail class
+    (``destructive``, ``privilege`` ...) says otherwise. ``allowlist``: only
+    commands on the built-in read-only list (``jitgate.guardrails.readonly``,
+    shown in README.md) and the ``allow`` entries run; every other command is
+    held for approval (``approve_others: true``) or refused. The guardrail
+    classes still apply on top, and name what a held command would do.
+    """
+
+    mode: Literal["denylist", "allowlist"] = "denylist"
+    # Extra read-only entries: a command name ("uptime") or a word prefix ("git fetch").
+    allow: list[str] = Field(default_factory=list)
+    approve_others: bool = True
+
+    @field_validator("allow")
+    @classmethod
+    def _entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            words = entry.split()
+            if not words:
+                raise ValueError("an allow entry is empty; write a command name such as 'uptime' or 'git fetch'")
+            bad = next((c for c in entry if c in ";|&<>$`()\\*?[]{}'\"\n"), None)
+            if bad is not None:
+                raise ValueError(f"allow entry {entry!r} contains {bad!r}; entries are plain words (a command name "
+                                 "and optionally its first arguments), matched against the parsed command")
+        return value
+
+    @model_validator(mode="after")
+    def _allow_needs_allowlist(self) -> "CommandsPolicy":
+        if self.allow and self.mode != "allowlist":
+            raise ValueError("'allow' entries only apply with mode: allowlist")
+        return self
+
+    def permissiveness(self) -> tuple[int, int]:
+        return (1 if self.mode == "denylist" else 0, 1 if self.approve_others else 0)
+
+
 class GuardrailOverride(_Strict):
-    """Per-group exceptions, e.g. the dba group may run DDL without approval."""
+    """Per-group exceptions, e.g. the dba group may run DDL without approval,
+    people may open shells while agents get an allow-list."""
 
     groups: list[str]
     guardrails: dict[str, Action] = Field(default_factory=dict)
     # Measured blast radius: a different row limit for these groups (see Target.max_rows_changed).
     max_rows_changed: int | None = Field(default=None, ge=0)
+    commands: CommandsPolicy | None = None
+    shells: ShellsAction | None = None
 
     @field_validator("guardrails")
     @classmethod
     def _known_classes(cls, value: dict[str, str]) -> dict[str, str]:
         return _check_classes(value)
+
+    @model_validator(mode="after")
+    def _says_something(self) -> "GuardrailOverride":
+        if not self.guardrails and self.commands is None and self.shells is None and self.max_rows_changed is None:
+            raise ValueError("an override needs 'guardrails', 'commands', 'shells' or 'max_rows_changed'")
+        return self
 
 
 class ApprovalConfig(_Strict):
@@ -247,6 +301,14 @@ class Target(_Strict):
     # this (counted by PostgreSQL, triggers and functions included), it is rolled back and
     # held for approval. 0: every change needs approval.
     max_rows_changed: int = Field(default=DEFAULT_MAX_ROWS_CHANGED, ge=0)
+    # Shell commands (ssh, kubernetes): deny-list of classes, or an allow-list of read-only commands.
+    commands: CommandsPolicy = Field(default_factory=CommandsPolicy)
+    # Shells that are not one exec command: interactive PTY sessions, `ssh host` fed on stdin,
+    # `kubectl exec -it pod -- sh`. approve holds the session for a human (time-boxed by
+    # approvals.session_access when it is set).
+    shells: ShellsAction = "allow"
+    # stdin of non-PTY sessions is recorded up to this many bytes; beyond, its SHA-256 and size.
+    record_stdin_bytes: int = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
 
     @field_validator("guardrails")
     @classmethod
@@ -318,6 +380,43 @@ class Target(_Strict):
         limits = [o.max_rows_changed for o in self.overrides
                   if o.max_rows_changed is not None and groups.intersection(o.groups)]
         return max(limits) if limits else self.max_rows_changed
+
+    def commands_for(self, groups: frozenset[str]) -> CommandsPolicy:
+        """The ``commands`` setting for a caller: the most permissive matching override, else the target's."""
+        matching = [o.commands for o in self.overrides if o.commands is not None and groups.intersection(o.groups)]
+        if not matching:
+            return self.commands
+        best = max(matching, key=CommandsPolicy.permissiveness)
+        if best.mode == "allowlist":
+            allow = list(dict.fromkeys(e for c in matching if c.mode == "allowlist" for e in c.allow))
+            best = CommandsPolicy(mode="allowlist", allow=allow, approve_others=best.approve_others)
+        return best
+
+    def shells_for(self, groups: frozenset[str]) -> str:
+        """``shells`` for a caller: the most permissive matching override, else the target's."""
+        matching = [o.shells for o in self.overrides if o.shells is not None and groups.intersection(o.groups)]
+        return max(matching, key=_ACTION_RANK.__getitem__) if matching else self.shells
+
+    def decide_command(self, classes: frozenset[str] | set[str], unlisted: tuple[str, ...],
+                       groups: frozenset[str]) -> tuple[str, list[str]]:
+        """The action for a classified shell command: its classes, the ``shells`` setting for the
+        ``shell`` class, and in allow-list mode whether everything it runs is read-only."""
+        action, why = self.decide(set(classes) - {"shell"}, groups)
+        rank = {"allow": 0, "approve": 1, "deny": 2}
+        if "shell" in classes:
+            shell_action = max(self.action_for("shell", groups), self.shells_for(groups), key=rank.__getitem__)
+            if rank[shell_action] > rank[action]:
+                action, why = shell_action, ["shell"]
+            elif shell_action == action and action != "allow":
+                why.append("shell")
+        commands = self.commands_for(groups)
+        if commands.mode == "allowlist" and unlisted:
+            listed_action = "approve" if commands.approve_others else "deny"
+            if rank[listed_action] > rank[action]:
+                action, why = listed_action, ["not_read_only"]
+            elif listed_action == action and action != "allow":
+                why.append("not_read_only")
+        return action, why
 
     def sees_clear_text(self, groups: frozenset[str]) -> bool:
         return bool(groups.intersection(self.masking.clear_groups))

@@ -1,15 +1,19 @@
 """`jitgate policy explain`: what the policy would decide for a statement, without running anything.
 
 For policy authors and tests: the same classifier and the same ``Target.decide`` the
-broker uses, printed as JSON. One function per kind of input (``explain_sql`` here;
-shell commands get theirs beside it), all returning the same shape:
+broker uses, printed as JSON. One function per kind of input (``explain_sql``,
+``explain_shell``), all returning the same shape:
 
     {"target", "user", "groups", "kind", "input", "classes", "reasons", "statements",
      "decision": "allow" | "deny" | "approve", "deciding_classes", "notes"}
 """
 from __future__ import annotations
 
-from jitgate.policy import ALWAYS_DENIED, Policy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jitgate.guardrails.shell import ShellClassification, classify_command
+from jitgate.policy import ALWAYS_DENIED, Policy, Target
 
 
 class ExplainError(ValueError):
@@ -66,4 +70,77 @@ def explain_sql(policy: Policy, target_name: str, user: str, groups: frozenset[s
         "writes_rows": result.writes_rows,
         "max_rows_changed": limit,
         **decision,
+    }
+
+
+# --- shell commands (SSH exec and shells, kubectl exec, the agent exec tool) -------------
+
+NUL_REFUSAL = "it contains a NUL byte, which no shell command can hold; remove it and send the command again"
+
+
+@dataclass(frozen=True)
+class CommandDecision:
+    """The broker's decision for one shell command (``Session.decide_command`` uses it as is)."""
+
+    action: str  # allow | approve | deny
+    why: tuple[str, ...]  # the classes (or "shell", "not_read_only") that decided it
+    classification: ShellClassification
+    mode: str  # commands.mode for this caller
+    shells: str  # the shells setting for this caller
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        result = self.classification
+        reasons = tuple(r for s in result.statements for r in s.reasons)
+        if result.error and result.error not in reasons:
+            reasons += (result.error,)
+        if "not_read_only" in self.why:
+            reasons += tuple(f"not read-only: {u}" for u in result.unlisted)
+        return reasons
+
+
+def explain_command(target: Target, command: str | Sequence[str], groups: frozenset[str]) -> CommandDecision:
+    """Classify a shell command line (or exec argv) and decide it for a caller in ``groups``."""
+    commands = target.commands_for(groups)
+    shells = target.shells_for(groups)
+    parts = [command] if isinstance(command, str) else list(command)
+    if any("\0" in part for part in parts):
+        result = classify_command(command)  # unclassified, with the NUL error
+        return CommandDecision("deny", ("unclassified",), result, commands.mode, shells)
+    result = classify_command(command, tuple(commands.allow))
+    action, why = target.decide_command(result.classes, result.unlisted, groups)
+    return CommandDecision(action, tuple(why), result, commands.mode, shells)
+
+
+def explain_shell(policy: Policy, target_name: str, user: str, groups: frozenset[str], command: str) -> dict:
+    """Commands, classes, reasons and decision for one shell command line on an ssh or kubernetes target."""
+    target = policy.target(target_name)
+    if target is None:
+        known = ", ".join(sorted(policy.targets)) or "none"
+        raise ExplainError(f"no target {target_name!r} in {policy.source or 'the policy'}; targets: {known}")
+    if target.kind not in ("ssh", "kubernetes"):
+        raise ExplainError(f"target {target_name!r} is of kind {target.kind!r}; --command applies to ssh and "
+                           "kubernetes targets")
+    decision = explain_command(target, command, groups)
+    result = decision.classification
+    answer = {"decision": decision.action, "deciding_classes": list(decision.why), "notes": []}
+    if not target.allow.admits(user, groups):
+        answer["notes"].append(f"{user} (groups: {', '.join(sorted(groups)) or 'none'}) may not connect to this "
+                               "target at all")
+        answer.update(decision="deny", deciding_classes=[])
+    return {
+        "target": target_name,
+        "user": user,
+        "groups": sorted(groups),
+        "kind": "command",
+        "input": command,
+        "classes": sorted(result.classes),
+        "reasons": list(decision.reasons),
+        "statements": [{"text": s.text, "classes": sorted(s.classes), "reasons": list(s.reasons)}
+                       for s in result.statements],
+        "commands_mode": decision.mode,
+        "shells": decision.shells,
+        "not_read_only": list(result.unlisted),
+        "error": result.error,
+        **answer,
     }

@@ -527,7 +527,7 @@ class AgentService:
         try:
             session.recorder.event("agent.request", via=via, operation="exec", target=target_name,
                                    command=session.mask_for_record(command), timeout_s=timeout, wait_s=wait)
-            verdict = session.decide_command(command)
+            verdict = await session.decide_command_async(command)
             verdict = await self._decide(handle, command, verdict, wait)
             statement_id = session.record_statement(command, protocol="exec", verdict=verdict)
             if verdict.action == "approve":

@@ -305,7 +305,7 @@ class ExecRelay:
         return (f"kubectl exec{flags} -n {shlex.quote(api.namespace)} {shlex.quote(api.name)}{container} -- "
                 f"{shlex.join(self.command)}")
 
-    def decide(self) -> Verdict:
+    async def decide(self) -> Verdict:
         session, target, api = self.session, self.session.target, self.api
         if not api.namespace or not api.name:
             return Verdict("deny", ("namespace",), (), f"jitgate: {api.subresource} needs a namespaced pod "
@@ -314,11 +314,11 @@ class ExecRelay:
             return Verdict("deny", ("namespace",), (), f"jitgate: {api.subresource} into pod {api.namespace}/{api.name} is "
                            f"not allowed on target {self.target_name!r} (allowed: {', '.join(target.namespaces)})")
         if api.subresource == "attach":
-            verdict = session.decide_command("sh")  # attaching to the main process is an interactive shell
+            verdict = await session.decide_command_async("sh")  # attaching to the main process is an interactive shell
         elif not self.command:
             return Verdict("deny", ("unclassified",), (), "jitgate: exec needs a command (kubectl exec POD -- COMMAND)")
         else:
-            verdict = session.decide_command(self.command)
+            verdict = await session.decide_command_async(self.command)
         if verdict.action == "allow" and is_protected(list(target.protected_namespaces), api.namespace):
             verdict = Verdict("approve", verdict.classes + ("protected_namespace",),
                               verdict.reasons + (f"namespace {api.namespace!r} is protected",),
@@ -348,7 +348,7 @@ class ExecRelay:
             command=[session.mask_for_record(c) for c in self.command], tty=self.tty, **self.streams,
             protocols=[p for p in self.offered if p in ch.SUPPORTED])  # a token may ride in an offered subprotocol
         statement = self.statement()
-        verdict = self.decide()
+        verdict = await self.decide()
         websocket = self.request.headers.get("Upgrade", "").lower() == "websocket"
         protocol = ch.pick_protocol(self.offered)
         if verdict.action != "deny" and not websocket:
@@ -631,6 +631,7 @@ class ExecRelay:
             "message": session.mask_for_record(outcome.message) if outcome and outcome.message else None,
             "bytes_in": self.counts["stdin"], "bytes_out": self.counts["stdout"], "bytes_err": self.counts["stderr"],
             "stdout_sha256": self.digests["stdout"].hexdigest(), "stderr_sha256": self.digests["stderr"].hexdigest(),
+            "stdin_sha256": self.digests["stdin"].hexdigest(),
             "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
         }
         if self.end_reason:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 
 import asyncssh
@@ -34,6 +35,7 @@ from broker.session import Session, Verdict
 from broker.ssh import upstream as upstream_login
 from broker.ssh.transfers import (FileEvent, ScpObserver, SftpObserver, TransferProtocolError,
                                   is_file_transfer_command, scp_mode)
+from jitgate.guardrails.shell import classify_command
 from jitgate.logs import log
 from jitgate.recording.asciicast import TERM_OUTPUT, TERM_RESIZE, TERM_START, Utf8Stream
 
@@ -47,6 +49,11 @@ EXEC_RECORD_LIMIT = 1024 * 1024
 REFUSED_EXIT = 126
 # Client environment passed to the VM (its sshd's AcceptEnv still decides).
 FORWARDED_ENV_PREFIXES = ("LANG", "LC_")
+# The echoed terminal line kept for classifying what was typed (best effort, see _echoed_line).
+ECHO_LINE_LIMIT = 4096
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\\\)|\x1b[@-Z\\-_]")
+# Where a prompt ends: "user@host:~$ ", "root@host:/# ", "sh-5.2$ ", "> ".
+_PROMPT_END = re.compile(r"^.*?[$#%>] ")
 LOGIN_FORM = "<you>+<target>, e.g. ssh -l alice@example.com+web-1 -p 2222 <broker>"
 
 
@@ -185,10 +192,14 @@ class GatewayConnection(asyncssh.SSHServer):
                 raise upstream_login.UpstreamError(
                     f"jitgate: the gateway cannot load its credential for target {target_name!r}; "
                     "an administrator must fix the credential reference") from None
+            agent_socket = None
             if target.allow_agent_forwarding:
+                # The VM's agent requests reach the client's agent (ssh -A) through a UNIX socket that
+                # asyncssh opens on this connection; the upstream client forwards to that socket.
                 self.conn._agent_forwarding = True  # asyncssh has no public per-connection switch
-            self.upstream = await upstream_login.connect(
-                target_name, target, key, agent_forwarding_from=self.conn if target.allow_agent_forwarding else None)
+                if await self.conn.create_agent_listener():
+                    agent_socket = self.conn.get_agent_path()
+            self.upstream = await upstream_login.connect(target_name, target, key, agent_socket=agent_socket)
         except upstream_login.UpstreamError as exc:
             session.recorder.event("upstream.refused", reason=str(exc))
             await session.close(f"refused: {exc}")
@@ -286,6 +297,14 @@ class RelayChannel(asyncssh.SSHServerSession):
         self.recorded = {"stdout": 0, "stderr": 0}
         self.decoders = {"stdout": Utf8Stream(), "stderr": Utf8Stream()}
         self.upstream_lost: str | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        # stdin of a channel without a terminal (a script fed to a shell): recorded up to the
+        # target's record_stdin_bytes, then counted and hashed
+        self.stdin_digest = hashlib.sha256()
+        self.stdin_recorded = 0
+        self.stdin_decoder = Utf8Stream()
+        # the terminal line as the shell echoed it, classified when the client presses Enter
+        self.echo_line = ""
 
     @property
     def session(self) -> Session:
@@ -361,6 +380,9 @@ class RelayChannel(asyncssh.SSHServerSession):
         if self.mode == "exec":
             if not await self._decide_exec():
                 return
+        elif self.mode == "shell":
+            if not await self._decide_shell():
+                return
         if self.term is not None:
             term_type, (width, height, *_), _ = self.term
             session.recorder.event(TERM_START, channel=self.number, width=width, height=height, term=term_type,
@@ -381,7 +403,7 @@ class RelayChannel(asyncssh.SSHServerSession):
             verdict = Verdict("deny", ("file_transfer",), (),
                               f"jitgate: file transfer (scp/rsync) is not allowed on target {session.target_name!r}")
         else:
-            verdict = session.decide_command(command)
+            verdict = await session.decide_command_async(command)
             if verdict.action == "approve":
                 session.notify = self.notice
                 self.say(verdict.message + "; waiting for an approver...")
@@ -399,6 +421,44 @@ class RelayChannel(asyncssh.SSHServerSession):
                 self.scp = ScpObserver(*mode)
                 self.scp_from_client = mode[0] == "upload"
         return True
+
+    async def _decide_shell(self) -> bool:
+        """A shell that is not one exec command (a PTY session, or `ssh host` fed a script on
+        stdin) is decided by the target's ``shells`` setting, not by classifying its lines."""
+        session = self.session
+        kind = "interactive shell (pty)" if self.term is not None else "shell reading its commands from stdin (no pty)"
+        statement = f"ssh {kind} on {session.target_name} as {session.target.username}"
+        verdict = await session.decide_command_async("")
+        if verdict.action == "deny":
+            verdict = Verdict("deny", verdict.classes, verdict.reasons,
+                              f"jitgate: shells are not allowed on target {session.target_name!r} for you "
+                              "(policy: shells: deny); run single commands with exec (ssh host CMD)")
+        elif verdict.action == "approve":
+            session.notify = self.notice
+            self.say(f"jitgate: a shell on target {session.target_name!r} needs approval (policy: shells: approve); "
+                     "waiting for an approver...")
+            verdict = await session.resolve(statement, verdict)
+        self.statement_id = session.record_statement(statement, protocol="ssh-shell", verdict=verdict)
+        if not verdict.allowed:
+            session.record_result(self.statement_id, started=self.perf_started, rows=None, tag=None,
+                                  error=verdict.message or "refused")
+            self.refuse(verdict.message or "jitgate: shell refused")
+            return False
+        window = session.target.approvals.session_access
+        if verdict.approval_id and window:
+            # time-boxed like session_approval: the approved shell closes when its window ends
+            self.expiry = asyncio.get_running_loop().call_later(window, self._expire_shell, window)
+        return True
+
+    def _expire_shell(self, seconds: int) -> None:
+        if self.finished:
+            return
+        self.session.recorder.event("shell.expired", channel=self.number, seconds=seconds)
+        self.say(f"jitgate: the approved shell window ({seconds}s) is over; closing this shell")
+        self._finish_record(reason=f"approved shell window of {seconds}s elapsed")
+        self.finished = True
+        self.gc.channels.discard(self)
+        self.abort()
 
     async def _connect_upstream(self) -> None:
         env = {k: v for k, v in self.chan.get_environment().items() if k.startswith(FORWARDED_ENV_PREFIXES)}
@@ -435,10 +495,39 @@ class RelayChannel(asyncssh.SSHServerSession):
                 self._file_events(self.sftp.client_data(data))
             elif self.scp is not None and self.scp_from_client:
                 self._file_events(self.scp.feed(data))
+            elif self.record_streams and self.term is None:
+                self._record_stdin(data)
+            elif self.term is not None and (b"\r" in data or b"\n" in data):
+                self._echoed_line()
         except TransferProtocolError as exc:
             self._protocol_error(exc)
             return
         self.up.write(data, datatype)
+
+    def _record_stdin(self, data: bytes) -> None:
+        """What a client feeds a command or shell without a terminal (echo 'id' | ssh host)."""
+        self.stdin_digest.update(data)
+        left = self.session.target.record_stdin_bytes - self.stdin_recorded
+        if left <= 0:
+            return
+        piece = data[:left]
+        self.stdin_recorded += len(piece)
+        text = self.stdin_decoder.feed(piece)
+        if text:
+            self.session.recorder.event("ssh.stdin", channel=self.number, t=self._t(),
+                                        data=self.session.mask_for_record(text))
+
+    def _echoed_line(self) -> None:
+        """Best effort: the line the shell echoed when Enter was pressed, classified for the recording.
+        Keystrokes themselves are never kept (a password at a no-echo prompt is not echoed)."""
+        line = _visible_command(self.echo_line)
+        self.echo_line = ""
+        if not line:
+            return
+        result = classify_command(line)
+        self.session.recorder.event("shell.line", channel=self.number, t=self._t(),
+                                    text=self.session.mask_for_record(line), classes=sorted(result.classes),
+                                    reasons=[r for s in result.statements for r in s.reasons][:10])
 
     def eof_received(self) -> bool:
         if self.up is not None:
@@ -511,6 +600,7 @@ class RelayChannel(asyncssh.SSHServerSession):
         if self.term is not None:
             text = self.decoders[stream].feed(data)
             if text:
+                self.echo_line = (self.echo_line + text).rsplit("\n", 1)[-1][-ECHO_LINE_LIMIT:]
                 self.session.recorder.event(TERM_OUTPUT, channel=self.number,
                                             event=[self._t(), "o", self.session.mask_for_record(text)])
             return
@@ -564,6 +654,8 @@ class RelayChannel(asyncssh.SSHServerSession):
         if session is None or session.recorder.spool.closed or getattr(self, "_recorded_end", False):
             return
         self._recorded_end = True
+        if self.expiry is not None:
+            self.expiry.cancel()
         if self.sftp is not None:
             self._file_events(self.sftp.finish())
         for stream, decoder in self.decoders.items():
@@ -578,6 +670,7 @@ class RelayChannel(asyncssh.SSHServerSession):
             "bytes_out": self.counts["stdout"],
             "bytes_err": self.counts["stderr"],
             "stdout_sha256": self.digests["stdout"].hexdigest(),
+            "stdin_sha256": self.stdin_digest.hexdigest() if self.term is None and self.record_streams else None,
             "stderr_sha256": self.digests["stderr"].hexdigest(),
             "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
         }
@@ -585,12 +678,22 @@ class RelayChannel(asyncssh.SSHServerSession):
             fields["reason"] = reason or f"upstream lost: {self.upstream_lost}"
         if any(self.recorded[s] >= EXEC_RECORD_LIMIT for s in self.recorded):
             fields["output_truncated_at"] = EXEC_RECORD_LIMIT
+        if self.stdin_recorded >= session.target.record_stdin_bytes and self.counts["stdin"] > self.stdin_recorded:
+            fields["stdin_truncated_at"] = session.target.record_stdin_bytes
         session.recorder.event("ssh.exit", **fields)
         if self.statement_id is not None:
             tag = (f"signal {self.exit_signal[0]}" if self.exit_signal
                    else f"exit {self.exit_status}" if self.exit_status is not None else "closed")
             session.record_result(self.statement_id, started=self.perf_started, rows=None, tag=tag,
                                   error=None if self.exit_status == 0 else tag)
+
+
+def _visible_command(echoed: str) -> str:
+    """The command part of an echoed terminal line: escapes, carriage returns and the prompt removed."""
+    text = _ANSI.sub("", echoed).rstrip("\r").rsplit("\r", 1)[-1]  # a carriage return redraws the line
+    text = "".join(c for c in text if c == "\t" or c >= " ")
+    match = _PROMPT_END.match(text)
+    return (text[match.end():] if match else text).strip()
 
 
 class UpstreamSide(asyncssh.SSHClientSession):

@@ -31,8 +31,12 @@ def pinned_key(target_name: str, target: Target) -> asyncssh.SSHKey:
             "set it to the VM's OpenSSH public key line (ssh-keyscan, then check the fingerprint)") from None
 
 
-async def connect(target_name: str, target: Target, private_key: bytes, *, agent_forwarding_from=None) -> asyncssh.SSHClientConnection:
-    """Log in to the target as its policy ``username`` with the held key. Raises UpstreamError."""
+async def connect(target_name: str, target: Target, private_key: bytes, *,
+                  agent_socket: str | None = None) -> asyncssh.SSHClientConnection:
+    """Log in to the target as its policy ``username`` with the held key. Raises UpstreamError.
+
+    ``agent_socket``: where the client's forwarded agent answers (ssh -A, when the target allows
+    it); the VM's agent requests go there. The held key never comes from an agent."""
     expected = pinned_key(target_name, target)
     try:
         key = asyncssh.import_private_key(private_key)
@@ -45,8 +49,8 @@ async def connect(target_name: str, target: Target, private_key: bytes, *, agent
         client_keys=[key],
         known_hosts=([expected], [], []),
         server_host_key_algs=[expected.get_algorithm()],
-        agent_path=agent_forwarding_from,
-        agent_forwarding=agent_forwarding_from is not None,
+        agent_path=None,
+        agent_forwarding=agent_socket or False,
         x11_forwarding=False,
         encryption_algs=["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
                          "aes128-ctr", "aes256-ctr"],

