@@ -34,7 +34,7 @@ from broker.authz import Refused
 from broker.session import Session, Verdict
 from broker.ssh import upstream as upstream_login
 from broker.ssh.transfers import (FileEvent, ScpObserver, SftpObserver, TransferProtocolError,
-                                  is_file_transfer_command, scp_mode)
+                                  is_file_transfer_command, is_transfer_endpoint, scp_mode)
 from jitgate.guardrails.shell import classify_command
 from jitgate.logs import log
 from jitgate.recording.asciicast import TERM_OUTPUT, TERM_RESIZE, TERM_START, Utf8Stream
@@ -414,7 +414,7 @@ class RelayChannel(asyncssh.SSHServerSession):
                                   error=verdict.message or "refused")
             self.refuse(verdict.message or "jitgate: command refused")
             return False
-        if transfer:
+        if transfer and is_transfer_endpoint(command):
             self.record_streams = False  # binary protocol streams: counts, digests and files instead
             mode = scp_mode(command)
             if mode is not None:

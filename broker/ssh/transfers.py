@@ -38,6 +38,7 @@ MAX_SCP_LINE = 64 * 1024
 SSH_FXP_OPEN, SSH_FXP_CLOSE, SSH_FXP_READ, SSH_FXP_WRITE = 3, 4, 5, 6
 SSH_FXP_SETSTAT, SSH_FXP_REMOVE, SSH_FXP_MKDIR, SSH_FXP_RMDIR = 9, 13, 14, 15
 SSH_FXP_RENAME, SSH_FXP_SYMLINK = 18, 20
+SSH_FXP_EXTENDED = 200
 SSH_FXP_STATUS, SSH_FXP_HANDLE, SSH_FXP_DATA = 101, 102, 103
 SSH_FXF_WRITE = 0x02
 
@@ -97,7 +98,7 @@ class FileEvent:
     """What the recording says about one file: a transfer or an operation."""
 
     protocol: str  # sftp | scp
-    action: str  # upload | download | remove | rename | mkdir | rmdir | setstat | symlink
+    action: str  # upload | download | copy | remove | rename | hardlink | mkdir | rmdir | setstat | symlink | extended
     path: str
     bytes: int | None = None
     sha256: str | None = None
@@ -118,8 +119,14 @@ class _OpenFile:
     writing: bool
     read: _Digest = field(default_factory=_Digest)
     written: _Digest = field(default_factory=_Digest)
+    # server-side copies into this file (copy-data: sftp cp): (source path, offset, length; 0 = to EOF)
+    copies: list = field(default_factory=list)
 
     def events(self) -> list[FileEvent]:
+        if self.copies and not self.written.bytes:
+            # sftp cp: the server copied the bytes itself; no content crossed the channel to hash
+            return [FileEvent("sftp", "copy", self.path, extra={"from": src, "offset": offset, "length": length})
+                    for src, offset, length in self.copies]
         out = []
         for action, digest in (("upload", self.written), ("download", self.read)):
             if digest.bytes or (action == "upload" and self.writing and not self.read.bytes):
@@ -255,7 +262,31 @@ class SftpObserver:
         elif kind == SSH_FXP_SYMLINK:
             first = _name(r.string())
             return [FileEvent("sftp", "symlink", first, extra={"other": _name(r.string())})]
+        elif kind == SSH_FXP_EXTENDED:
+            return self._extended(_name(r.string()), r)
         return []
+
+    def _extended(self, name: str, r: _Reader) -> list[FileEvent]:
+        """OpenSSH's extensions that change files: posix-rename (what `sftp rename` sends),
+        hardlink (`sftp ln`) and copy-data (`sftp cp`)."""
+        if name == "posix-rename@openssh.com":
+            old = _name(r.string())
+            return [FileEvent("sftp", "rename", old, extra={"to": _name(r.string()), "posix": True})]
+        if name == "hardlink@openssh.com":
+            old = _name(r.string())
+            return [FileEvent("sftp", "hardlink", _name(r.string()), extra={"target": old})]
+        if name == "copy-data":
+            source = self._files.get(r.string())
+            offset, length = r.u64(), r.u64()
+            destination = self._files.get(r.string())
+            if destination is not None:
+                destination.copies.append((source.path if source else "?", offset, length))
+            return []
+        if name in ("statvfs@openssh.com", "fstatvfs@openssh.com", "limits@openssh.com", "expand-path@openssh.com",
+                    "home-directory", "users-groups-by-id@openssh.com", "fsync@openssh.com", "check-file-name",
+                    "check-file-handle"):
+            return []
+        return [FileEvent("sftp", "extended", name)]  # an extension this observer does not know: still on record
 
     def _reply(self, r: _Reader) -> None:
         kind = r.u8()
@@ -375,6 +406,27 @@ def scp_mode(command: str) -> tuple[str, str] | None:
 
 
 FILE_TRANSFER_PROGRAMS = {"scp", "sftp-server", "rsync", "sftp"}
+
+
+def is_transfer_endpoint(command: str) -> bool:
+    """Whether the whole command is one transfer program speaking its binary protocol (what
+    scp, rsync and sftp clients run remotely): only then is the output recorded as files, byte
+    counts and digests instead of text. Anything more (``ls; rsync --version``) is recorded as
+    an ordinary command's output, so appending a transfer word cannot hide what ran."""
+    if any(c in command for c in ";&|()<>`$\n\\"):
+        return False
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return False
+    if not argv:
+        return False
+    program = argv[0].rsplit("/", 1)[-1]
+    if program == "scp":
+        return scp_mode(command) is not None
+    if program == "rsync":
+        return "--server" in argv
+    return program == "sftp-server"
 
 
 # Programs that only run another program: the transfer hides behind them.

@@ -201,3 +201,29 @@ def test_never_raises_on_shell_like_text(words: list[str]) -> None:
 @given(st.lists(st.text()))
 def test_never_raises_on_arbitrary_argv(argv: list[str]) -> None:
     assert classify_command(argv).classes <= set(EXEC_CLASSES)
+
+
+def test_non_ascii_input_does_not_crash_the_process() -> None:
+    """tree-sitter-bash 0.25.1 crashed the process (SIGSEGV) on about 1 in 100,000 random UTF-8
+    strings; the classifier parses non-ASCII bytes as letters. A child process classifies
+    100,000 seeded random strings; a crash would show as a signal exit status."""
+    import subprocess
+    import sys
+
+    script = (
+        "import random\n"
+        "from jitgate.guardrails.shell import classify_command\n"
+        "random.seed(7)\n"
+        "def ch():\n"
+        "    r = random.random()\n"
+        "    if r < 0.3: return chr(random.randint(1, 127))\n"
+        "    if r < 0.6: return chr(random.randint(128, 0x7ff))\n"
+        "    if r < 0.8: return chr(random.choice([random.randint(0x800, 0xd7ff), random.randint(0xe000, 0xffff)]))\n"
+        "    return chr(random.randint(0x10000, 0x10ffff))\n"
+        "for _ in range(100000):\n"
+        "    classify_command(''.join(ch() for _ in range(random.randint(0, 30))).replace('\\0', ''))\n"
+        "print('survived')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          cwd=__import__("pathlib").Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and done.stdout.strip() == "survived", (done.returncode, done.stderr[-2000:])

@@ -88,3 +88,33 @@ def test_file_transfer_refused_when_policy_says_no(ssh_cmd, payload):
     r = subprocess.run(argv + ["-O", local, f"127.0.0.1:{REMOTE_DIR}/no.bin"], env=env, capture_output=True, timeout=60)
     assert r.returncode != 0
     assert b"file transfer (scp/rsync) is not allowed" in r.stderr
+
+
+def test_sftp_rename_hardlink_and_copy_recorded(ssh_cmd, stack, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"hello\n")
+    argv, env = ssh_cmd("sftp", user="sftp-ops@example.com")
+    batch = (f"put {small} {REMOTE_DIR}/ops-a.txt\nrename {REMOTE_DIR}/ops-a.txt {REMOTE_DIR}/ops-b.txt\n"
+             f"ln {REMOTE_DIR}/ops-b.txt {REMOTE_DIR}/ops-link.txt\ncp {REMOTE_DIR}/ops-b.txt {REMOTE_DIR}/ops-copy.txt\n"
+             f"rm {REMOTE_DIR}/ops-b.txt\nrm {REMOTE_DIR}/ops-link.txt\nrm {REMOTE_DIR}/ops-copy.txt\n")
+    r = subprocess.run(argv + ["-o", "BatchMode=no", "-b", "-", "127.0.0.1"], env=env, input=batch.encode(),
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    seen = transfers(stack, "sftp-ops@example.com")
+    [rename] = [t for t in seen if t["action"] == "rename"]
+    assert (rename["path"], rename["to"]) == (f"{REMOTE_DIR}/ops-a.txt", f"{REMOTE_DIR}/ops-b.txt")
+    [link] = [t for t in seen if t["action"] == "hardlink"]
+    assert (link["path"], link["target"]) == (f"{REMOTE_DIR}/ops-link.txt", f"{REMOTE_DIR}/ops-b.txt")
+    [copy] = [t for t in seen if t["action"] == "copy"]
+    assert (copy["path"], copy["from"]) == (f"{REMOTE_DIR}/ops-copy.txt", f"{REMOTE_DIR}/ops-b.txt")
+    uploads = [t for t in seen if t["action"] == "upload"]
+    assert [u["path"] for u in uploads] == [f"{REMOTE_DIR}/ops-a.txt"]  # the copy is not a 0-byte upload
+
+
+def test_appended_transfer_word_does_not_hide_exec_output(ssh_cmd, stack):
+    argv, env = ssh_cmd(user="hide@example.com")
+    r = subprocess.run(argv + ["127.0.0.1", "echo visible-output; rsync --version >/dev/null"], env=env,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    events = recording_events(stack, sealed_session(stack, "hide@example.com"))
+    assert "visible-output" in "".join(e["data"] for e in of_type(events, "exec.output"))
