@@ -84,7 +84,7 @@ class ShellClassification(Classification):
 
     # Commands (at any depth) that are not on the read-only list, with why; empty when
     # everything that runs is read-only. ``commands.mode: allowlist`` holds the others.
-    unlisted: tuple[str, ...] = ()
+    unlisted: tuple[str, ...] = field(default=(), kw_only=True)
 
 
 class _OverBudget(Exception):
@@ -628,8 +628,8 @@ def classify_command(command: str | Sequence[str], allow: Sequence[str] = ()) ->
     except Exception as exc:  # noqa: BLE001 - fail closed, and say so
         error = f"the shell guardrail could not classify this command ({type(exc).__name__}); it is refused"
         text = command if isinstance(command, str) else " ".join(map(str, command))
-        return ShellClassification(_UNCLASSIFIED, (StatementVerdict(text[:200], _UNCLASSIFIED, (error,)),), error,
-                                   (error,))
+        verdict = StatementVerdict(text[:200], _UNCLASSIFIED, (error,))
+        return ShellClassification(_UNCLASSIFIED, (verdict,), error, unlisted=(error,))
 
 
 def _classify(command: str | Sequence[str], allow: Sequence[str] = ()) -> ShellClassification:
@@ -656,7 +656,7 @@ def _classify(command: str | Sequence[str], allow: Sequence[str] = ()) -> ShellC
         except _OverBudget:
             return _over_budget(text)
         verdict = _verdict(text, out)
-        return ShellClassification(verdict.classes, (verdict,), None, tuple(ctx.unlisted))
+        return ShellClassification(verdict.classes, (verdict,), None, unlisted=tuple(ctx.unlisted))
 
     refused = _refuse_text([command], command)
     if refused is not None:
@@ -669,7 +669,7 @@ def _classify(command: str | Sequence[str], allow: Sequence[str] = ()) -> ShellC
     if tree.root_node.has_error:
         error = _syntax_error(tree.root_node, source)
         verdict = StatementVerdict(command, _UNCLASSIFIED, (f"cannot parse: {error}",))
-        return ShellClassification(_UNCLASSIFIED, (verdict,), error, ("the command does not parse",))
+        return ShellClassification(_UNCLASSIFIED, (verdict,), error, unlisted=("the command does not parse",))
     statements: list[tuple[Node, _Findings]] = []
 
     def sink(node: Node) -> _Findings:
@@ -689,14 +689,14 @@ def _classify(command: str | Sequence[str], allow: Sequence[str] = ()) -> ShellC
         return _over_budget(command)
     except (_TooDeep, RecursionError):
         error = f"the command nests deeper than {_MAX_TREE_DEPTH} levels; it is not classified"
-        return ShellClassification(_UNCLASSIFIED, (StatementVerdict(command[:200], _UNCLASSIFIED, (error,)),), error,
-                                   (error,))
+        verdict = StatementVerdict(command[:200], _UNCLASSIFIED, (error,))
+        return ShellClassification(_UNCLASSIFIED, (verdict,), error, unlisted=(error,))
     if not statements:
         verdict = StatementVerdict(command.strip(), frozenset({"command"}), ("only comments",))
-        return ShellClassification(verdict.classes, (verdict,), None, ())
+        return ShellClassification(verdict.classes, (verdict,), None, unlisted=())
     verdicts = [_verdict(walker.text(node), findings) for node, findings in sorted(statements, key=lambda s: s[0].start_byte)]
-    return ShellClassification(frozenset().union(*(v.classes for v in verdicts)), tuple(verdicts), None,
-                               tuple(ctx.unlisted))
+    classes = frozenset().union(*(v.classes for v in verdicts))
+    return ShellClassification(classes, tuple(verdicts), None, unlisted=tuple(ctx.unlisted))
 
 
 _UNCLASSIFIED = frozenset({"unclassified"})
@@ -714,13 +714,13 @@ def _refuse_text(parts: Sequence[str], shown: str) -> ShellClassification | None
     if error is None:
         return None
     verdict = StatementVerdict(shown[:200], _UNCLASSIFIED, (error,))
-    return ShellClassification(_UNCLASSIFIED, (verdict,), error, (error,))
+    return ShellClassification(_UNCLASSIFIED, (verdict,), error, unlisted=(error,))
 
 
 def _over_budget(text: str) -> ShellClassification:
     error = f"the command holds more than {MAX_WORK} syntax elements to examine; it is not classified"
     verdict = StatementVerdict(text[:200], _UNCLASSIFIED, (error,))
-    return ShellClassification(_UNCLASSIFIED, (verdict,), error, (error,))
+    return ShellClassification(_UNCLASSIFIED, (verdict,), error, unlisted=(error,))
 
 
 def _syntax_error(root: Node, source: bytes) -> str:
@@ -739,7 +739,7 @@ def _syntax_error(root: Node, source: bytes) -> str:
 def _interactive_shell(text: str) -> ShellClassification:
     verdict = StatementVerdict(text, frozenset({"shell"}), ("interactive shell",))
     # Not "unlisted": an interactive shell is decided by the ``shells`` setting alone.
-    return ShellClassification(verdict.classes, (verdict,), None, ())
+    return ShellClassification(verdict.classes, (verdict,), None, unlisted=())
 
 
 def _verdict(text: str, out: _Findings) -> StatementVerdict:
