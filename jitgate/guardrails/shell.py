@@ -670,15 +670,12 @@ def _classify(command: str | Sequence[str], allow: Sequence[str] = ()) -> ShellC
         error = _syntax_error(tree.root_node, source)
         verdict = StatementVerdict(command, _UNCLASSIFIED, (f"cannot parse: {error}",))
         return ShellClassification(_UNCLASSIFIED, (verdict,), error, unlisted=("the command does not parse",))
-    statements: list[tuple[Node, _Findings]] = []
+    statements: dict[int, tuple[Node, _Findings]] = {}  # by node id: one verdict per command
 
     def sink(node: Node) -> _Findings:
-        for known, findings in statements:
-            if known.id == node.id:
-                return findings
-        findings = _Findings()
-        statements.append((node, findings))
-        return findings
+        if node.id not in statements:
+            statements[node.id] = (node, _Findings())
+        return statements[node.id][1]
 
     walker = None
     try:
@@ -694,7 +691,8 @@ def _classify(command: str | Sequence[str], allow: Sequence[str] = ()) -> ShellC
     if not statements:
         verdict = StatementVerdict(command.strip(), frozenset({"command"}), ("only comments",))
         return ShellClassification(verdict.classes, (verdict,), None, unlisted=())
-    verdicts = [_verdict(walker.text(node), findings) for node, findings in sorted(statements, key=lambda s: s[0].start_byte)]
+    ordered = sorted(statements.values(), key=lambda s: s[0].start_byte)
+    verdicts = [_verdict(walker.text(node), findings) for node, findings in ordered]
     classes = frozenset().union(*(v.classes for v in verdicts))
     return ShellClassification(classes, tuple(verdicts), None, unlisted=tuple(ctx.unlisted))
 
