@@ -24,7 +24,7 @@ from jitgate.policy import PolicyError, PolicyHolder
 from jitgate.settings import Settings
 
 logger = logging.getLogger("jitgate.broker")
-DRAIN_SECONDS = 25
+DRAIN_SECONDS = 25  # default of JITGATE_DRAIN_SECONDS
 
 # Optional listeners beside PostgreSQL. Each module exposes
 #   async def start(ctx: BrokerContext) -> dict[str, str] | None
@@ -43,6 +43,8 @@ class BrokerContext:
     tls_cert: Path
     tls_key: Path
     stoppers: list = field(default_factory=list)
+    # Called when the drain starts: close what is idle at once (agent sessions with no request in flight).
+    drain_starters: list = field(default_factory=list)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -122,20 +124,28 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     draining.set()
-    log(logger, logging.INFO, "draining", seconds=DRAIN_SECONDS, sessions=len(pg.live_sessions))
+    drain_seconds = float(settings.env.get("JITGATE_DRAIN_SECONDS") or DRAIN_SECONDS)
+    log(logger, logging.INFO, "draining", seconds=drain_seconds, sessions=len(pg.live_sessions))
     # Every protocol's live sessions get the drain period to finish; then the other listeners
     # stop (closing what is left of theirs) and the PostgreSQL relay closes its stragglers.
     # Sessions cut at the deadline are still sealed: their spools are complete up to the cut.
     if pg.server:
         pg.server.close()
-    deadline = loop.time() + DRAIN_SECONDS
+    deadline = loop.time() + drain_seconds
+    for start_drain in ctx.drain_starters:
+        try:
+            await start_drain()
+        except Exception:  # noqa: BLE001 - the drain goes on; the deadline closes what is left
+            logger.exception("closing idle sessions at drain failed")
     while pg.live_sessions and loop.time() < deadline:
         await asyncio.sleep(0.1)
     for stop_listener in ctx.stoppers:
         await stop_listener()
     await pg.drain(max(0.0, deadline - loop.time()))
     sweeper.cancel()
-    await uploader.sweep()
+    left = await uploader.settle(max(5.0, deadline + 10 - loop.time()))  # sealed within the shared deadline
+    if left:
+        log(logger, logging.WARNING, "sessions not yet sealed at exit; sealed after the next start", sessions=left)
     await runner.cleanup()
     await authz.close()
     backends.close()

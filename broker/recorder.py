@@ -283,6 +283,18 @@ class SpoolUploader:
                 done += 1
         return done
 
+    async def settle(self, timeout: float) -> int:
+        """At shutdown: keep handing over and reading back until every closed spool is sealed or the
+        time is up (what is left is sealed after the next start). Returns how many are left."""
+        end = time.monotonic() + timeout
+        while True:
+            await self.sweep()
+            left = [p for p in self.settings.spool_dir.glob("*.jsonl") if p.stem not in self.live] \
+                if self.settings.spool_dir.exists() else []
+            if not left or time.monotonic() >= end:
+                return len(left)
+            await asyncio.sleep(0.5)
+
     async def run(self, interval: float = 5.0) -> None:
         while True:
             try:

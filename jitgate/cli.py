@@ -5,6 +5,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -64,7 +65,7 @@ def cmd_up(args) -> int:
     agent = stack.broker_info.get("http")
     agents_line = (f"\nAgents (MCP, streamable HTTP): https://{agent}/mcp   HTTP API: https://{agent}/openapi.json\n"
                    f"  send Authorization: Bearer <token>; trust {home / 'tls' / 'broker-dev.crt'} (docs/agents.md)\n") if agent else ""
-    jg = cli_command()
+    jg = cli_command() + (f" --home {shlex.quote(str(home))}" if args.home else "")  # follow-ups reach this stack
     for name, how in (("ssh", "ssh -l <you>+<ssh target> -p {port} 127.0.0.1   (targets of kind ssh)"),
                       ("k8s", "{jg} kubeconfig --target <kubernetes target> --dev   (port {port})")):
         address = stack.broker_info.get(name)
@@ -100,17 +101,53 @@ Press Ctrl-C to stop.
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     try:
+        supervisor = Supervisor(stack)
         while not stopping:
-            for proc in stack.procs + [stack.issuer.proc]:
-                if proc.popen.poll() is not None:
-                    print(f"{proc.name} exited unexpectedly (code {proc.popen.returncode}); see {proc.log_path}", file=sys.stderr)
-                    stopping = True
+            supervisor.check()
             time.sleep(0.5)
     finally:
         print("\nstopping...", flush=True)
         stack.stop()
         print("stopped.")
     return 0
+
+
+class Supervisor:
+    """A child of `jitgate up` that exits is restarted (up to MAX_RESTARTS within WINDOW seconds),
+    then reported and left down; the rest of the stack keeps running either way."""
+
+    MAX_RESTARTS = 3
+    WINDOW = 300.0
+
+    def __init__(self, stack, out=sys.stderr):
+        self.stack = stack
+        self.out = out
+        self.restarts: dict[str, list[float]] = {}
+        self.given_up: set[str] = set()
+
+    def check(self) -> None:
+        for index, proc in enumerate(list(self.stack.procs)):
+            replacement = self._check_one(proc)
+            if replacement is not None:
+                self.stack.procs[index] = replacement
+        replacement = self._check_one(self.stack.issuer.proc)
+        if replacement is not None:
+            self.stack.issuer.proc = replacement
+
+    def _check_one(self, proc):
+        if proc.popen.poll() is None or proc.name in self.given_up:
+            return None
+        now = time.monotonic()
+        recent = [t for t in self.restarts.get(proc.name, []) if now - t < self.WINDOW]
+        if len(recent) >= self.MAX_RESTARTS:
+            self.given_up.add(proc.name)
+            print(f"{proc.name} exited again (code {proc.popen.returncode}) after {len(recent)} restarts; left down, "
+                  f"the rest keeps running; see {proc.log_path}", file=self.out, flush=True)
+            return None
+        print(f"{proc.name} exited (code {proc.popen.returncode}); restarting it; see {proc.log_path}",
+              file=self.out, flush=True)
+        self.restarts[proc.name] = recent + [now]
+        return proc.respawn()
 
 
 def cmd_login(args) -> int:

@@ -71,6 +71,15 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    argv: list[str] | None = None
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+
+    def respawn(self) -> "Proc":
+        """The same command again (same log, appended): a child that exited is restarted, not mourned."""
+        if self.argv is None:
+            raise StackError(f"{self.name} cannot be restarted (started without its command line)")
+        return spawn(self.name, self.argv, self.log_path.parent, env=self.env, cwd=self.cwd)
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -92,6 +101,22 @@ class Proc:
         return self.popen.returncode
 
 
+@dataclass
+class ExportingProc(Proc):
+    """An emulator whose state is exported into the home before it stops (kept across restarts)."""
+
+    export: Callable[[], object] | None = None
+
+    def stop(self, timeout: float = 15, sig: int = signal.SIGTERM) -> int | None:
+        if self.export is not None and self.popen.poll() is None:
+            try:
+                self.export()
+            except Exception as exc:  # noqa: BLE001 - stopping goes on; say what is not kept
+                print(f"{self.name}: export before stop failed ({type(exc).__name__}: {exc}); "
+                      "its data will not be there at the next start", file=sys.stderr)
+        return super().stop(timeout, sig)
+
+
 def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -100,7 +125,7 @@ def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None 
         argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True
     )
     fh.close()
-    return Proc(name, popen, log_path)
+    return Proc(name, popen, log_path, argv=list(argv), env=env, cwd=cwd)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------
@@ -449,9 +474,16 @@ class Stack:
     def broker_port(self) -> int:
         return int(self.broker_info["pg"].rpartition(":")[2])
 
+    @property
+    def drain_seconds(self) -> float:
+        return float(self.env.get("JITGATE_DRAIN_SECONDS") or 25)
+
     def stop(self) -> None:
+        """One shared deadline: the broker (stopped first) drains its sessions, has them sealed
+        through the functions that are still up, and only then do the others stop."""
+        deadline = time.monotonic() + self.drain_seconds + 20
         for proc in reversed(self.procs):
-            proc.stop()
+            proc.stop(timeout=max(5.0, deadline - time.monotonic()))
         self.issuer.proc.stop()
         self.pg.stop()
         if not self.pg.root.is_relative_to(self.home):
@@ -555,7 +587,12 @@ def _gcp_stack_env(home: Path, emulator_env: dict[str, str] | None, procs: list[
         else:
             from jitgate.backends.gcp.emulators import Emulators
 
-            emulators = Emulators(home / "emulators").start()
+            emulators = Emulators(home / "emulators").start(persistent=True)
+            project = env.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT") or "jitgate-local"
+            firestore = emulators.procs["firestore"]
+            emulators.procs["firestore"] = ExportingProc(
+                firestore.name, firestore.popen, firestore.log_path, firestore.argv, firestore.env, firestore.cwd,
+                export=lambda: emulators.export_firestore(project))
             procs.extend(emulators.procs.values())  # stopped last, after the broker and functions
             env = emulators.env() | env
     project = env.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT") or "jitgate-local"

@@ -68,7 +68,9 @@ class Settings:
 
     @property
     def spool_dir(self) -> Path:
-        return self.home / "spool"
+        """This broker's own spool (JITGATE_SPOOL_DIR): brokers never share one, or each would take
+        the other's live sessions for orphans of a crash."""
+        return Path(self.env.get("JITGATE_SPOOL_DIR") or self.home / "spool")
 
     @property
     def recordings_dir(self) -> Path:

@@ -130,5 +130,6 @@ async def start(ctx) -> dict[str, str] | None:
         await service.stop()
 
     ctx.stoppers.append(stop)
+    ctx.drain_starters.append(service.close_idle)
     log(logger, logging.INFO, "agent listener ready", address=f"{shown}:{port}", mcp=f"https://{shown}:{port}/mcp")
     return {"http": f"{shown}:{port}"}

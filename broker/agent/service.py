@@ -135,6 +135,13 @@ class AgentService:
         for key, handle in list(self.handles.items()):
             await self._close(key, handle, "broker shutting down")
 
+    async def close_idle(self) -> None:
+        """The broker is draining: sessions with no request in flight end now, as a normal end
+        (an idle MCP session would otherwise hold the drain to its deadline)."""
+        for key, handle in list(self.handles.items()):
+            if not handle.users and not handle.holds:
+                await self._close(key, handle, "broker shutting down")
+
     async def end_conversation(self, conversation: str) -> None:
         """The MCP client ended its session: close the recorded sessions it opened."""
         for key, handle in list(self.handles.items()):

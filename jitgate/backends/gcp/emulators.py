@@ -101,7 +101,36 @@ class Emulators:
             out["GOOGLE_CLOUD_PROJECT"] = project
         return out
 
-    def start(self, timeout: float = 120) -> "Emulators":
+    @property
+    def firestore_export_dir(self) -> Path:
+        return self.root / "firestore-export"
+
+    def latest_firestore_export(self) -> Path | None:
+        exports = sorted(self.firestore_export_dir.glob("*/*.overall_export_metadata"), key=lambda p: p.stat().st_mtime)
+        return exports[-1] if exports else None
+
+    def export_firestore(self, project: str) -> Path | None:
+        """Write the Firestore emulator's documents of ``project`` under the root (the emulator keeps
+        them in memory only); the next ``start(persistent=True)`` imports the newest export."""
+        import json as _json
+
+        self.firestore_export_dir.mkdir(parents=True, exist_ok=True)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.firestore_port}/emulator/v1/projects/{project}:export",
+            data=_json.dumps({"database": f"projects/{project}/databases/(default)",
+                              "export_directory": str(self.firestore_export_dir)}).encode(),
+            headers={"content-type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+        latest = self.latest_firestore_export()
+        for older in self.firestore_export_dir.iterdir():
+            if latest is not None and older != latest.parent:
+                shutil.rmtree(older, ignore_errors=True)
+        return latest
+
+    def start(self, timeout: float = 120, *, persistent: bool = False) -> "Emulators":
+        """``persistent``: Firestore starts from the newest export under the root (Cloud Storage
+        objects always live under the root; Pub/Sub topics are provisioned again)."""
         found = find_emulators()
         self.root.mkdir(parents=True, exist_ok=True)
         self.pubsub_port = self.pubsub_port or free_port()
@@ -114,7 +143,9 @@ class Emulators:
             self.procs["firestore"] = spawn("firestore-emulator", [
                 java, *JAVA_FLAGS, "-cp", str(found["firestore"]),
                 "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
-                "--host=127.0.0.1", f"--port={self.firestore_port}"], self.log_dir)
+                "--host=127.0.0.1", f"--port={self.firestore_port}",
+                *([f"--import-data={self.latest_firestore_export()}"]
+                  if persistent and self.latest_firestore_export() else [])], self.log_dir)
             self.start_storage()
             wait_for(lambda: _answers(f"http://127.0.0.1:{self.pubsub_port}/"), timeout, "Pub/Sub emulator",
                      self.procs["pubsub"])
