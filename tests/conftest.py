@@ -122,7 +122,7 @@ def broker_dsn(stack, token):
     return make
 
 
-def wait_sealed(stack: Stack, session_id: str | None = None, timeout: float = 20.0) -> list[dict]:
+def wait_sealed(stack: Stack, session_id: str | None = None, timeout: float = 60.0) -> list[dict]:
     """Sessions are sealed asynchronously by finalize_recording; wait for the index to show them."""
     from jitgate.backends import open_backends
     from jitgate.settings import Settings
