@@ -38,11 +38,26 @@ def deploy_commands() -> list[str]:
     return commands
 
 
+def _merge(base, fragment):
+    if isinstance(base, dict) and isinstance(fragment, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in fragment.items()}}
+    return fragment
+
+
 def policy_blocks():
+    """(doc, policy text) of every policy in the docs. A fragment (a block with targets: but no
+    identity:, showing a few settings) is checked merged into the doc's first complete policy."""
+    import yaml
+
     for path in DOCS:
-        for block in fenced(path, "yaml"):
-            if re.search(r"^targets:", block, re.M):
+        blocks = [b for b in fenced(path, "yaml") if re.search(r"^targets:", b, re.M)]
+        complete = [b for b in blocks if re.search(r"^identity:", b, re.M)]
+        for block in blocks:
+            if block in complete:
                 yield path, block
+            else:
+                assert complete, f"{path.name} shows a policy fragment but no complete policy to read it in"
+                yield path, yaml.safe_dump(_merge(yaml.safe_load(complete[0]), yaml.safe_load(block)))
 
 
 def first_index(commands, pattern: str) -> int:
