@@ -44,6 +44,16 @@ def _merge(base, fragment):
     return fragment
 
 
+# What a fragment leaves out ("# ...") for a target the doc's complete policy does not define:
+# the fields each kind requires, so that everything the fragment does show is checked.
+REQUIRED_BY_KIND = {
+    "postgres": {"address": "10.0.0.5:5432", "username": "u", "credential": "env:X", "allow": {"groups": ["g"]}},
+    "ssh": {"address": "10.0.0.6:22", "username": "u", "credential": "env:X", "allow": {"groups": ["g"]},
+            "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"},
+    "kubernetes": {"address": "10.0.0.7:443", "allow": {"groups": ["g"]}},
+}
+
+
 def policy_blocks():
     """(doc, policy text) of every policy in the docs. A fragment (a block with targets: but no
     identity:, showing a few settings) is checked merged into the doc's first complete policy."""
@@ -55,9 +65,13 @@ def policy_blocks():
         for block in blocks:
             if block in complete:
                 yield path, block
-            else:
-                assert complete, f"{path.name} shows a policy fragment but no complete policy to read it in"
-                yield path, yaml.safe_dump(_merge(yaml.safe_load(complete[0]), yaml.safe_load(block)))
+                continue
+            assert complete, f"{path.name} shows a policy fragment but no complete policy to read it in"
+            base, fragment = yaml.safe_load(complete[0]), yaml.safe_load(block)
+            for name, target in (fragment.get("targets") or {}).items():
+                if name not in base["targets"] and isinstance(target, dict):
+                    base["targets"][name] = dict(REQUIRED_BY_KIND.get(target.get("kind"), {}))
+            yield path, yaml.safe_dump(_merge(base, fragment))
 
 
 def first_index(commands, pattern: str) -> int:
