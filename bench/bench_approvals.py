@@ -9,7 +9,7 @@ holds for approval, and the bench measures:
   - request -> Slack post: from the client sending the statement to the stand-in receiving
     chat.postMessage (broker: classify, store the request, publish approval-requested;
     embedded bus HTTP push; functions/notify_approvers: Block Kit + chat.postMessage);
-  - click -> statement ran: from sending a signed Approve click to functions/slack_interactions
+  - click -> statement ran: from sending a signed Approve click to functions/approvals (POST /slack)
     until the client has the statement's result (Bolt verification, users.info, the store
     transaction, chat.update, and the broker's store poll every 200 ms, then the statement).
 Prints p50/p95 and writes bench/results/<date>-approvals.json. Everything on 127.0.0.1.
@@ -53,6 +53,7 @@ def main() -> int:
     stack = start_stack(home, extra_env={
         "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JITGATE_SLACK_API_URL": slack.url,
         "JITGATE_SLACK_CHANNEL": CHANNEL, "JITGATE_APPROVER_DIRECTORY": json.dumps(DIRECTORY),
+        "JITGATE_SLACK_TEAM_IDS": "T0001",
     })
     backends = open_backends(Settings.from_env(stack.env))
     clicker = Clicker(stack.slack_interactions_url)

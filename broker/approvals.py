@@ -4,10 +4,12 @@
 While the step awaits, the listener holds the statement and everything the client
 pipelined behind it (broker/pg/server.py ``_gate``); a CancelRequest cancels the wait.
 
-The decision is made in another process (functions/slack_interactions, the web
-console, ``jitgate approvals``), so the step polls the store every POLL_SECONDS
-while it holds a statement, and also wakes up early on ``approval-decided``
-events when the bus delivers them to this process (the GCP backend's
+The decision is made and signed by the approvals service (functions/approvals; Slack
+clicks, the web console and ``jitgate approvals`` all go through it). The step acts only
+on a decision whose signature verifies with the approvals public key (``ApprovalKeys``):
+a record that says "approved" without one keeps the statement held. It polls the store
+every POLL_SECONDS while it holds a statement, and also wakes up early on
+``approval-decided`` events when the bus delivers them to this process (the GCP backend's
 subscription; the embedded bus only delivers events published in-process).
 """
 from __future__ import annotations
@@ -23,9 +25,12 @@ from jitgate.logs import log
 
 logger = logging.getLogger("jitgate.broker.approvals")
 
-# Decisions reach a held statement within this (plus a store read). One indexed read per held
-# statement per tick is cheap next to the human wait; 50 ms keeps click-to-run well under a second.
-POLL_SECONDS = 0.05
+# Held statements wake on a push: the approval-decided event (Pub/Sub subscription on the GCP set)
+# or, on the embedded set, a change of the SQLite file seen by one watcher for all of them
+# (PRAGMA data_version, every WATCH_SECONDS). Each held statement also re-reads its request every
+# POLL_SECONDS as a slow fallback, so 50 idle held statements cost about 25 reads a second.
+POLL_SECONDS = 2.0
+WATCH_SECONDS = 0.1
 # Sign-ins refresh an approver's remembered groups at most this often (one store write each).
 PRINCIPAL_REFRESH_SECONDS = 3600
 
@@ -51,12 +56,67 @@ def _deciders(record: dict) -> str:
     return need + who
 
 
+class ApprovalKeys:
+    """The approvals service's public keys (key id -> Ed25519PublicKey), which verify decisions.
+
+    JITGATE_APPROVALS_PUBLIC_KEY (a PEM, or the path of one) pins the key; otherwise it is fetched
+    from JITGATE_APPROVALS_URL/keys, again when a decision names an unknown key id (at most every
+    REFETCH_SECONDS). No key: nothing is released (fail closed), and the hold says why."""
+
+    REFETCH_SECONDS = 30.0
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.keys: dict = {}
+        self._fetched_at = 0.0
+        pinned = (env.get("JITGATE_APPROVALS_PUBLIC_KEY") or "").strip()
+        if pinned:
+            from pathlib import Path
+
+            from jitgate.keys import key_id_of, load_public_key
+
+            pem = pinned.encode() if pinned.startswith("-----") else Path(pinned).read_bytes()
+            key = load_public_key(pem)
+            self.keys = {key_id_of(key): key}
+            self._pinned = True
+        else:
+            self._pinned = False
+
+    def refresh(self) -> None:
+        """Blocking (call it from a thread): fetch the JWKS when allowed."""
+        url = (self.env.get("JITGATE_APPROVALS_URL") or "").rstrip("/")
+        if self._pinned or not url or time.monotonic() - self._fetched_at < self.REFETCH_SECONDS and self.keys:
+            return
+        import httpx
+
+        from jitgate.identity.grants import keys_from_jwks
+
+        self._fetched_at = time.monotonic()
+        try:
+            response = httpx.get(url + "/keys", timeout=10)
+            response.raise_for_status()
+            self.keys = keys_from_jwks(response.json()) or self.keys
+        except Exception as exc:  # noqa: BLE001 - keep the keys we have; decisions wait
+            log(logger, logging.WARNING, "approvals public key not fetched", error=str(exc))
+
+    def wants(self, record: dict) -> bool:
+        """A decision signed by a key we do not know (yet)."""
+        decision = record.get("decision") or {}
+        return isinstance(decision, dict) and decision.get("key_id") not in self.keys
+
+
 class ApprovalStep:
-    def __init__(self, backends, *, where: str = "in Slack, the approval console or `jitgate approvals`"):
+    def __init__(self, backends, *, where: str = "in Slack, the approval console or `jitgate approvals`",
+                 keys: ApprovalKeys | None = None):
         self.backends = backends
+        self.keys = keys or ApprovalKeys({})
+        self._used_once: set[str] = set()  # one-time approvals this broker consumed (kept against store rewrites)
         self.store = backends.approvals
         self.where = where
-        self._waiters: dict[str, asyncio.Event] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}  # approval id -> one event per waiting session
+        self._watcher: asyncio.Task | None = None
+        self.watch_checks = 0
+        self.store_reads = 0  # re-reads of held requests (the bench counts them)
         self._loop: asyncio.AbstractEventLoop | None = None
         try:
             backends.bus.subscribe(TOPIC_APPROVAL_DECIDED, self._on_decided)
@@ -64,32 +124,100 @@ class ApprovalStep:
             pass
 
     def _on_decided(self, payload: dict) -> None:
-        event = self._waiters.get(payload.get("approval_id", ""))
-        if event is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(event.set)
+        for event in list(self._waiters.get(payload.get("approval_id", ""), ())):
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(event.set)
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            if hasattr(self.store, "data_version"):
+                self._watcher = asyncio.get_running_loop().create_task(self._watch_store())
+
+    async def _watch_store(self) -> None:
+        """One loop for every held statement: wake them all when the store file changed."""
+        try:
+            last = await self._io(self.store.data_version)
+            while self._waiters:
+                await asyncio.sleep(WATCH_SECONDS)
+                self.watch_checks += 1
+                version = await self._io(self.store.data_version)
+                if version != last:
+                    last = version
+                    for events in list(self._waiters.values()):
+                        for event in list(events):
+                            event.set()
+        except Exception as exc:  # noqa: BLE001 - the slow poll still runs
+            log(logger, logging.WARNING, "store watcher stopped", error=str(exc))
+
+    def _leave(self, session: Session, approval_id: str, reason: str) -> None:
+        """Synchronous on purpose: it runs while the hold is being cancelled, and must finish."""
+        try:
+            changed = self.store.update_approval(approval_id, lambda r: ap.leave_waiter(r, session.session_id, reason))
+        except Exception as exc:  # noqa: BLE001 - the store is down: the request expires at its TTL
+            log(logger, logging.WARNING, "could not withdraw the approval request", approval_id=approval_id, error=str(exc))
+            return
+        if changed is None:
+            return
+        if changed["status"] == ap.WITHDRAWN:
+            session.recorder.event("approval.withdrawn", approval_id=approval_id, reason=reason,
+                                   note="the statement did not run; a later approval runs nothing")
+            log(logger, logging.INFO, "approval request withdrawn", approval_id=approval_id, session_id=session.session_id,
+                reason=reason)
+            try:
+                self.backends.bus.publish(TOPIC_APPROVAL_DECIDED, ap.public_view(changed))
+            except Exception:  # noqa: BLE001 - expire_approvals reconciles the Slack message
+                pass
+        else:
+            session.recorder.event("approval.left", approval_id=approval_id, reason=reason,
+                                   still_waiting=len(changed.get("waiters", [])),
+                                   note="the statement did not run; the request stays open for the other sessions waiting on it")
 
     async def _io(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
 
+    async def _trusted(self, record: dict | None) -> dict | None:
+        """The record as its signed decision tells it; None: it claims an approval nobody signed."""
+        if record is None or record.get("status") not in (ap.APPROVED, ap.CONSUMED):
+            return record
+        if self.keys.wants(record):
+            await self._io(self.keys.refresh)
+        return ap.trusted_view(record, self.keys.keys)
+
     async def __call__(self, session: Session, statement: str, verdict: Verdict) -> Verdict:
         self._loop = asyncio.get_running_loop()
         config = session.target.approvals
-        requester = session.principal.username.lower()
+        # One identity per person (the verified email, or the policy's identity_claim): requests are
+        # filed, matched and checked against self-approval by it. Without it, no approval is possible.
+        requester = session.principal.identity
+        if not requester:
+            from jitgate.identity.oidc import missing_identity_reason
+
+            session.recorder.event("approval.refused", reason="no canonical identity in the token")
+            return self._refused(verdict, None, "jitgate: this statement needs an approval, but "
+                                 + missing_identity_reason(session.policy.identity))
         sha = ap.statement_sha256(statement)
         now = time.time()
 
+        # Indexed lookup: this statement by this person on this target, or this session's requests.
+        known = await self._io(lambda: self.store.find_approvals(target=session.target_name, requester=requester,
+                                                                 sha256=sha, session_id=session.session_id))
         # 1. An earlier approval already covers it: same statement (or JIT session access) within the window.
-        for record in await self._io(lambda: self.store.list_approvals(status=ap.APPROVED, target=session.target_name)):
-            if ap.grant_covers(record, requester=requester, target=session.target_name, sha256=sha,
+        for stored in (r for r in known if r["status"] == ap.APPROVED):
+            record = await self._trusted(stored)
+            if record is not None and ap.grant_covers(record, requester=requester, target=session.target_name, sha256=sha,
                                session_id=session.session_id, now=now):
                 return await self._run_under(session, record, statement, verdict, reused=True)
 
         # 2. The same statement already waits for a decision (the client retried after a time-out): wait on it.
+        # Each session waits for itself: it joins the request's waiters, and a cancel withdraws only its own wait.
         record = None
-        for candidate in await self._io(lambda: self.store.list_approvals(status=ap.PENDING, target=session.target_name)):
+        for candidate in (r for r in known if r["status"] == ap.PENDING):
             if ap.same_request(candidate, requester=requester, target=session.target_name, sha256=sha, now=now):
-                record = candidate
-                break
+                joined = await self._io(self.store.update_approval, candidate["approval_id"],
+                                        lambda r: ap.join_waiter(r, session.session_id))
+                if joined is not None or session.session_id in candidate.get("waiters", []):
+                    record = joined or candidate
+                    break
         if record is None:
             record = ap.new_request(
                 requester=requester, requester_groups=session.principal.groups, target=session.target_name,
@@ -116,8 +244,7 @@ class ApprovalStep:
         approval_id = record["approval_id"]
         wait = max(0.0, min(config.wait, record["expires_at"] - time.time()))
         if session.notify is not None:
-            scope = ("unlocks this session for " + _human(record["session_access"])
-                     if record["scope"] == ap.SCOPE_SESSION else "covers this exact statement")
+            scope = ap.coverage(record)
             try:
                 await session.notify(
                     f"jitgate: approval request {approval_id} ({', '.join(record['classes'])} on target "
@@ -128,13 +255,29 @@ class ApprovalStep:
                 pass
 
         # 3. Hold until decided, expired, or the wait runs out.
-        wake = self._waiters.setdefault(approval_id, asyncio.Event())
+        wake = asyncio.Event()
+        self._waiters.setdefault(approval_id, set()).add(wake)
+        self._ensure_watcher()
         deadline = time.monotonic() + wait
+        forged_seen = False
         try:
             while True:
-                current = await self._io(self.store.get_approval, approval_id)
-                if current is None:
+                wake.clear()  # before the read: a change that lands during the read wakes the next wait
+                stored = await self._io(self.store.get_approval, approval_id)
+                self.store_reads += 1
+                if stored is None:
                     return self._refused(verdict, approval_id, f"jitgate: approval request {approval_id} disappeared from the store")
+                current = await self._trusted(stored)
+                if current is None:
+                    # "approved" without a decision signed by the approvals service: not an approval.
+                    if not forged_seen:
+                        forged_seen = True
+                        session.recorder.event("approval.unverified", approval_id=approval_id, status=stored.get("status"),
+                                               note="the store says approved, but no decision signed by the approvals "
+                                                    "service verifies; the statement stays held")
+                        log(logger, logging.WARNING, "approval without a valid signed decision ignored",
+                            approval_id=approval_id, session_id=session.session_id)
+                    current = {**stored, "status": ap.PENDING}
                 if current["status"] == ap.PENDING and time.time() >= current["expires_at"]:
                     current = await self._io(self.store.update_approval, approval_id,
                                              lambda r: ap.expire_if_due(r, time.time())) or current
@@ -143,24 +286,22 @@ class ApprovalStep:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                wake.clear()
                 try:
                     await asyncio.wait_for(wake.wait(), min(POLL_SECONDS, remaining))
                 except asyncio.TimeoutError:
                     pass
-        except asyncio.CancelledError:
-            # The client cancelled (CancelRequest) or went away: nobody waits for this request any more.
-            changed = self.store.update_approval(approval_id, lambda r: ap.cancel(r, "the client cancelled the statement"))
-            if changed is not None:
-                session.recorder.event("approval.decided", approval_id=approval_id, status=ap.CANCELLED,
-                                       decided_by=None, reason=changed["reason"])
-                try:
-                    self.backends.bus.publish(TOPIC_APPROVAL_DECIDED, ap.public_view(changed))
-                except Exception:
-                    pass
+        except asyncio.CancelledError as exc:
+            # The client cancelled (CancelRequest) or went away: this session no longer waits. When
+            # nobody else waits for the same request, it is withdrawn and a later approval runs nothing.
+            reason = (exc.args[0] if exc.args and isinstance(exc.args[0], str) else "") or "the client cancelled the statement"
+            self._leave(session, approval_id, reason)
             raise
         finally:
-            self._waiters.pop(approval_id, None)
+            waiting = self._waiters.get(approval_id)
+            if waiting is not None:
+                waiting.discard(wake)
+                if not waiting:
+                    self._waiters.pop(approval_id, None)
 
         session.recorder.event("approval.timeout", approval_id=approval_id, waited_s=round(wait, 3))
         window = record["session_access"] if record["scope"] == ap.SCOPE_SESSION else record["grant_window"]
@@ -192,17 +333,25 @@ class ApprovalStep:
     async def _run_under(self, session: Session, record: dict, statement: str, verdict: Verdict, *, reused: bool) -> Verdict:
         approval_id = record["approval_id"]
         sha = ap.statement_sha256(statement)
-        requester = session.principal.username.lower()
+        requester = session.principal.identity
 
-        def take(current: dict) -> dict | None:
+        keys = self.keys.keys
+
+        def take(stored: dict) -> dict | None:
             # Re-checked inside the transaction, by the same rule as everywhere: the grant must
-            # still cover exactly this statement (or this session) for this requester.
-            if not ap.grant_covers(current, requester=requester, target=session.target_name, sha256=sha,
+            # still cover exactly this statement (or this session) for this requester, by its
+            # signed decision (the stored record as read now, not as read before).
+            current = ap.trusted_view(stored, keys)
+            if current is None or not ap.grant_covers(current, requester=requester, target=session.target_name, sha256=sha,
                                    session_id=session.session_id, now=time.time()):
+                return None
+            if approval_id in self._used_once:  # a store writer turned a consumed one-time approval back
                 return None
             return ap.use(current)
 
         used = await self._io(self.store.update_approval, approval_id, take)
+        if used is not None and used["status"] == ap.CONSUMED:
+            self._used_once.add(approval_id)
         if used is None:
             return self._refused(verdict, approval_id,
                                  f"jitgate: approval {approval_id} no longer covers this statement (used up, expired, or for another statement)")
@@ -211,7 +360,7 @@ class ApprovalStep:
         return Verdict("allow", verdict.classes, verdict.reasons, "", approval_id=approval_id)
 
     @staticmethod
-    def _refused(verdict: Verdict, approval_id: str, message: str) -> Verdict:
+    def _refused(verdict: Verdict, approval_id: str | None, message: str) -> Verdict:
         return Verdict("deny", verdict.classes, verdict.reasons, message, approval_id=approval_id)
 
 
@@ -231,17 +380,17 @@ def _remember_sign_ins(pg, backends) -> None:
         grant = await original(token, target, user)
         principal = grant.principal
         key = tuple(sorted(principal.groups))
-        last = seen.get(principal.username.lower())
-        if last is None or last[0] != key or time.monotonic() - last[1] > PRINCIPAL_REFRESH_SECONDS:
-            seen[principal.username.lower()] = (key, time.monotonic())
-            asyncio.get_running_loop().run_in_executor(None, write, principal.username, key)
+        last = seen.get(principal.identity)
+        if principal.identity and (last is None or last[0] != key or time.monotonic() - last[1] > PRINCIPAL_REFRESH_SECONDS):
+            seen[principal.identity] = (key, time.monotonic())
+            asyncio.get_running_loop().run_in_executor(None, write, principal.identity, key)
         return grant
 
     pg.authz.authorize = authorize
 
 
 def install(pg, settings, backends) -> ApprovalStep:
-    step = ApprovalStep(backends)
+    step = ApprovalStep(backends, keys=ApprovalKeys(settings.env))
     pg.approval_step = step
     _remember_sign_ins(pg, backends)
     return step

@@ -16,6 +16,7 @@ locals {
     # which Cloud Run checks before authorize sees the request.
     JITGATE_AUTHORIZE_URL      = local.bootstrapped ? google_cloudfunctions2_function.fn["authorize"].service_config[0].uri : ""
     JITGATE_AUTHORIZE_AUTH     = "google-id-token"
+    JITGATE_APPROVALS_URL      = local.bootstrapped ? google_cloudfunctions2_function.fn["approvals"].url : ""
     JITGATE_RECORDINGS_BUCKET  = google_storage_bucket.recordings.name
     JITGATE_KMS_KEY            = local.manifest_key_version
     JITGATE_FIRESTORE_DATABASE = google_firestore_database.jitgate.name

@@ -44,20 +44,32 @@ locals {
         SLACK_BOT_TOKEN = "jitgate-slack-bot-token"
       }
     }
-    slack_interactions = {
-      name        = "jitgate-slack-interactions"
-      entry_point = "slack_interactions"
+    approvals = {
+      name        = "jitgate-approvals"
+      entry_point = "approvals"
       trigger     = "http"
       topic       = null
-      ingress     = "ALLOW_ALL" # Slack calls it from the internet; every request's signature is verified
-      memory      = "512Mi"
+      # Slack calls /slack from the internet (every request's signature is verified first); the CLI
+      # and console send /decisions with the approver's OIDC token; the brokers read /keys.
+      ingress = "ALLOW_ALL"
+      memory  = "512Mi"
       # Slack gives up after 3 s; a cold start (container start + imports) can take
       # longer, so one instance stays warm.
       min_instances = 1
-      env           = {}
+      env = {
+        JITGATE_OIDC_ISSUER            = var.oidc_issuer
+        JITGATE_OIDC_AUDIENCE          = var.oidc_audience
+        JITGATE_OIDC_GROUPS_CLAIM      = var.oidc_groups_claim
+        JITGATE_SLACK_TEAM_IDS         = join(",", var.slack_team_ids)
+        JITGATE_SLACK_ENTERPRISE_IDS   = join(",", var.slack_enterprise_ids)
+        JITGATE_DIRECTORY              = var.directory_group_domain == "" ? "" : "cloud-identity"
+        JITGATE_DIRECTORY_GROUP_DOMAIN = var.directory_group_domain
+        JITGATE_REVIEW_CLIENT_ID       = var.review_oidc_client_id
+      }
       secrets = {
-        SLACK_BOT_TOKEN      = "jitgate-slack-bot-token"
-        SLACK_SIGNING_SECRET = "jitgate-slack-signing-secret"
+        SLACK_BOT_TOKEN               = "jitgate-slack-bot-token"
+        SLACK_SIGNING_SECRET          = "jitgate-slack-signing-secret"
+        JITGATE_APPROVALS_SIGNING_KEY = "jitgate-approvals-signing-key"
       }
     }
     finalize_recording = {
@@ -93,7 +105,7 @@ locals {
 }
 
 resource "google_cloudfunctions2_function" "fn" {
-  # checkov:skip=CKV_GCP_124:Only slack_interactions is ALLOW_ALL (Slack calls it from the internet and every request's signature is verified); all others are ALLOW_INTERNAL_ONLY, which tests/infra/test_infra.py asserts.
+  # checkov:skip=CKV_GCP_124:Only approvals is ALLOW_ALL (Slack calls it from the internet and every request's signature is verified); all others are ALLOW_INTERNAL_ONLY, which tests/infra/test_infra.py asserts.
   for_each = { for k, v in local.functions : k => v if local.bootstrapped }
 
   name        = each.value.name
@@ -158,6 +170,7 @@ resource "google_cloudfunctions2_function" "fn" {
     google_secret_manager_secret_iam_member.authorize_grant_key,
     google_secret_manager_secret_iam_member.slack_bot_token,
     google_secret_manager_secret_iam_member.slack_signing_secret,
+    google_secret_manager_secret_iam_member.approvals_signing_key,
   ]
 }
 
@@ -192,12 +205,12 @@ resource "google_cloud_run_v2_service_iam_member" "expire_scheduler" {
   member   = local.scheduler_member
 }
 
-# Slack must reach slack_interactions without a Google identity; the function
+# Slack must reach approvals without a Google identity; the function
 # rejects every request whose Slack signature does not verify.
 resource "google_cloud_run_v2_service_iam_member" "slack_public" {
   count = local.bootstrapped ? 1 : 0
 
-  name     = google_cloudfunctions2_function.fn["slack_interactions"].name
+  name     = google_cloudfunctions2_function.fn["approvals"].name
   location = var.region
   role     = "roles/run.invoker"
   member   = "allUsers"

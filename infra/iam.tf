@@ -9,7 +9,7 @@
 # tests/infra/expected_iam.py, so widening one is a visible change.
 
 locals {
-  function_names = toset(["authorize", "notify_approvers", "slack_interactions", "finalize_recording", "expire_approvals"])
+  function_names = toset(["authorize", "notify_approvers", "approvals", "finalize_recording", "expire_approvals"])
 
   broker_member    = "serviceAccount:${google_service_account.broker.email}"
   fn_member        = { for k, sa in google_service_account.fn : k => "serviceAccount:${sa.email}" }
@@ -248,8 +248,17 @@ resource "google_secret_manager_secret_iam_member" "authorize_grant_key" {
   member    = local.fn_member["authorize"]
 }
 
+# The approvals key signs every approval decision: only the approvals service reads it. The broker
+# verifies decisions with the public key (GET /keys) and can write the store, but without this
+# key it cannot make a decision that releases anything.
+resource "google_secret_manager_secret_iam_member" "approvals_signing_key" {
+  secret_id = google_secret_manager_secret.app["jitgate-approvals-signing-key"].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.fn_member["approvals"]
+}
+
 resource "google_secret_manager_secret_iam_member" "slack_bot_token" {
-  for_each = toset(["notify_approvers", "slack_interactions", "expire_approvals"])
+  for_each = toset(["notify_approvers", "approvals", "expire_approvals"])
 
   secret_id = google_secret_manager_secret.app["jitgate-slack-bot-token"].id
   role      = "roles/secretmanager.secretAccessor"
@@ -259,11 +268,11 @@ resource "google_secret_manager_secret_iam_member" "slack_bot_token" {
 resource "google_secret_manager_secret_iam_member" "slack_signing_secret" {
   secret_id = google_secret_manager_secret.app["jitgate-slack-signing-secret"].id
   role      = "roles/secretmanager.secretAccessor"
-  member    = local.fn_member["slack_interactions"]
+  member    = local.fn_member["approvals"]
 }
 
 resource "google_storage_bucket_iam_member" "functions_config" {
-  for_each = toset(["authorize", "notify_approvers", "slack_interactions"])
+  for_each = toset(["authorize", "notify_approvers", "approvals"])
 
   bucket = google_storage_bucket.config.name
   role   = "roles/storage.objectViewer"
@@ -271,7 +280,7 @@ resource "google_storage_bucket_iam_member" "functions_config" {
 }
 
 resource "google_project_iam_member" "functions_firestore" {
-  for_each = toset(["notify_approvers", "slack_interactions", "finalize_recording", "expire_approvals"])
+  for_each = toset(["notify_approvers", "approvals", "finalize_recording", "expire_approvals"])
 
   project = var.project_id
   role    = "roles/datastore.user"
@@ -284,7 +293,7 @@ resource "google_project_iam_member" "functions_firestore" {
 }
 
 resource "google_pubsub_topic_iam_member" "functions_publish_decided" {
-  for_each = toset(["slack_interactions", "expire_approvals"])
+  for_each = toset(["approvals", "expire_approvals"])
 
   topic  = google_pubsub_topic.jitgate["jitgate-approval-decided"].id
   role   = "roles/pubsub.publisher"

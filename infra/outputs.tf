@@ -30,9 +30,14 @@ output "authorize_url" {
   value       = local.bootstrapped ? google_cloudfunctions2_function.fn["authorize"].service_config[0].uri : null
 }
 
-output "slack_interactions_url" {
+output "approvals_slack_url" {
   description = "Request URL to paste into the Slack app's Interactivity settings (docs/slack-app-manifest.yaml). Known before the function exists (a 2nd gen function's cloudfunctions.net URL is region-project/name), so the Slack app can be set up before the functions are created."
-  value       = local.bootstrapped ? google_cloudfunctions2_function.fn["slack_interactions"].url : "https://${var.region}-${var.project_id}.cloudfunctions.net/${local.functions.slack_interactions.name}"
+  value       = "${local.bootstrapped ? google_cloudfunctions2_function.fn["approvals"].url : "https://${var.region}-${var.project_id}.cloudfunctions.net/${local.functions.approvals.name}"}/slack"
+}
+
+output "approvals_url" {
+  description = "The approvals service (JITGATE_APPROVALS_URL for `jitgate approvals approve|deny` and the console)."
+  value       = local.bootstrapped ? google_cloudfunctions2_function.fn["approvals"].url : null
 }
 
 output "recordings_bucket" {

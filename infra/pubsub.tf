@@ -13,7 +13,7 @@
 locals {
   topics = toset([
     "jitgate-approval-requested", # broker -> notify_approvers
-    "jitgate-approval-decided",   # slack_interactions, expire_approvals -> brokers
+    "jitgate-approval-decided",   # approvals, expire_approvals -> brokers
     "jitgate-session-closed",     # broker -> finalize_recording
     "jitgate-dead-letter",        # undeliverable events
   ])

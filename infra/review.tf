@@ -109,6 +109,8 @@ resource "google_cloudfunctions2_function" "review" {
       JITGATE_REVIEW_CLIENT_ID    = var.review_oidc_client_id
       JITGATE_REVIEW_IAP_AUDIENCE = var.review_iap_audience
       JITGATE_REVIEW_PUBLIC_URL   = var.review_public_url
+      # Decisions go to the approvals service with the reviewer's own ID token (it signs them).
+      JITGATE_APPROVALS_URL = local.bootstrapped ? google_cloudfunctions2_function.fn["approvals"].url : ""
     })
 
     secret_environment_variables {

@@ -4,12 +4,13 @@
 locals {
   # Secrets used by jitgate itself, and who reads each (see iam.tf).
   app_secrets = toset([
-    "jitgate-slack-bot-token",      # notify_approvers, slack_interactions, expire_approvals
-    "jitgate-slack-signing-secret", # slack_interactions
-    "jitgate-grant-signing-key",    # authorize only (Ed25519 PEM); brokers verify with its public JWKS
-    "jitgate-masking-hmac-key",     # broker (keyed masking tokens, the same on every broker)
-    "jitgate-broker-tls",           # broker (listener certificate and key, PEM)
-    "jitgate-broker-ssh-host-key",  # broker (one SSH host key for the whole fleet, Ed25519 PEM)
+    "jitgate-slack-bot-token",       # notify_approvers, approvals, expire_approvals
+    "jitgate-slack-signing-secret",  # approvals
+    "jitgate-grant-signing-key",     # authorize only (Ed25519 PEM); brokers verify with its public JWKS
+    "jitgate-approvals-signing-key", # approvals only (Ed25519 PEM, signs decisions); brokers verify with GET /keys
+    "jitgate-masking-hmac-key",      # broker (keyed masking tokens, the same on every broker)
+    "jitgate-broker-tls",            # broker (listener certificate and key, PEM)
+    "jitgate-broker-ssh-host-key",   # broker (one SSH host key for the whole fleet, Ed25519 PEM)
   ])
 }
 

@@ -156,6 +156,24 @@ variable "oidc_groups_claim" {
   default     = "groups"
 }
 
+variable "directory_group_domain" {
+  description = "Domain of the Google Workspace / Cloud Identity groups named in the policy (group dba is dba@<domain>). Set: the approvals service checks each approver's transitive group membership at decision time (its service account needs the Workspace Groups Reader role). Empty: groups come from the approver's token or a sign-in at most 24 h old."
+  type        = string
+  default     = ""
+}
+
+variable "slack_team_ids" {
+  description = "Slack workspace (team) ids whose users may decide approvals (JITGATE_SLACK_TEAM_IDS). Empty: Slack clicks are refused with a message saying so."
+  type        = list(string)
+  default     = []
+}
+
+variable "slack_enterprise_ids" {
+  description = "Slack Enterprise Grid organisation ids accepted for approvals (JITGATE_SLACK_ENTERPRISE_IDS); clicks from an organisation not listed are refused."
+  type        = list(string)
+  default     = []
+}
+
 variable "dead_letter_max_delivery_attempts" {
   description = "Deliveries of an event to a function before Pub/Sub moves it to jitgate-dead-letter (5-100)."
   type        = number

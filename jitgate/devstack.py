@@ -525,7 +525,7 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
             policy_path = home / "demo-policy.yaml"
             policy_path.write_text(demo_policy(issuer.issuer, pg))
         authorize_port, finalize_port = free_port(), free_port()
-        notify_port, slack_port, expire_port, console_port = free_port(), free_port(), free_port(), free_port()
+        notify_port, approvals_port, expire_port, console_port = free_port(), free_port(), free_port(), free_port()
         env = base_env(
             home, policy_path,
             JITGATE_DEMO_DB_PASSWORD=pg.broker_password,
@@ -534,6 +534,7 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
             JITGATE_PUSH_ENDPOINTS=f"session-closed=http://127.0.0.1:{finalize_port},"
                                    f"approval-requested=http://127.0.0.1:{notify_port}",
             JITGATE_EXPIRE_URL=f"http://127.0.0.1:{expire_port}",
+            JITGATE_APPROVALS_URL=f"http://127.0.0.1:{approvals_port}",
             JITGATE_PG_LISTEN=f"127.0.0.1:{broker_port}",
             JITGATE_METRICS_LISTEN="127.0.0.1:0",
             JITGATE_SSH_LISTEN=f"127.0.0.1:{ssh_port}",
@@ -549,15 +550,15 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
                                      signature="cloudevent"))
         # Approvals: Slack when SLACK_BOT_TOKEN is set (extra_env), the review console always.
         procs.append(function_server("notify_approvers", notify_port, env, logs, signature="cloudevent"))
-        if env.get("SLACK_BOT_TOKEN") and env.get("SLACK_SIGNING_SECRET"):
-            procs.append(function_server("slack_interactions", slack_port, env, logs))
+        # The approvals service signs every decision (Slack clicks at /slack, the console and the CLI).
+        procs.append(function_server("approvals", approvals_port, env, logs))
         procs.append(function_server("expire_approvals", expire_port, env, logs))
         console = spawn("review", [sys.executable, "-m", "jitgate.review", "--port", str(console_port)], logs,
                         env=env | own.get("review", {}), cwd=REPO)
         procs.append(console)
         wait_for(lambda: _answers(console_port), 30, "review console", console)
         console_url = f"http://127.0.0.1:{console_port}"
-        slack_url = f"http://127.0.0.1:{slack_port}" if env.get("SLACK_BOT_TOKEN") and env.get("SLACK_SIGNING_SECRET") else ""
+        slack_url = f"{env['JITGATE_APPROVALS_URL']}/slack" if env.get("SLACK_BOT_TOKEN") and env.get("SLACK_SIGNING_SECRET") else ""
         broker_env = env | own.get("broker", {})
         if authorize_front:
             broker_env["JITGATE_AUTHORIZE_URL"] = authorize_front(env["JITGATE_AUTHORIZE_URL"])
@@ -565,6 +566,7 @@ def start_stack(home: Path, *, broker_port: int = 0, policy_path: Path | None = 
         procs.append(broker)
         state = {"issuer": issuer.issuer, "broker": info, "authorize": env["JITGATE_AUTHORIZE_URL"], "pg_port": pg.port,
                  "policy": str(policy_path), "console": console_url, "slack_interactions": slack_url,
+                 "approvals": env["JITGATE_APPROVALS_URL"],
                  "backends_env": gcp_env}
         (home / "stack.json").write_text(json.dumps(state, indent=2))
         return Stack(home, pg, issuer, policy_path, procs, info, env["JITGATE_AUTHORIZE_URL"], env,

@@ -134,6 +134,9 @@ class IdentityConfig(_Strict):
     groups_claim: str = "groups"
     # Claims tried in order to name the person (the first present wins).
     username_claims: list[str] = Field(default_factory=lambda: ["email", "preferred_username", "sub"])
+    # The one identity per person where approvals apply (requester and approver are compared by it):
+    # the verified email (email_verified must be true), or another claim the IdP guarantees unique.
+    identity_claim: str = "email"
     leeway_seconds: int = Field(default=30, ge=0, le=300)
     algorithms: list[Literal["RS256", "ES256"]] = Field(default_factory=lambda: ["RS256", "ES256"])
 

@@ -197,8 +197,10 @@ def openapi_document(server_url: str) -> dict:
                     "exit_status": {"type": ["integer", "null"]}, "truncated": {"type": "boolean"}}},
                 "Approval": {"type": "object", "required": ["approval_id", "status", "next"], "properties": {
                     "approval_id": {"type": "string"},
-                    "status": {"type": "string", "enum": ["pending", "approved", "denied", "expired", "cancelled", "consumed"]},
-                    "next": {"type": "string"}, "ready_to_run": {"type": "boolean"}}},
+                    "status": {"type": "string", "enum": ["pending", "approved", "denied", "expired", "cancelled", "withdrawn", "consumed"]},
+                    "next": {"type": "string"}, "ready_to_run": {"type": "boolean"},
+                    "covers": {"type": "string", "description": "What an approval releases: once, or repeated runs "
+                                                                "within grant_window, or the session; with the expiry"}}},
             },
         },
     }

@@ -150,7 +150,7 @@ def build_mcp(service: AgentService) -> MCPServer:
         title="Check an approval request",
         description=(
             "Check an approval request returned by query or exec (APPROVAL REQUIRED). status is one of pending, approved, "
-            "denied, expired, cancelled, consumed; `next` says what to do. When approved, re-send exactly the same "
+            "denied, expired, cancelled, withdrawn, consumed; `next` says what to do. When approved, re-send exactly the same "
             "query/exec call to run it. Poll at most every 10 seconds."
         ),
         annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False),

@@ -222,7 +222,12 @@ class AgentService:
     # -- sessions ----------------------------------------------------------------------------
 
     def _acquire(self, conversation: str | None, principal, policy, target_name: str, client: str) -> Handle:
-        key = (conversation, target_name, principal.username.lower()) if conversation else None
+        # Per-call authorization: a conversation (Mcp-Session-Id) reuses a session only for a call
+        # authorized exactly like the one that opened it (same person, same groups, same policy). A
+        # token with other groups gets its own session, so no group, clear-text right or approval
+        # carries over from an earlier call.
+        key = ((conversation, target_name, principal.username.lower(), principal.identity,
+                tuple(sorted(principal.groups)), policy.digest) if conversation else None)
         handle = self.handles.get(key) if key else None
         if handle is None or handle.closed:
             session = Session.open(
@@ -291,8 +296,9 @@ class AgentService:
     async def _find_request(self, session: Session, sha256: str) -> str | None:
         """The pending request the step filed for this statement (when its notice was not seen)."""
         def look():
-            for record in self.ctx.backends.approvals.list_approvals(status=ap.PENDING, target=session.target_name):
-                if record.get("sha256") == sha256 and record.get("requester") == session.principal.username.lower():
+            for record in self.ctx.backends.approvals.find_approvals(
+                    target=session.target_name, requester=session.principal.identity, sha256=sha256):
+                if record["status"] == ap.PENDING:
                     return record["approval_id"]
             return None
         try:
@@ -342,20 +348,23 @@ class AgentService:
         task.add_done_callback(finished)
         return hold
 
-    def _pending_problem(self, verdict: Verdict, target_name: str, session: Session, waited: float) -> Problem:
+    async def _pending_problem(self, verdict: Verdict, target_name: str, session: Session, waited: float) -> Problem:
         approval_id = verdict.approval_id
         approvers = session.target.approvals
         who = ", ".join(approvers.approver_groups + approvers.approver_users) or "an approver"
+        record = await asyncio.to_thread(self.ctx.backends.approvals.get_approval, approval_id) if approval_id else None
+        coverage = ap.coverage(record) if record else ""
         detail = (f"{verdict.message or 'this needs approval'}; approval request {approval_id} is pending"
                   + (f" after waiting {waited:g}s" if waited else "") + ". Nothing has run yet.")
         return Problem(
             202, "approval_required", "Approval required", detail,
             f"A human approver ({who}) must approve {approval_id}. Poll approval_status / GET /v1/approvals/{approval_id} "
             f"every {RETRY_AFTER}s or more (or re-send with wait_seconds up to {MAX_WAIT:g}); once it is approved, "
-            "re-send exactly the same request to run it. Do not rephrase the statement: the approval covers only this exact text.",
+            "re-send exactly the same request to run it. Do not rephrase the statement: the approval covers only this exact text"
+            + (f" and {coverage}." if coverage else "."),
             headers={"Retry-After": str(RETRY_AFTER), "Location": f"/v1/approvals/{approval_id}"},
             approval_id=approval_id, approval_status="pending", target=target_name, session_id=session.session_id,
-            classes=list(verdict.classes),
+            classes=list(verdict.classes), covers=coverage or None,
         )
 
     def _denied_problem(self, verdict: Verdict, target_name: str, session: Session) -> Problem:
@@ -425,7 +434,7 @@ class AgentService:
             verdict = await self._decide(handle, statement, verdict, wait)
             if verdict.action == "approve":
                 session.record_statement(sql, protocol="agent", verdict=verdict, params=params)
-                raise self._pending_problem(verdict, target_name, session, wait)
+                raise await self._pending_problem(verdict, target_name, session, wait)
             statement_id = session.record_statement(sql, protocol="agent", verdict=verdict, params=params)
             if not verdict.allowed:
                 raise self._denied_problem(verdict, target_name, session)
@@ -440,7 +449,7 @@ class AgentService:
                 verdict = await self._decide(handle, statement, held, wait)
                 statement_id = session.record_statement(sql, protocol="agent", verdict=verdict, params=params)
                 if verdict.action == "approve":
-                    raise self._pending_problem(verdict, target_name, session, wait) from None
+                    raise await self._pending_problem(verdict, target_name, session, wait) from None
                 if not verdict.allowed:
                     raise self._denied_problem(verdict, target_name, session) from None
                 return await self._run_query(session, statement_id, target, sql, params, max_rows, max_bytes, timeout,
@@ -538,7 +547,7 @@ class AgentService:
             verdict = await self._decide(handle, command, verdict, wait)
             statement_id = session.record_statement(command, protocol="exec", verdict=verdict)
             if verdict.action == "approve":
-                raise self._pending_problem(verdict, target_name, session, wait)
+                raise await self._pending_problem(verdict, target_name, session, wait)
             if not verdict.allowed:
                 raise self._denied_problem(verdict, target_name, session)
             key = await self._credential(session, target)
@@ -568,7 +577,7 @@ class AgentService:
         record = None
         if isinstance(approval_id, str) and _APPROVAL_ID.fullmatch(approval_id):
             record = await asyncio.to_thread(self.ctx.backends.approvals.get_approval, approval_id)
-        me = principal.username.lower()
+        me = principal.identity or principal.username.lower()
         visible = record is not None and ap.is_request(record) and (
             record["requester"] == me or ap.eligibility(record, ap.Approver(me, principal.groups)) is None)
         if not visible:
@@ -579,16 +588,22 @@ class AgentService:
         if status == ap.PENDING and now >= record["expires_at"]:
             status = ap.EXPIRED
         parked = any(v.approval_id == approval_id for v, _ in self._ready.values())
+        if parked and status == ap.CONSUMED:
+            # The hold took the one execution for the caller and keeps it for their re-send: to them
+            # it is approved and not yet used.
+            status = ap.APPROVED
         window = record.get("session_access") if record.get("scope") == ap.SCOPE_SESSION else record.get("grant_window")
         nxt = {
             ap.PENDING: f"Still waiting for a human approver. Poll again in {RETRY_AFTER}s or more; do not re-send the "
                         "statement with changes. Once approved, re-send exactly the same request.",
             ap.APPROVED: "Approved: re-send exactly the same request (same target, sql/command and params) now"
-                         + (f", within {int(window)}s," if window else "") + " and it will run.",
+                         + (f", within {int(window)}s," if window else "") + " and it will run"
+                         + ("." if window else " (once)."),
             ap.CONSUMED: "Approved and already used once; running it again needs a new approval.",
             ap.DENIED: "Denied: do not retry the same statement; explain to the user or find another way.",
             ap.EXPIRED: "Expired without a decision: re-send the request to ask again, and tell the user an approver is needed.",
             ap.CANCELLED: "Cancelled: re-send the request if it is still needed.",
+            ap.WITHDRAWN: "Withdrawn: the call that asked went away before a decision; re-send the request if it is still needed.",
         }[status]
         if parked and status in (ap.APPROVED, ap.CONSUMED):
             nxt = "Approved while you were away: re-send exactly the same request now and it will run (once)."
@@ -605,6 +620,7 @@ class AgentService:
             "decided_by": record.get("decided_by"),
             "reason": record.get("reason"),
             "ready_to_run": parked or status == ap.APPROVED,
+            "covers": ap.coverage({**record, "status": status}),
             "next": nxt,
         }
 

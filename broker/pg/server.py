@@ -62,6 +62,8 @@ READ_SIZE = 256 * 1024
 # A batch with a row-writing Execute is held until its Sync (broker/pg/measure.py); past this
 # size the Execute is refused instead of holding more.
 MAX_HELD_BATCH = 16 * 1024 * 1024
+# While a statement is held, how often the broker looks whether its client is still there.
+CLIENT_GONE_CHECK_SECONDS = 0.5
 
 
 class UnexpectedSetting(Exception):
@@ -396,7 +398,10 @@ class PgConnection:
             return  # like PostgreSQL: an unknown key is silently ignored
         connection = route.connection
         if connection.hold is not None and not connection.hold.done():
-            connection.hold.cancel()  # a statement held for approval: give up waiting
+            # A statement held for approval: the broker answers the cancel itself. Nothing of this
+            # client runs upstream now, so forwarding it could only cancel its *next* statement.
+            connection.hold.cancel("the client cancelled the statement")
+            return
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(route.host, route.port), 10)
             writer.write(codec.build_cancel_request(route.pid, route.secret))
@@ -454,11 +459,32 @@ class PgConnection:
             await asyncio.gather(client_task, return_exceptions=True)
         return reason
 
+    async def _client_gone(self) -> None:
+        """Returns once the client has closed or lost its connection (checked while a statement is
+        held: the pump does not read then, so nothing else would notice)."""
+        reader, transport = self.c_reader, self.c_writer.transport
+        while not (reader.exception() is not None or getattr(reader, "_eof", False) or transport.is_closing()):
+            await asyncio.sleep(CLIENT_GONE_CHECK_SECONDS)
+
+    async def _await_hold(self) -> Verdict:
+        """Await self.hold; a client that goes away meanwhile cancels it (its request is withdrawn)."""
+        watch = asyncio.ensure_future(self._client_gone())
+        try:
+            await asyncio.wait({self.hold, watch}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self.hold.cancel("the session ended")
+            raise
+        finally:
+            watch.cancel()
+        if not self.hold.done():
+            self.hold.cancel("the client disconnected")
+        return await self.hold
+
     async def _admit(self) -> Verdict:
         """Hold the session's first statement until its time-boxed access is approved."""
         self.hold = asyncio.ensure_future(self.session.admit())
         try:
-            return await self.hold
+            return await self._await_hold()
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
                 raise
@@ -480,7 +506,7 @@ class PgConnection:
         if verdict.action == "approve":
             self.hold = asyncio.ensure_future(self.session.resolve(sql, verdict))
             try:
-                verdict = await self.hold
+                verdict = await self._await_hold()
             except asyncio.CancelledError:
                 if asyncio.current_task().cancelling():
                     raise

@@ -58,6 +58,22 @@ class ApprovalStore(Protocol):
         self, *, status: str | None = None, target: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]: ...
 
+    def find_approvals(
+        self, *, target: str, requester: str, sha256: str, session_id: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Requests for this exact statement by this person on this target (and, with session_id, the
+        session-scoped requests of that session), newest first, found through an index
+        (approval_match_key / approval_session_key), never by scanning the target's history."""
+        ...
+
+
+def approval_match_key(target: str, requester: str, sha256: str) -> str:
+    return f"{target}\x1f{requester.lower()}\x1f{sha256}"
+
+
+def approval_session_key(target: str, session_id: str) -> str:
+    return f"{target}\x1f{session_id}"
+
 
 @runtime_checkable
 class EventBus(Protocol):

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import httpx
 
-from jitgate.backends.base import BackendUnavailable
+from jitgate.backends.base import BackendUnavailable, approval_match_key, approval_session_key
 from jitgate.events import pubsub_envelope
 from jitgate.logs import log
 
@@ -49,6 +49,14 @@ class SqliteState:
                 CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, expires_at);
                 """
             )
+            # Lookup keys (jitgate.backends.base.approval_match_key): added to older files in place.
+            columns = {row[1] for row in db.execute("PRAGMA table_info(approvals)")}
+            for column in ("match_key", "session_key"):
+                if column not in columns:
+                    db.execute(f"ALTER TABLE approvals ADD COLUMN {column} TEXT")
+            db.execute("CREATE INDEX IF NOT EXISTS approvals_match ON approvals(match_key, created_at DESC)")
+            db.execute("CREATE INDEX IF NOT EXISTS approvals_session ON approvals(session_key, created_at DESC)")
+            db.execute("CREATE INDEX IF NOT EXISTS approvals_created ON approvals(created_at)")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -102,12 +110,49 @@ class SqliteState:
 
     # -- approvals --------------------------------------------------------------------
 
+    @staticmethod
+    def _keys(record: dict[str, Any]) -> tuple[str | None, str | None]:
+        if not record.get("sha256"):
+            return None, None
+        return (approval_match_key(record["target"], record.get("requester", ""), record["sha256"]),
+                approval_session_key(record["target"], record.get("session_id", "")))
+
     def create_approval(self, request: dict[str, Any]) -> None:
         self._conn().execute(
-            "INSERT INTO approvals(approval_id, target, status, created_at, expires_at, record) VALUES (?,?,?,?,?,?)",
+            "INSERT INTO approvals(approval_id, target, status, created_at, expires_at, record, match_key, session_key) "
+            "VALUES (?,?,?,?,?,?,?,?)",
             (request["approval_id"], request["target"], request["status"], request["created_at"],
-             request["expires_at"], json.dumps(request)),
+             request["expires_at"], json.dumps(request), *self._keys(request)),
         )
+
+    def find_approvals(self, *, target, requester, sha256, session_id=None, limit=50) -> list[dict[str, Any]]:
+        sql = "SELECT record, created_at FROM approvals WHERE match_key=? ORDER BY created_at DESC LIMIT ?"
+        rows = self._conn().execute(sql, (approval_match_key(target, requester, sha256), limit)).fetchall()
+        if session_id:
+            rows += self._conn().execute(
+                "SELECT record, created_at FROM approvals WHERE session_key=? ORDER BY created_at DESC LIMIT ?",
+                (approval_session_key(target, session_id), limit)).fetchall()
+        seen, out = set(), []
+        for raw, _ in sorted(rows, key=lambda r: -r[1]):
+            record = json.loads(raw)
+            if record["approval_id"] not in seen:
+                seen.add(record["approval_id"])
+                out.append(record)
+        return out
+
+    def overdue_approvals(self, now: float, limit: int) -> list[dict[str, Any]]:
+        """Pending requests past their TTL, oldest expiry first (index approvals_status)."""
+        rows = self._conn().execute(
+            "SELECT record FROM approvals WHERE status='pending' AND expires_at <= ? ORDER BY expires_at ASC LIMIT ?",
+            (now, limit)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (PRAGMA data_version): a cheap wake-up signal."""
+        conn = getattr(self, "_watch_conn", None)
+        if conn is None:
+            conn = self._watch_conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        return conn.execute("PRAGMA data_version").fetchone()[0]
 
     def get_approval(self, approval_id: str) -> dict[str, Any] | None:
         row = self._conn().execute("SELECT record FROM approvals WHERE approval_id=?", (approval_id,)).fetchone()
@@ -133,13 +178,13 @@ class SqliteState:
             db.execute("ROLLBACK")
             raise
 
-    def list_approvals(self, *, status=None, target=None, limit=100) -> list[dict[str, Any]]:
+    def list_approvals(self, *, status=None, target=None, limit=100, offset: int = 0) -> list[dict[str, Any]]:
         sql, args = "SELECT record FROM approvals WHERE 1=1", []
         if status:
             sql, args = sql + " AND status=?", args + [status]
         if target:
             sql, args = sql + " AND target=?", args + [target]
-        rows = self._conn().execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self._conn().execute(sql + " ORDER BY created_at DESC LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
 

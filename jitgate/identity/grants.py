@@ -40,6 +40,7 @@ def sign_grant(signer: LocalSigner, principal: Principal, target: str, policy_di
         "aud": GRANT_AUDIENCE,
         "sub": principal.subject,
         "usr": principal.username,
+        "ide": principal.identity,
         "grp": sorted(principal.groups),
         "idp": principal.issuer,
         "idp_exp": principal.expires_at,
@@ -77,6 +78,7 @@ def verify_grant(token: str, keys: dict[str, Ed25519PublicKey], *, target: str) 
         groups=frozenset(claims.get("grp", [])),
         issuer=claims.get("idp", ""),
         expires_at=int(claims.get("idp_exp", claims["exp"])),
+        identity=str(claims.get("ide") or ""),
     )
     return Grant(principal, claims["tgt"], int(claims["exp"]), claims.get("pol", ""), claims["jti"])
 

@@ -39,11 +39,15 @@ class Principal:
     issuer: str
     expires_at: int
     claims: dict = field(default_factory=dict, compare=False, hash=False)
+    # Canonical identity (policy identity.identity_claim, lower-cased): "" when the token lacks it
+    # (or its email is not verified); such a token can neither request nor decide approvals.
+    identity: str = ""
 
     def to_dict(self) -> dict:
         return {
             "subject": self.subject,
             "username": self.username,
+            "identity": self.identity,
             "groups": sorted(self.groups),
             "issuer": self.issuer,
             "expires_at": self.expires_at,
@@ -179,4 +183,22 @@ class OIDCVerifier:
             issuer=claims["iss"],
             expires_at=int(claims["exp"]),
             claims=claims,
+            identity=canonical_identity(claims, self.config),
         )
+
+
+def canonical_identity(claims: dict, config: IdentityConfig) -> str:
+    """The person's one identity: the configured claim; for email, only when email_verified is true."""
+    value = claims.get(config.identity_claim)
+    if not isinstance(value, str) or not value.strip():
+        return ""
+    if config.identity_claim == "email" and claims.get("email_verified") is not True:
+        return ""
+    return value.strip().lower()
+
+
+def missing_identity_reason(config: IdentityConfig | None = None) -> str:
+    claim = config.identity_claim if config is not None else "email"
+    verified = " with email_verified true" if claim == "email" else ""
+    return (f"your token has no {claim!r} claim{verified}, which approvals use as your one identity; "
+            f"sign in with an account whose identity provider sets it (policy identity.identity_claim)")

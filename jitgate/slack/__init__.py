@@ -3,7 +3,7 @@
 - ``blocks``: Block Kit builders (pure: record in, blocks out);
 - ``users``: a clicking Slack user -> an approver (verified email, then groups);
 - ``messages``: post and update the approval message (used by the functions, console and CLI);
-- ``app``: the Bolt app behind functions/slack_interactions.
+- ``app``: the Bolt app behind functions/approvals (POST /slack).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Bolt app behind functions/slack_interactions: Approve and Deny buttons, the deny-reason modal.
+"""The Bolt app behind functions/approvals (POST /slack): Approve and Deny buttons, the deny-reason modal.
 
 Before any listener runs, middleware:
   1. Bolt's own RequestVerification: X-Slack-Signature (v0 HMAC-SHA256 of "v0:{ts}:{body}") and a
@@ -6,8 +6,10 @@ Before any listener runs, middleware:
   2. ``reject_replays``: a (timestamp, signature) pair seen in the last 5 minutes is a replay -> 401
      (the timestamp check bounds how long a pair must be remembered);
   3. ``identify_approver``: the clicking Slack user -> an approver by verified email (users.info).
-Listeners stay small: decide through jitgate.approvals (one store transaction: first decision wins),
-update the original message, or answer the clicker ephemerally.
+Listeners stay small: decide through the approvals service (jitgate.approvals_service: one store
+transaction, first decision wins, signed), update the original message, or answer the clicker ephemerally.
+``SlackGate`` runs in front of Bolt: size cap and signature before any parsing, then a well-formed
+payload, so hostile input gets a 4xx and never reaches Bolt's parser.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from jitgate import approvals as ap
 from jitgate.logs import log
 from jitgate.slack import blocks as bk
 from jitgate.slack import messages, web_client
-from jitgate.slack.users import NotAnApprover, approver_from_slack
+from jitgate.slack.users import NotAnApprover, approver_from_slack, check_workspace
 
 logger = logging.getLogger("jitgate.slack.app")
 
@@ -74,7 +76,9 @@ def explain(exc: ap.DecisionError) -> str:
     return str(exc)
 
 
-def build_app(backends, env: dict | None = None) -> App:
+def build_app(backends, env: dict | None = None, *, decide, rights=None) -> App:
+    """``decide(approver, approval_id, action, reason)`` is the approvals service's (it signs);
+    ``rights(approver, record)`` gives the approver's groups as of now (for the early answer)."""
     env = dict(os.environ if env is None else env)
     client = web_client(env)
     app = App(token=env["SLACK_BOT_TOKEN"], signing_secret=env["SLACK_SIGNING_SECRET"], client=client,
@@ -94,6 +98,8 @@ def build_app(backends, env: dict | None = None) -> App:
         user_id = (body.get("user") or {}).get("id")
         if user_id and body.get("type") in ("block_actions", "view_submission"):
             try:
+                check_workspace(env, team=(body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id"),
+                                enterprise=(body.get("enterprise") or {}).get("id"), what="this click")
                 context["approver"] = approver_from_slack(client, store, user_id, env)
             except NotAnApprover as exc:
                 context["approver_error"] = str(exc)
@@ -120,7 +126,7 @@ def build_app(backends, env: dict | None = None) -> App:
             tell(channel, user, f"Not applied: {context.get('approver_error', 'you could not be identified')}.")
             return
         try:
-            record = ap.apply_decision(backends, approval_id, approver, "approve")
+            record = decide(approver, approval_id, "approve", "")
         except ap.DecisionError as exc:
             tell(channel, user, explain(exc))
             if exc.code == "expired" and exc.record:
@@ -150,7 +156,7 @@ def build_app(backends, env: dict | None = None) -> App:
                 raise ap.DecisionError("expired", "expired", record)
             if record["status"] != ap.PENDING:
                 raise ap.DecisionError("already_decided", "decided", record)
-            why_not = ap.eligibility(record, approver)
+            why_not = ap.eligibility(record, rights(approver, record) if rights else approver)
             if why_not:
                 raise ap.DecisionError("self_approval" if approver.email == record["requester"] else "not_approver", why_not, record)
         except ap.DecisionError as exc:
@@ -168,7 +174,7 @@ def build_app(backends, env: dict | None = None) -> App:
             ack(response_action="errors", errors={bk.REASON_BLOCK: context.get("approver_error", "you could not be identified")[:150]})
             return
         try:
-            record = ap.apply_decision(backends, approval_id, approver, "deny", reason=reason)
+            record = decide(approver, approval_id, "deny", reason)
         except ap.DecisionError as exc:
             ack(response_action="errors", errors={bk.REASON_BLOCK: explain(exc)[:150]})
             if exc.record and exc.record.get("status") != ap.PENDING:
@@ -179,3 +185,73 @@ def build_app(backends, env: dict | None = None) -> App:
         refresh(record, channel, ts)
 
     return app
+
+
+MAX_SLACK_BODY = 64 * 1024
+
+
+class SlackGate:
+    """functions/approvals POST /slack: checks what Bolt would only check after parsing the body."""
+
+    def __init__(self, service, env: dict | None = None):
+        from slack_bolt.adapter.flask import SlackRequestHandler
+
+        env = dict(os.environ if env is None else env)
+        if not env.get("SLACK_SIGNING_SECRET") or not env.get("SLACK_BOT_TOKEN"):
+            raise RuntimeError("Slack is not configured: set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET")
+        self._secret = env["SLACK_SIGNING_SECRET"].encode()
+
+        def decide(approver, approval_id, action, reason):
+            from jitgate.approvals_service import Refusal
+
+            try:
+                return service.decide(approver, approval_id, action, reason)
+            except Refusal as exc:
+                raise ap.DecisionError(exc.code, str(exc)) from None
+
+        def rights(approver, record):
+            target = service.policy.policy.targets.get(record.get("target", ""))
+            return approver if target is None else service.fresh_rights(approver, target.approvals)
+
+        self.handler = SlackRequestHandler(build_app(service.backends, env, decide=decide, rights=rights))
+
+    def _signed(self, raw: bytes, timestamp: str, signature: str) -> bool:
+        """Slack's v0 signature over the raw bytes (any bytes: nothing is decoded before it verifies)."""
+        import hashlib
+        import hmac
+
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > REPLAY_WINDOW:
+            return False
+        expected = "v0=" + hmac.new(self._secret, b"v0:" + timestamp.encode() + b":" + raw, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
+
+    def handle(self, request):
+        from flask import jsonify
+        from urllib.parse import parse_qs
+
+        raw = request.get_data(cache=True)
+        if len(raw) > MAX_SLACK_BODY:
+            return jsonify({"error": f"the body is over {MAX_SLACK_BODY} bytes"}), 413
+        if not self._signed(raw, request.headers.get("X-Slack-Request-Timestamp", ""),
+                            request.headers.get("X-Slack-Signature", "")):
+            return jsonify({"error": "invalid or missing Slack signature (X-Slack-Signature, X-Slack-Request-Timestamp)"}), 401
+        try:
+            text = raw.decode("utf-8")
+            form = parse_qs(text, strict_parsing=True) if text else {}
+            if list(form) != ["payload"] or len(form["payload"]) != 1:
+                raise ValueError("expected one form field, payload")
+            payload = json.loads(form["payload"][0])
+            if (not isinstance(payload, dict) or not isinstance(payload.get("type"), str)
+                    or not isinstance(payload.get("user") or {}, dict)):
+                raise ValueError("payload must be a JSON object with a type")
+            if payload["type"] == "block_actions":
+                actions = payload.get("actions")
+                if (not isinstance(actions, list) or not actions or not isinstance(actions[0], dict)
+                        or not isinstance(actions[0].get("value"), str)):
+                    raise ValueError("block_actions without an action value")
+            for part in ("channel", "message", "container", "view", "team", "enterprise"):
+                if payload.get(part) is not None and not isinstance(payload[part], dict):
+                    raise ValueError(f"{part} must be an object")
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return jsonify({"error": f"malformed Slack interaction: {exc}"}), 400
+        return self.handler.handle(request)

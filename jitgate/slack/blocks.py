@@ -63,8 +63,7 @@ def _approvers(record: dict) -> str:
 def _summary(record: dict) -> list[dict]:
     classes = ", ".join(f"`{escape(c)}`" for c in record["classes"]) or "-"
     groups = ", ".join(escape(g) for g in record.get("requester_groups", [])) or "none"
-    scope = ("*Scope*\nthis exact statement" if record.get("scope") != ap.SCOPE_SESSION
-             else f"*Scope*\nthe whole session for {int(record.get('session_access') or 0) // 60} min")
+    scope = f"*Approval covers*\n{escape(ap.coverage(record))}"
     fields = [
         f"*Requester*\n{escape(record['requester'])}\ngroups: {groups}",
         f"*Target*\n`{escape(record['target'])}` ({escape(record.get('kind', ''))})",
@@ -109,7 +108,8 @@ def request_blocks(record: dict) -> list[dict]:
 
 
 OUTCOME_ICON = {ap.APPROVED: ":white_check_mark:", ap.CONSUMED: ":white_check_mark:", ap.DENIED: ":no_entry:",
-                ap.EXPIRED: ":hourglass:", ap.CANCELLED: ":heavy_multiplication_x:"}
+                ap.EXPIRED: ":hourglass:", ap.CANCELLED: ":heavy_multiplication_x:",
+                ap.WITHDRAWN: ":heavy_multiplication_x:"}
 
 
 def outcome_text(record: dict) -> str:
@@ -127,6 +127,9 @@ def outcome_text(record: dict) -> str:
         return f"{icon} *Expired* without a decision · {when}"
     if status == ap.CANCELLED:
         return f"{icon} *Cancelled*: {escape(record.get('reason') or '')} · {when}"
+    if status == ap.WITHDRAWN:
+        return (f"{icon} *Withdrawn*: {escape(record.get('reason') or 'the client that asked is gone')}; "
+                f"nothing will run, an approval is no longer possible · {when}")
     return "pending"
 
 

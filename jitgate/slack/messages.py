@@ -1,4 +1,4 @@
-"""Post and update the approval message. Shared by notify_approvers, slack_interactions,
+"""Post and update the approval message. Shared by notify_approvers, the approvals service,
 expire_approvals, the console and the CLI, so that any decision updates Slack the same way."""
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def refresh_if_configured(store, record: dict, env: dict | None = None) -> None:
 def reconcile(client, store, limit: int = 500) -> int:
     """Messages that still show an older state than their record (e.g. after an outage): fix them."""
     fixed = 0
-    for status in (ap.APPROVED, ap.DENIED, ap.EXPIRED, ap.CANCELLED, ap.CONSUMED):
+    for status in (ap.APPROVED, ap.DENIED, ap.EXPIRED, ap.CANCELLED, ap.WITHDRAWN, ap.CONSUMED):
         for record in store.list_approvals(status=status, limit=limit):
             slack = record.get("slack")
             if slack and slack.get("shows") != record["status"] and not (

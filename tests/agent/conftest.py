@@ -74,13 +74,13 @@ def backends(stack):
 
 
 @pytest.fixture(scope="session")
-def decide(backends):
-    """decide(approval_id, 'approve'|'deny') as dana@example.com (dba), through jitgate.approvals like the CLI."""
-    from jitgate import approvals as ap
+def decide(stack, backends):
+    """decide(approval_id, 'approve'|'deny') as dana@example.com (dba), through the approvals service like the CLI."""
+    from tests.approval_helpers import decide_via_service
 
     def run(approval_id: str, action: str = "approve", reason: str = "") -> dict:
-        return ap.apply_decision(backends, approval_id, ap.Approver("dana@example.com", frozenset({"dba"}), via="cli"),
-                                 action, reason=reason)
+        decide_via_service(stack, approval_id, action, reason=reason)
+        return backends.approvals.get_approval(approval_id)
 
     return run
 

@@ -98,3 +98,31 @@ def test_mcp_refuses_forged_token(agent_url, tls, token):
 
     with pytest.raises(Exception):
         asyncio.run(asyncio.wait_for(_with_session(agent_url, tls, forged, body), 20))
+
+
+def test_mcp_session_that_switches_to_fewer_groups_is_held_and_masked_as_that_token(agent_url, tls, token):
+    """Per-call authorization: the groups of an earlier call on the same Mcp-Session-Id do not carry over."""
+    column, ddl = unique_ddl()
+    wide = token("alice@example.com", ["sre", "dba", "privacy-officers"])
+    narrow = token("alice@example.com", ["sre"])
+    lookup = {"target": "demo", "sql": "SELECT email FROM customers WHERE id = $1", "params": [1]}
+
+    async def run():
+        client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {wide}"}, verify=tls,
+                                    timeout=httpx2.Timeout(30, read=120))
+        async with client:
+            async with streamable_http_client(agent_url + "/mcp", http_client=client) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    clear = await session.call_tool("query", lookup)
+                    assert not clear.is_error and "@" in clear.structured_content["rows"][0][0]
+                    assert not clear.structured_content["rows"][0][0].startswith("*")  # privacy-officers: clear text
+                    warm = await session.call_tool("query", {"target": "demo", "sql": "SELECT 1"})
+                    assert not warm.is_error
+                    client.headers["Authorization"] = f"Bearer {narrow}"  # same MCP session, fewer groups
+                    masked = await session.call_tool("query", lookup)
+                    assert not masked.is_error and masked.structured_content["rows"][0][0].startswith("*")
+                    held = await session.call_tool("query", {"target": "demo", "sql": ddl})
+                    assert _text(held).startswith("APPROVAL REQUIRED"), _text(held)  # dba's DDL right did not carry over
+
+    asyncio.run(run())

@@ -21,6 +21,7 @@ import pytest
 from jitgate.backends import open_backends
 from jitgate.devstack import dev_token, start_stack
 from jitgate.settings import Settings
+from tests.approvals.directory_standin import DirectoryStandIn
 from tests.approvals.slack_standin import SlackStandIn, posted_approval_id, slack_user
 
 BOT_TOKEN = "xoxb-test-jitgate-bot"
@@ -33,6 +34,12 @@ USERS = {
     "UALICE": slack_user("UALICE", "alice@example.com"),
     "UBOB": slack_user("UBOB", "bob@example.com"),
     "UGUEST": slack_user("UGUEST", "gus@example.com", is_restricted=True),
+    # An account in another workspace carrying an approver's email (Slack Connect, or a look-alike workspace).
+    "UFOREIGN": slack_user("UFOREIGN", "dana@example.com", team_id="T9999"),
+    # The requester alice again, under another spelling of her email: still alice.
+    "UALICE2": slack_user("UALICE2", " Alice@Example.COM"),
+    # In the dba group per the directory only: never signed in, not in the static list.
+    "UFRANK": slack_user("UFRANK", "frank@example.com"),
 }
 # Approver groups for Slack clicks: the static directory (dana, erin: dba). Sign-ins can refresh these.
 DIRECTORY = {"dana@example.com": ["dba"], "erin@example.com": ["dba"], "bob@example.com": ["analysts"],
@@ -89,8 +96,22 @@ def slack():
     standin.stop()
 
 
+# The directory (Cloud Identity Groups stand-in): what the approvals service asks at decision time.
+# dba contains the oncall group, which contains frank (transitive membership).
+DIRECTORY_GROUPS = {"dba@example.com": {"dana@example.com", "erin@example.com", "alice@example.com", "oncall@example.com"},
+                    "oncall@example.com": {"frank@example.com"},
+                    "analysts@example.com": {"bob@example.com"}, "sre@example.com": {"alice@example.com"}}
+
+
 @pytest.fixture(scope="session")
-def astack(tmp_path_factory, slack):
+def directory():
+    standin = DirectoryStandIn(DIRECTORY_GROUPS).start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="session")
+def astack(tmp_path_factory, slack, directory):
     home = tmp_path_factory.mktemp("approvals-stack")
     s = start_stack(home, extra_env={
         "SLACK_BOT_TOKEN": BOT_TOKEN,
@@ -98,6 +119,10 @@ def astack(tmp_path_factory, slack):
         "JITGATE_SLACK_API_URL": slack.url,
         "JITGATE_SLACK_CHANNEL": CHANNEL,
         "JITGATE_APPROVER_DIRECTORY": json.dumps(DIRECTORY),
+        "JITGATE_SLACK_TEAM_IDS": "T0001",
+        "JITGATE_DIRECTORY": "cloud-identity",
+        "JITGATE_DIRECTORY_URL": directory.url,
+        "JITGATE_DIRECTORY_GROUP_DOMAIN": "example.com",
     })
     with open(s.policy_path, "a") as fh:
         fh.write(EXTRA_TARGETS.format(pg_port=s.pg.port, channel=CHANNEL))
@@ -131,10 +156,11 @@ def sign(body: str, timestamp: int | None = None, secret: str = SIGNING_SECRET) 
             "Content-Type": "application/x-www-form-urlencoded"}
 
 
-def block_action(user: str, action: str, approval_id: str, *, channel: str = "CDB-APPROVA", ts: str = "1.0") -> dict:
+def block_action(user: str, action: str, approval_id: str, *, channel: str = "CDB-APPROVA", ts: str = "1.0",
+                 team: str = "T0001") -> dict:
     return {
         "type": "block_actions", "user": {"id": user, "username": user.lower()}, "api_app_id": "A1", "token": "legacy",
-        "team": {"id": "T0001"}, "trigger_id": f"trig.{user}.{time.monotonic_ns()}",
+        "team": {"id": team}, "trigger_id": f"trig.{user}.{time.monotonic_ns()}",
         "container": {"type": "message", "message_ts": ts, "channel_id": channel},
         "channel": {"id": channel}, "message": {"ts": ts, "type": "message"},
         "actions": [{"type": "button", "action_id": action, "block_id": "decision", "value": approval_id,

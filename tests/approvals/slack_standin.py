@@ -253,7 +253,7 @@ class SlackStandIn:
 
 
 def slack_user(user_id: str, email: str, **extra) -> dict:
-    return {"id": user_id, "name": email.split("@")[0], "deleted": False, "is_bot": False, "is_restricted": False,
+    return {"id": user_id, "team_id": "T0001", "name": email.split("@")[0], "deleted": False, "is_bot": False, "is_restricted": False,
             "is_ultra_restricted": False, "is_email_confirmed": True, "profile": {"email": email, "real_name": email}, **extra}
 
 

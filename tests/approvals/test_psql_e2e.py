@@ -158,3 +158,31 @@ def test_review_console_decides_for_a_signed_in_approver(astack, slack, backends
     ref = slack_ref(backends, approval_id)
     update = slack.wait_for("chat.update", lambda c: c["params"]["ts"] == ref["ts"])
     assert "via console" in json.dumps(update["params"]["blocks"])
+
+
+def test_killed_client_withdraws_the_request_and_the_slack_message_says_so(astack, slack, backends, clicker, atoken):
+    import httpx
+
+    sql = "ALTER TABLE orders ADD COLUMN withdrawn_note text"
+    t0 = time.time()
+    proc = start_psql(astack, atoken(), sql)
+    approval_id, _ = wait_posted(slack, statement=sql, since=t0)
+    ref = slack_ref(backends, approval_id)
+    proc.kill()  # psql vanishes while its ALTER TABLE waits
+    proc.wait(10)
+    deadline = time.monotonic() + 30
+    while backends.approvals.get_approval(approval_id)["status"] != ap.WITHDRAWN:
+        assert time.monotonic() < deadline, backends.approvals.get_approval(approval_id)
+        time.sleep(0.1)
+    # A later click does nothing; the clicker hears why.
+    since = time.time()
+    assert clicker.click("UDANA", "approve", approval_id, ref).status_code == 200
+    assert backends.approvals.get_approval(approval_id)["status"] == ap.WITHDRAWN
+    told = [c["params"]["text"] for c in slack.find("chat.postEphemeral", lambda c: c["params"]["user"] == "UDANA" and c["at"] >= since)]
+    assert told and "withdrawn" in told[0]
+    # The message is brought up to date (by the click's refresh, or at the latest by the expiry sweep).
+    httpx.post(astack.env["JITGATE_EXPIRE_URL"], timeout=30)
+    update = slack.wait_for("chat.update", lambda c: c["params"]["ts"] == ref["ts"] and "Withdrawn" in json.dumps(c["params"]["blocks"]))
+    assert "nothing will run" in json.dumps(update["params"]["blocks"])
+    assert "withdrawn_note" not in astack.pg.psql("SELECT string_agg(column_name, ',') FROM information_schema.columns "
+                                                  "WHERE table_name = 'orders'", "demo")

@@ -17,9 +17,40 @@ def request(statement="ALTER TABLE orders ADD COLUMN x int", now=1000.0, **confi
 
 
 def test_transition_table_is_the_documented_machine():
-    assert ap.TRANSITIONS[ap.PENDING] == {ap.APPROVED, ap.DENIED, ap.EXPIRED, ap.CANCELLED}
+    assert ap.TRANSITIONS[ap.PENDING] == {ap.APPROVED, ap.DENIED, ap.EXPIRED, ap.CANCELLED, ap.WITHDRAWN}
     assert ap.TRANSITIONS[ap.APPROVED] == {ap.CONSUMED}
-    assert ap.TERMINAL == {ap.DENIED, ap.EXPIRED, ap.CANCELLED, ap.CONSUMED}
+    assert ap.TERMINAL == {ap.DENIED, ap.EXPIRED, ap.CANCELLED, ap.CONSUMED, ap.WITHDRAWN}
+
+
+def test_one_session_leaving_withdraws_only_when_nobody_else_waits():
+    r = request()
+    r = ap.join_waiter(r, "s2")
+    assert r["waiters"] == ["s1", "s2"]
+    assert ap.join_waiter(r, "s2") is None  # already waiting
+    one_left = ap.leave_waiter(r, "s1", "the client cancelled the statement")
+    assert one_left["status"] == ap.PENDING and one_left["waiters"] == ["s2"]
+    gone = ap.leave_waiter(one_left, "s2", "the client disconnected", now=1002)
+    assert gone["status"] == ap.WITHDRAWN and gone["reason"] == "the client disconnected"
+    with pytest.raises(ap.DecisionError) as late:
+        ap.decide(gone, DANA, "approve", now=1003)
+    assert late.value.code == "already_decided" and "withdrawn" in str(late.value)
+
+
+def test_agents_approvals_release_one_execution_unless_the_policy_sets_a_window():
+    agent = ap.new_request(requester="alice@example.com", requester_groups={"sre"}, target="demo", session_id="s1",
+                           statement="DELETE FROM orders", classes={"dml_unbounded"}, kind="agent",
+                           config=ApprovalConfig(approver_groups=["dba"]), now=1000.0)
+    assert agent["grant_window"] == 0 and "once" in ap.coverage(agent)
+    windowed = ap.new_request(requester="alice@example.com", requester_groups={"sre"}, target="demo", session_id="s1",
+                              statement="DELETE FROM orders", classes={"dml_unbounded"}, kind="agent",
+                              config=ApprovalConfig(approver_groups=["dba"], grant_window="10m"), now=1000.0)
+    assert windowed["grant_window"] == 600 and "for 10 min after approval" in ap.coverage(windowed)
+    psql = ap.new_request(requester="alice@example.com", requester_groups={"sre"}, target="demo", session_id="s1",
+                          statement="DELETE FROM orders", classes={"dml_unbounded"},
+                          config=ApprovalConfig(approver_groups=["dba"]), now=1000.0)
+    assert psql["grant_window"] == 900 and "expires at" in ap.coverage(psql)
+    once = ap.use(ap.decide(agent, DANA, "approve", now=1001.0), now=1001.5)
+    assert once["status"] == ap.CONSUMED
 
 
 def test_request_is_bound_to_requester_target_session_and_hash():

@@ -10,6 +10,7 @@ import pytest
 from jitgate import approvals as ap
 from jitgate.backends import open_backends
 from jitgate.settings import Settings
+from tests.approval_helpers import decide_via_service
 
 JIT_TARGET = """
   demo-jit:
@@ -56,7 +57,7 @@ def test_first_statement_waits_for_the_session_approval(stack, broker_dsn, jit_t
 
         def approve():
             record = _pending_session_request(backends, session_id)
-            ap.apply_decision(backends, record["approval_id"], ap.Approver("dana@example.com", frozenset({"dba"})), "approve")
+            decide_via_service(stack, record["approval_id"])
 
         approver = threading.Thread(target=approve)
         approver.start()

@@ -133,12 +133,12 @@ def test_metadata_server_that_refuses_fails_closed():
 
 
 def test_each_function_admits_exactly_the_callers_infra_names(stack, google):
-    """expire_approvals: Cloud Scheduler's account only; slack_interactions: anyone (Slack's signature
+    """expire_approvals: Cloud Scheduler's account only; approvals: anyone (Slack's signature
     is its check); the Pub/Sub-triggered functions: their own trigger account (Eventarc pushes as it)."""
     scheduler = iam_model.account_email("scheduler", PROJECT)
     broker = iam_model.account_email("broker", PROJECT)
     assert iam_model.invokers("expire_approvals", PROJECT) == {scheduler}
-    assert iam_model.invokers("slack_interactions", PROJECT) == {"allUsers"}
+    assert iam_model.invokers("approvals", PROJECT) == {"allUsers"}
     for fn in ("notify_approvers", "finalize_recording"):
         assert iam_model.invokers(fn, PROJECT) == {iam_model.account_email(f"fn:{fn}", PROJECT)}
     expire_url = stack.env["JITGATE_EXPIRE_URL"]

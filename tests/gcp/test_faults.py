@@ -20,6 +20,7 @@ from jitgate.recording.closing import sign_closing
 from jitgate.recording.finalize import MANIFEST, RECORDING
 from jitgate.recording.seal import parse_events, verify
 from jitgate.settings import Settings
+from tests.approval_helpers import decide_via_service
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -191,7 +192,7 @@ def test_two_brokers_one_index_and_approval_resumes_where_held(fault_stack, tmp_
         out: dict = {}
         thread = _held_statement(_dsn(fault_stack, port), f"CREATE TABLE {table} (id int)", out)
         record = _pending(backends, table)
-        ap.apply_decision(backends, record["approval_id"], ap.Approver("dana@example.com", frozenset({"dba"})), "approve")
+        decide_via_service(fault_stack, record["approval_id"])
         thread.join(60)
         assert out.get("ok"), out
         rows = _new_sessions(backends, before, timeout=120, count=3)
@@ -211,7 +212,7 @@ def test_pubsub_down_broker_reads_decisions_from_the_store(fault_stack, tmp_path
         out: dict = {}
         thread = _held_statement(_dsn(fault_stack, port), f"CREATE TABLE {table} (id int)", out)
         record = _pending(backends, table, timeout=90)
-        ap.apply_decision(backends, record["approval_id"], ap.Approver("dana@example.com", frozenset({"dba"})), "approve")
+        decide_via_service(fault_stack, record["approval_id"])
         thread.join(90)
         assert out.get("ok"), out
         spool = tmp_path / "broker-nopubsub" / "spool"

@@ -15,6 +15,9 @@ Who holds what, in words:
   (IAM conditions <session>/chunks/; jitgateChunkReader); read the policy and release
   artifacts; read the manifest key's public half; write logs and metrics;
   invoke authorize (the only invoker of it).
+- approvals (jitgate-fn-approvals): the only reader of the approvals signing
+  key; every approval decision is signed with it. The broker verifies
+  decisions with the public key and holds no grant on that secret.
 - each function its own account: only the secrets, topics, buckets and key it
   uses; event-triggered functions invoke themselves (Eventarc pushes as them).
 - jitgate-scheduler: invoke expire_approvals only.
@@ -49,7 +52,7 @@ EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authoriz
  {'resource': 'google_cloud_run_v2_service_iam_member.slack_public',
   'role': 'roles/run.invoker',
   'member': 'allUsers',
-  'scope': {'name': '${google_cloudfunctions2_function.fn["slack_interactions"].name}'},
+  'scope': {'name': '${google_cloudfunctions2_function.fn["approvals"].name}'},
   'for_each': None,
   'count': '${local.bootstrapped ? 1 : 0}',
   'condition': None},
@@ -157,7 +160,7 @@ EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authoriz
   'role': 'roles/datastore.user',
   'member': '${local.fn_member[each.key]}',
   'scope': {'project': '${var.project_id}'},
-  'for_each': "${toset(['notify_approvers', 'slack_interactions', 'finalize_recording', "
+  'for_each': "${toset(['notify_approvers', 'approvals', 'finalize_recording', "
               "'expire_approvals'])}",
   'count': None,
   'condition': '${local.firestore_condition_expression}'},
@@ -186,7 +189,14 @@ EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authoriz
   'role': 'roles/pubsub.publisher',
   'member': '${local.fn_member[each.key]}',
   'scope': {'topic': '${google_pubsub_topic.jitgate["jitgate-approval-decided"].id}'},
-  'for_each': "${toset(['slack_interactions', 'expire_approvals'])}",
+  'for_each': "${toset(['approvals', 'expire_approvals'])}",
+  'count': None,
+  'condition': None},
+ {'resource': 'google_secret_manager_secret_iam_member.approvals_signing_key',
+  'role': 'roles/secretmanager.secretAccessor',
+  'member': '${local.fn_member["approvals"]}',
+  'scope': {'secret_id': '${google_secret_manager_secret.app["jitgate-approvals-signing-key"].id}'},
+  'for_each': None,
   'count': None,
   'condition': None},
  {'resource': 'google_secret_manager_secret_iam_member.authorize_grant_key',
@@ -214,12 +224,12 @@ EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authoriz
   'role': 'roles/secretmanager.secretAccessor',
   'member': '${local.fn_member[each.key]}',
   'scope': {'secret_id': '${google_secret_manager_secret.app["jitgate-slack-bot-token"].id}'},
-  'for_each': "${toset(['notify_approvers', 'slack_interactions', 'expire_approvals'])}",
+  'for_each': "${toset(['notify_approvers', 'approvals', 'expire_approvals'])}",
   'count': None,
   'condition': None},
  {'resource': 'google_secret_manager_secret_iam_member.slack_signing_secret',
   'role': 'roles/secretmanager.secretAccessor',
-  'member': '${local.fn_member["slack_interactions"]}',
+  'member': '${local.fn_member["approvals"]}',
   'scope': {'secret_id': '${google_secret_manager_secret.app["jitgate-slack-signing-secret"].id}'},
   'for_each': None,
   'count': None,
@@ -298,7 +308,7 @@ EXPECTED_GRANTS = [{'resource': 'google_cloud_run_v2_service_iam_member.authoriz
   'role': 'roles/storage.objectViewer',
   'member': '${local.fn_member[each.key]}',
   'scope': {'bucket': '${google_storage_bucket.config.name}'},
-  'for_each': "${toset(['authorize', 'notify_approvers', 'slack_interactions'])}",
+  'for_each': "${toset(['authorize', 'notify_approvers', 'approvals'])}",
   'count': None,
   'condition': None}]
 

@@ -38,7 +38,7 @@ def packaged(tmp_path_factory):
 
 
 def test_the_five_functions_are_referenced():
-    assert REFERENCED == sorted(["authorize", "notify_approvers", "slack_interactions",
+    assert REFERENCED == sorted(["authorize", "notify_approvers", "approvals",
                                  "finalize_recording", "expire_approvals"])
 
 
@@ -68,7 +68,7 @@ def test_cloudbuild_deploys_each_function_as_terraform_declares_it(key):
     assert flags["--source"] == f"build/functions/{key}"
     assert flags["--gen2"] is True
     assert flags["--ingress-settings"] == INGRESS[spec["ingress"]]
-    # A deploy must not undo the warm instance that keeps slack_interactions within Slack's 3 s.
+    # A deploy must not undo the warm instance that keeps approvals within Slack's 3 s.
     assert str(flags.get("--min-instances", 0)) == str(spec.get("min_instances", 0))
     sa = f"jitgate-fn-{key.replace('_', '-')}@${{PROJECT_ID}}.iam.gserviceaccount.com"
     assert flags["--service-account"] == sa
@@ -91,13 +91,13 @@ def test_runtime_matches(cloudbuild, tf):
         assert flags["--runtime"] == "${_RUNTIME}"
 
 
-def test_slack_interactions_stays_warm_for_slacks_deadline():
-    assert int(TF_FUNCTIONS["slack_interactions"]["min_instances"]) >= 1
+def test_approvals_stays_warm_for_slacks_deadline():
+    assert int(TF_FUNCTIONS["approvals"]["min_instances"]) >= 1
 
 
-def test_only_slack_interactions_is_open_to_the_internet():
+def test_only_approvals_is_open_to_the_internet():
     open_ = sorted(k for k, spec in TF_FUNCTIONS.items() if spec["ingress"] != "ALLOW_INTERNAL_ONLY")
-    assert open_ == ["slack_interactions"]
+    assert open_ == ["approvals"]
 
 
 def test_each_function_has_its_own_account(tf):

@@ -70,13 +70,13 @@ def test_no_authoritative_or_broad_grants(tf):
         assert grant["role"] not in FORBIDDEN_ROLES
 
 
-def test_public_access_is_only_slack_interactions_and_the_signed_in_review_console(tf):
+def test_public_access_is_only_approvals_and_the_signed_in_review_console(tf):
     public = [(f"{t}.{n}", attr(b, "name")) for t, n, b, _ in tf.resources()
               if t.endswith("_iam_member") and attr(b, "member") in ("allUsers", "allAuthenticatedUsers")]
     assert sorted(public) == [("google_cloud_run_v2_service_iam_member.review_public",
                        "${google_cloudfunctions2_function.review[0].name}"),
                       ("google_cloud_run_v2_service_iam_member.slack_public",
-                       '${google_cloudfunctions2_function.fn["slack_interactions"].name}')]
+                       '${google_cloudfunctions2_function.fn["approvals"].name}')]
     # the review console is public only when it signs people in itself (review_auth = "oidc")
     review = next(b for t, n, b, _ in tf.resources() if n == "review_public")
     assert attr(review, "count") == '${local.bootstrapped && var.review_auth == "oidc" ? 1 : 0}'

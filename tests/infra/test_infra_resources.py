@@ -14,6 +14,10 @@ REQUIRED_INDEXES = {
     ("sessions", ("principal", "ASCENDING"), ("started_at", "DESCENDING")),
     ("approvals", ("status", "ASCENDING"), ("expires_at", "ASCENDING")),
     ("approvals", ("target", "ASCENDING"), ("created_at", "DESCENDING")),
+    # Explicit paging, newest first (the broker's lookup of one statement goes through the
+    # approval_keys documents, not a query).
+    ("approvals", ("status", "ASCENDING"), ("created_at", "DESCENDING")),
+    ("approvals", ("target", "ASCENDING"), ("status", "ASCENDING"), ("created_at", "DESCENDING")),
 }
 
 

@@ -26,6 +26,7 @@ Settings (environment, as infra/ passes them):
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from jitgate.backends.base import TOPICS, BackendUnavailable
+from jitgate.backends.base import TOPICS, BackendUnavailable, approval_match_key, approval_session_key
 from jitgate.logs import log
 
 logger = logging.getLogger("jitgate.backends.gcp")
@@ -87,6 +88,10 @@ class FirestoreState:
         self.db = firestore.Client(**kwargs)
         self.sessions = self.db.collection("sessions")
         self.approvals = self.db.collection("approvals")
+        # Lookup documents, one per approval_match_key / approval_session_key (id = its SHA-256): the
+        # newest request ids for that statement or session, written in the request's own transaction.
+        # A lookup is two document reads whatever the history's size.
+        self.approval_keys = self.db.collection("approval_keys")
 
     @staticmethod
     def _doc_id(value: str) -> str:
@@ -185,11 +190,49 @@ class FirestoreState:
             "created_at": float(record.get("created_at") or 0),
             "expires_at": float(record.get("expires_at") or 0),
             "record": json.dumps(record, separators=(",", ":"), default=str),
+            # Indexed lookups (find_approvals): this statement by this person, or this session's requests.
+            "match_key": approval_match_key(record.get("target") or "", record.get("requester") or "", record.get("sha256") or ""),
+            "session_key": approval_session_key(record.get("target") or "", record.get("session_id") or ""),
         }
 
+    KEY_IDS_KEPT = 50
+
+    def _key_ref(self, key: str):
+        return self.approval_keys.document(hashlib.sha256(key.encode()).hexdigest())
+
+    def find_approvals(self, *, target, requester, sha256, session_id=None, limit: int = 50) -> list[dict[str, Any]]:
+        keys = [("match_key", approval_match_key(target, requester, sha256))]
+        if session_id:
+            keys.append(("session_key", approval_session_key(target, session_id)))
+        ids: list[str] = []
+        for snap in self.db.get_all([self._key_ref(k) for _, k in keys]):
+            if snap.exists:
+                ids.extend(i for i in (snap.to_dict() or {}).get("ids", []) if isinstance(i, str) and i not in ids)
+        wanted = dict(keys)
+        found = []
+        refs = [self.approvals.document(self._doc_id(i)) for i in ids if i and "/" not in i]
+        for snap in (self.db.get_all(refs) if refs else []):
+            data = (snap.to_dict() or {}) if snap.exists else {}
+            # Only what the key names (a lookup document is a hint; the request document is the record).
+            if data and (data.get("match_key") == wanted["match_key"] or data.get("session_key") == wanted.get("session_key")):
+                found.append(json.loads(data["record"]))
+        return sorted(found, key=lambda r: r.get("created_at", 0), reverse=True)[:limit]
+
     def create_approval(self, request: dict[str, Any]) -> None:
-        # create() fails with Conflict (409) when the id exists, like the embedded INSERT.
-        self.approvals.document(self._doc_id(request["approval_id"])).create(self._approval_fields(request))
+        fields = self._approval_fields(request)
+        ref = self.approvals.document(self._doc_id(request["approval_id"]))
+        key_refs = [self._key_ref(fields["match_key"]), self._key_ref(fields["session_key"])] if request.get("sha256") else []
+
+        def body(transaction):
+            snaps = [r.get(transaction=transaction) for r in key_refs]  # reads before writes
+            # create() fails with Conflict (409) when the id exists, like the embedded INSERT.
+            transaction.create(ref, fields)
+            for key_ref, snap in zip(key_refs, snaps):
+                ids = (snap.to_dict() or {}).get("ids", []) if snap.exists else []
+                transaction.set(key_ref, {"ids": ([request["approval_id"]] + [i for i in ids if i != request["approval_id"]])
+                                          [:self.KEY_IDS_KEPT]})
+
+        self._run_transaction(body)
 
     def get_approval(self, approval_id: str) -> dict[str, Any] | None:
         snap = self.approvals.document(self._doc_id(approval_id)).get()
@@ -213,34 +256,31 @@ class FirestoreState:
         # change() sees the first decision and answers instead of applying a second one.
         return self._run_transaction(body)
 
-    def list_approvals(self, *, status=None, target=None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_approvals(self, *, status=None, target=None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         from google.cloud.firestore_v1.base_query import FieldFilter
 
         firestore = self._firestore
         query = self.approvals
-        wanted_status = None
-        # Declared composite indexes: (status, expires_at asc) and (target, created_at desc).
+        # Declared composite indexes (infra/firestore.indexes.json): (status, created_at desc),
+        # (target, created_at desc) and (target, status, created_at desc). Newest first, one page
+        # of `limit` after `offset`: callers page explicitly, nothing is filtered after the query.
         if target:
-            query = query.where(filter=FieldFilter("target", "==", target)).order_by(
-                "created_at", direction=firestore.Query.DESCENDING)
-            wanted_status = status
-        elif status:
-            query = query.where(filter=FieldFilter("status", "==", status)).order_by(
-                "expires_at", direction=firestore.Query.ASCENDING)
-        else:
-            query = query.order_by("created_at", direction=firestore.Query.DESCENDING)
-        if wanted_status is None:
-            query = query.limit(limit)
-        out = []
-        for snap in query.stream():
-            data = snap.to_dict() or {}
-            if wanted_status is not None and data.get("status") != wanted_status:
-                continue
-            out.append(json.loads(data["record"]))
-            if len(out) >= limit:
-                break
-        out.sort(key=lambda r: r.get("created_at", 0), reverse=True)
-        return out
+            query = query.where(filter=FieldFilter("target", "==", target))
+        if status:
+            query = query.where(filter=FieldFilter("status", "==", status))
+        query = query.order_by("created_at", direction=firestore.Query.DESCENDING)
+        if offset:
+            query = query.offset(offset)
+        return [json.loads((snap.to_dict() or {})["record"]) for snap in query.limit(limit).stream()]
+
+    def overdue_approvals(self, now: float, limit: int) -> list[dict[str, Any]]:
+        """Pending requests past their TTL, oldest expiry first (index (status, expires_at asc))."""
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = (self.approvals.where(filter=FieldFilter("status", "==", "pending"))
+                 .where(filter=FieldFilter("expires_at", "<=", now))
+                 .order_by("expires_at", direction=self._firestore.Query.ASCENDING).limit(limit))
+        return [json.loads((snap.to_dict() or {})["record"]) for snap in query.stream()]
 
 
 # --- Pub/Sub: the event bus --------------------------------------------------------------

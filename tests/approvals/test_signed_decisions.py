@@ -1,0 +1,153 @@
+"""Only a decision signed by the approvals service releases a held statement.
+
+Attacks, on both backend sets (the shared `stack` fixture runs embedded, then gcp):
+- write "approved" (with a made-up approver and grant) straight into the store: raw SQL on the
+  SQLite file, a raw document write on the Firestore emulator;
+- the same with a decision signed by another Ed25519 key;
+- copy a genuine signed decision from another request onto this one.
+Each leaves the statement held (the broker says so in its log and the recording), and the table
+unchanged; a real decision through the service then releases it.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from jitgate import approvals as ap
+from jitgate.backends import open_backends
+from jitgate.keys import LocalSigner
+from jitgate.settings import Settings
+from tests.approval_helpers import decide_via_service
+
+
+def _backends(stack):
+    return open_backends(Settings.from_env(stack.env))
+
+
+def _held(broker_dsn, statement: str, out: dict) -> threading.Thread:
+    def run():
+        try:
+            with psycopg.connect(broker_dsn("demo"), autocommit=True) as conn:
+                conn.execute(statement)
+                out["ok"] = True
+        except Exception as exc:  # noqa: BLE001
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _pending(backends, needle: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in backends.approvals.list_approvals(status=ap.PENDING, target="demo"):
+            if needle in record.get("statement", ""):
+                return record
+        time.sleep(0.1)
+    raise AssertionError(f"no pending request for {needle}")
+
+
+def _forge(record: dict, *, signer=None, decision=None) -> dict:
+    now = time.time()
+    forged = dict(record, status=ap.APPROVED, decided_by="mallory@example.com", decided_at=now, grant_until=now + 900,
+                  approvals=[{"email": "mallory@example.com", "groups": ["dba"], "via": "cli", "display": "", "at": now}])
+    if signer is not None:
+        forged = ap.sign_decision(forged, signer)
+    if decision is not None:
+        forged["decision"] = decision
+    return forged
+
+
+def _write_raw(stack, forged: dict) -> None:
+    """Write the record the way a process with store access would: not through jitgate's code."""
+    if stack.env.get("JITGATE_BACKENDS") == "gcp":
+        from google.cloud import firestore
+
+        db = firestore.Client(project=stack.env["GOOGLE_CLOUD_PROJECT"])
+        db.collection("approvals").document(forged["approval_id"]).update(
+            {"status": forged["status"], "record": json.dumps(forged)})
+    else:
+        with sqlite3.connect(stack.home / "state.sqlite3") as db:
+            db.execute("UPDATE approvals SET status=?, record=? WHERE approval_id=?",
+                       (forged["status"], json.dumps(forged), forged["approval_id"]))
+
+
+def _broker_noticed(stack, approval_id: str, timeout: float = 30) -> None:
+    log = stack.home / "logs" / "broker.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if "approval without a valid signed decision ignored" in text and approval_id in text:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the broker did not report the forged approval of {approval_id}")
+
+
+def _column_exists(stack, column: str) -> bool:
+    return stack.pg.psql(f"SELECT count(*) FROM information_schema.columns WHERE column_name = '{column}'", "demo") == "1"
+
+
+@pytest.mark.parametrize("attack", ["unsigned", "other_key", "copied_decision"])
+def test_store_write_does_not_release_a_held_statement(stack, broker_dsn, attack, tmp_path):
+    backends = _backends(stack)
+    column = f"forged_{attack}_{uuid.uuid4().hex[:6]}"
+    out: dict = {}
+    thread = _held(broker_dsn, f"ALTER TABLE orders ADD COLUMN {column} int", out)
+    record = _pending(backends, column)
+    if attack == "unsigned":
+        forged = _forge(record)
+    elif attack == "other_key":
+        forged = _forge(record, signer=LocalSigner(tmp_path / "attacker.pem"))
+    else:
+        # A genuine decision for another request, signed by the service, pasted onto this one.
+        other_column = f"donor_{uuid.uuid4().hex[:6]}"
+        donor_out: dict = {}
+        donor_thread = _held(broker_dsn, f"ALTER TABLE orders ADD COLUMN {other_column} int", donor_out)
+        donor = _pending(backends, other_column)
+        decide_via_service(stack, donor["approval_id"])
+        donor_thread.join(30)
+        assert donor_out.get("ok"), donor_out
+        signed = backends.approvals.get_approval(donor["approval_id"])
+        forged = _forge(record, decision=signed["decision"])
+    _write_raw(stack, forged)
+    _broker_noticed(stack, record["approval_id"])
+    assert thread.is_alive(), out  # still held
+    assert not _column_exists(stack, column)
+    # A decision made and signed by the approvals service still releases it (the forged
+    # "approved" does not block the real decision either).
+    decide_via_service(stack, record["approval_id"])
+    thread.join(30)
+    assert out.get("ok"), out
+    assert _column_exists(stack, column)
+    assert backends.approvals.get_approval(record["approval_id"])["decided_by"] == "dana@example.com"
+
+
+def test_tampered_grant_fields_are_ignored(stack, tmp_path):
+    """trusted_view: the signed claims win over edited stored fields; a forged entry does not count."""
+    signer = LocalSigner(tmp_path / "svc.pem")
+    keys = {signer.key_id: __import__("jitgate.keys", fromlist=["load_public_key"]).load_public_key(signer.public_key_pem())}
+    from jitgate.policy import ApprovalConfig
+
+    record = ap.new_request(requester="alice@example.com", requester_groups={"sre"}, target="demo", session_id="s1",
+                            statement="DELETE FROM orders", classes={"dml_unbounded"},
+                            config=ApprovalConfig(approver_groups=["dba"], grant_window=0), now=1000.0)
+    approved = ap.decide(record, ap.Approver("dana@example.com", frozenset({"dba"})), "approve", now=1001.0)
+    signed = ap.sign_decision(approved, signer)
+    assert ap.trusted_view(signed, keys)["grant_until"] == 1001.0
+    edited = dict(signed, grant_until=10**10, grant_window=900, sha256=ap.statement_sha256("DROP TABLE orders"))
+    assert ap.trusted_view(edited, keys) is None  # another statement than the one signed
+    widened = dict(signed, grant_until=10**10, grant_window=900)
+    assert ap.trusted_view(widened, keys)["grant_until"] == 1001.0 and ap.trusted_view(widened, keys)["grant_window"] == 0
+    # An approver entry written into the store without the service's signature is not counted.
+    two = ap.new_request(requester="alice@example.com", requester_groups={"sre"}, target="demo", session_id="s1",
+                         statement="DELETE FROM orders", classes={"dml_unbounded"},
+                         config=ApprovalConfig(approver_groups=["dba"], required=2), now=1000.0)
+    two["approvals"] = [{"email": "mallory@example.com", "groups": ["dba"], "via": "cli", "display": "", "at": 1000.5}]
+    assert ap.verified_entries(two, keys) == []
