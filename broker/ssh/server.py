@@ -305,6 +305,7 @@ class RelayChannel(asyncssh.SSHServerSession):
         self.stdin_decoder = Utf8Stream()
         # the terminal line as the shell echoed it, classified when the client presses Enter
         self.echo_line = ""
+        self.enters_pending = 0
 
     @property
     def session(self) -> Session:
@@ -498,7 +499,8 @@ class RelayChannel(asyncssh.SSHServerSession):
             elif self.record_streams and self.term is None:
                 self._record_stdin(data)
             elif self.term is not None and (b"\r" in data or b"\n" in data):
-                self._echoed_line()
+                # Enter: the line the shell echoes back before its newline is the command typed
+                self.enters_pending = min(self.enters_pending + data.count(b"\r") + data.count(b"\n"), 64)
         except TransferProtocolError as exc:
             self._protocol_error(exc)
             return
@@ -517,11 +519,20 @@ class RelayChannel(asyncssh.SSHServerSession):
             self.session.recorder.event("ssh.stdin", channel=self.number, t=self._t(),
                                         data=self.session.mask_for_record(text))
 
-    def _echoed_line(self) -> None:
+    def _echo(self, text: str) -> None:
+        """Follow the terminal's output line by line; a line that ends after the client pressed
+        Enter is the command as the shell echoed it."""
+        *done, rest = (self.echo_line + text).split("\n")
+        for line in done:
+            if self.enters_pending:
+                self.enters_pending -= 1
+                self._echoed_line(line[-ECHO_LINE_LIMIT:])
+        self.echo_line = rest[-ECHO_LINE_LIMIT:]
+
+    def _echoed_line(self, echoed: str) -> None:
         """Best effort: the line the shell echoed when Enter was pressed, classified for the recording.
         Keystrokes themselves are never kept (a password at a no-echo prompt is not echoed)."""
-        line = _visible_command(self.echo_line)
-        self.echo_line = ""
+        line = _visible_command(echoed)
         if not line:
             return
         result = classify_command(line)
@@ -600,7 +611,7 @@ class RelayChannel(asyncssh.SSHServerSession):
         if self.term is not None:
             text = self.decoders[stream].feed(data)
             if text:
-                self.echo_line = (self.echo_line + text).rsplit("\n", 1)[-1][-ECHO_LINE_LIMIT:]
+                self._echo(text)
                 self.session.recorder.event(TERM_OUTPUT, channel=self.number,
                                             event=[self._t(), "o", self.session.mask_for_record(text)])
             return

@@ -95,6 +95,8 @@ class StandIn:
     key: Path = None
     port: int = 0
     requests: list[dict] = field(default_factory=list)
+    # Run exec'd commands as this (unprivileged) account instead of the test's own user.
+    run_as: str | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
@@ -217,15 +219,16 @@ class StandIn:
         stdin = q.get("stdin") == "true"
         ws = web.WebSocketResponse(protocols=(protocol,))
         await ws.prepare(request)
-        await Process(ws, protocol, command, tty, stdin, self.workdir).run()
+        await Process(ws, protocol, command, tty, stdin, self.workdir, self.run_as).run()
         return ws
 
 
 class Process:
     """One command behind one exec WebSocket."""
 
-    def __init__(self, ws, protocol, command, tty, stdin, cwd) -> None:
+    def __init__(self, ws, protocol, command, tty, stdin, cwd, run_as=None) -> None:
         self.ws, self.protocol, self.command, self.tty, self.stdin, self.cwd = ws, protocol, command, tty, stdin, cwd
+        self.account = {"user": run_as, "group": run_as} if run_as else {}
         self.send_lock = asyncio.Lock()
 
     async def send(self, channel: int, data: bytes) -> None:
@@ -241,7 +244,7 @@ class Process:
             if self.tty:
                 master, slave = pty.openpty()
                 proc = subprocess.Popen(self.command, stdin=slave, stdout=slave, stderr=slave, cwd=self.cwd, env=env,
-                                        start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+                                        start_new_session=True, **self.account, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
                 os.close(slave)
                 readers = [loop.run_in_executor(None, self._pump_fd, loop, master, ch.STDOUT)]
                 write_in = lambda data: os.write(master, data)  # noqa: E731
@@ -249,7 +252,8 @@ class Process:
             else:
                 master = None
                 proc = subprocess.Popen(self.command, stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd, env=env)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.cwd, env=env,
+                                        **self.account)
                 readers = [loop.run_in_executor(None, self._pump_fd, loop, proc.stdout.fileno(), ch.STDOUT),
                            loop.run_in_executor(None, self._pump_fd, loop, proc.stderr.fileno(), ch.STDERR)]
                 write_in = (lambda data: (proc.stdin.write(data), proc.stdin.flush())) if self.stdin else (lambda data: None)

@@ -185,3 +185,23 @@ def test_agent_forwarding_with_ssh_A(guard, ssh_cmd, tmp_path):
 
 def _jitgate(stack) -> list[str]:
     return [sys.executable, "-m", "jitgate.cli", "--home", str(stack.home)]
+
+
+def test_agent_api_exec_refuses_the_attacks_and_nul_bytes(guard, stack, token):
+    import ssl
+
+    import httpx
+
+    client = httpx.Client(base_url=f"https://{stack.broker_info['http']}",
+                          verify=ssl.create_default_context(cafile=str(stack.home / "tls" / "broker-dev.crt")),
+                          headers={"Authorization": f"Bearer {token('agent@example.com', ('agents',))}"}, timeout=60)
+    with client:
+        for command in [c for c, _, _ in ISSUE_13 if c]:
+            r = client.post("/v1/targets/vm-guard/exec", json={"command": command})
+            assert r.status_code == 403, (command, r.status_code, r.text)
+        r = client.post("/v1/targets/vm-guard/exec", json={"command": "ls\u0000 -la"})
+        assert r.status_code == 403 and "NUL byte" in r.text, r.text
+        r = client.post("/v1/targets/vm-guard/exec", json={"command": "ls ~/canary"})
+        assert r.status_code == 200 and "keep.txt" in r.json()["stdout"], r.text
+    for path, digest in guard.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, path

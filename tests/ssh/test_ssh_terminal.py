@@ -115,3 +115,14 @@ def test_terminal_recording_verifies_and_detects_tampering(terminal_session, sta
         assert "TAMPERED" in tampered.stdout
     finally:
         recording.write_bytes(original)
+
+
+def test_echoed_lines_are_classified_for_the_recording(terminal_session, stack):
+    """Best effort: each line the shell echoed when Enter was pressed is classified (shell.line);
+    the shells setting, not this, decides whether the shell may run."""
+    session_id, _ = terminal_session
+    lines = of_type(recording_events(stack, session_id), "shell.line")
+    texts = [line["text"] for line in lines]
+    assert "stty size" in texts
+    marker = next(line for line in lines if line["text"].startswith("echo marker-"))
+    assert marker["classes"] == ["command"]
