@@ -19,6 +19,7 @@ locals {
     JITGATE_APPROVALS_URL      = local.bootstrapped ? google_cloudfunctions2_function.fn["approvals"].url : ""
     JITGATE_RECORDINGS_BUCKET  = google_storage_bucket.recordings.name
     JITGATE_KMS_KEY            = local.manifest_key_version
+    JITGATE_BROKER_KMS_KEY     = local.session_closed_key_version
     JITGATE_FIRESTORE_DATABASE = google_firestore_database.jitgate.name
     # One masking key and one SSH host key for every broker (Secret Manager).
     JITGATE_MASKING_KEY  = "gcp-secret:${google_secret_manager_secret.app["jitgate-masking-hmac-key"].id}/versions/latest"

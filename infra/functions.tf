@@ -80,8 +80,9 @@ locals {
       ingress     = "ALLOW_INTERNAL_ONLY"
       memory      = "1Gi"
       env = {
-        JITGATE_RECORDINGS_BUCKET = google_storage_bucket.recordings.name
-        JITGATE_KMS_KEY           = local.manifest_key_version
+        JITGATE_RECORDINGS_BUCKET       = google_storage_bucket.recordings.name
+        JITGATE_KMS_KEY                 = local.manifest_key_version
+        JITGATE_BROKER_KMS_TRUSTED_KEYS = local.session_closed_key_version
       }
       secrets = {}
     }

@@ -316,6 +316,19 @@ resource "google_kms_crypto_key_iam_member" "finalize_manifest_signer" {
   member        = local.fn_member["finalize_recording"]
 }
 
+# The broker signs its own session ends (sign only); finalize checks them with the public key.
+resource "google_kms_crypto_key_iam_member" "broker_session_closed_signer" {
+  crypto_key_id = google_kms_crypto_key.session_closed.id
+  role          = "roles/cloudkms.signer"
+  member        = local.broker_member
+}
+
+resource "google_kms_crypto_key_iam_member" "finalize_session_closed_public_key" {
+  crypto_key_id = google_kms_crypto_key.session_closed.id
+  role          = "roles/cloudkms.publicKeyViewer"
+  member        = local.fn_member["finalize_recording"]
+}
+
 # ----------------------------------------------------------- build, deploy
 
 resource "google_project_iam_member" "builder_log_writer" {

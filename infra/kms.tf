@@ -35,6 +35,35 @@ resource "google_kms_crypto_key" "manifest_signing" {
   }
 }
 
+# The broker signs its session-closed events with this key (JITGATE_BROKER_KMS_KEY); finalize_recording
+# seals a session only on such a signature (JITGATE_BROKER_KMS_TRUSTED_KEYS). The broker can sign
+# session ends with it, never a seal: seals are the manifest key's, which only finalize can use.
+locals {
+  session_closed_key_version = "${google_kms_crypto_key.session_closed.id}/cryptoKeyVersions/${var.session_closed_key_version}"
+}
+
+variable "session_closed_key_version" {
+  description = "Version of the broker's session-closed signing key (JITGATE_BROKER_KMS_KEY). To rotate: create a version, list both in JITGATE_BROKER_KMS_TRUSTED_KEYS while sessions drain, then raise this."
+  type        = number
+  default     = 1
+}
+
+resource "google_kms_crypto_key" "session_closed" {
+  # checkov:skip=CKV_GCP_43:Asymmetric signing keys cannot rotate automatically in Cloud KMS; rotation is a new key version (docs/recordings.md).
+  name     = "jitgate-session-closed"
+  key_ring = google_kms_key_ring.jitgate.id
+  purpose  = "ASYMMETRIC_SIGN"
+
+  version_template {
+    algorithm        = "EC_SIGN_ED25519"
+    protection_level = "SOFTWARE"
+  }
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
 resource "google_kms_crypto_key" "data" {
   count = var.use_cmek ? 1 : 0
 
