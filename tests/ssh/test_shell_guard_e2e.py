@@ -205,3 +205,25 @@ def test_agent_api_exec_refuses_the_attacks_and_nul_bytes(guard, stack, token):
         assert r.status_code == 200 and "keep.txt" in r.json()["stdout"], r.text
     for path, digest in guard.items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, path
+
+
+def test_mcp_exec_refuses_the_attacks(guard, stack, token):
+    """The same attacks through the MCP `exec` tool: none runs, the account's files are intact."""
+    import asyncio
+    import ssl
+
+    from tests.agent.test_mcp import _text, _with_session
+
+    tls = ssl.create_default_context(cafile=str(stack.home / "tls" / "broker-dev.crt"))
+
+    async def body(session):
+        for command in [c for c, _, _ in ISSUE_13 if c]:
+            result = await session.call_tool("exec", {"target": "vm-guard", "command": command})
+            text = _text(result)
+            assert result.is_error or text.startswith("APPROVAL REQUIRED"), (command, text)
+        control = await session.call_tool("exec", {"target": "vm-guard", "command": "ls ~/canary"})
+        assert not control.is_error and "keep.txt" in _text(control), _text(control)
+
+    asyncio.run(_with_session(f"https://{stack.broker_info['http']}", tls, token("agent@example.com", ("agents",)), body))
+    for path, digest in guard.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, path
