@@ -106,7 +106,7 @@ class ApprovalKeys:
 
 
 class ApprovalStep:
-    def __init__(self, backends, *, where: str = "in Slack, the approval console or `jitgate approvals`",
+    def __init__(self, backends, *, where: str = "in Slack, the review console or `jitgate approvals`",
                  keys: ApprovalKeys | None = None):
         self.backends = backends
         self.keys = keys or ApprovalKeys({})

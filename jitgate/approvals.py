@@ -490,7 +490,7 @@ def fallback_groups(store, email: str, *, now: float | None = None, env: dict | 
     why = (f"your last jitgate sign-in is older than {max_age / 3600:g} h" if record
            else "you never signed in to jitgate")
     return frozenset(), (f"nowhere: jitgate has no fresh record of your groups ({why}) and no directory is configured; "
-                         "sign in once with `jitgate login`, or decide with your token in the approval console or "
+                         "sign in once with `jitgate login`, or decide with your token in the review console or "
                          "`jitgate approvals approve`")
 
 

@@ -29,7 +29,7 @@ def check_workspace(env: dict, *, team: str | None, enterprise: str | None, what
                             "JITGATE_SLACK_TEAM_IDS to the workspace's team id (Terraform variable slack_team_ids)")
     if team not in teams:
         raise NotAnApprover(f"{what} belongs to Slack workspace {team or 'unknown'}, not one jitgate accepts approvals "
-                            f"from; decide in your organisation's workspace, the approval console or `jitgate approvals`")
+                            f"from; decide in your organisation's workspace, the review console or `jitgate approvals`")
     if enterprises and enterprise not in enterprises:
         raise NotAnApprover(f"{what} belongs to Slack organisation {enterprise or 'none'}, not one jitgate accepts")
     if enterprise and not enterprises:
