@@ -478,6 +478,17 @@ class Stack:
     def drain_seconds(self) -> float:
         return float(self.env.get("JITGATE_DRAIN_SECONDS") or 25)
 
+    def add_targets(self, targets_yaml: str, **values) -> None:
+        """Append targets (a YAML fragment under `targets:`, formatted with the stack's `pg_port`
+        and `values`) to the running stack's policy, once: when its first target is already there,
+        nothing is written. The broker reloads the policy file when it changes."""
+        fragment = targets_yaml.format(pg_port=self.pg.port, **values)
+        first = next(line.strip() for line in fragment.splitlines() if line.strip())
+        if first not in self.policy_path.read_text():
+            with open(self.policy_path, "a") as fh:
+                fh.write(fragment)
+            time.sleep(0.05)  # a later write in the same mtime tick would not be seen as a change
+
     def stop(self) -> None:
         """One shared deadline: the broker (stopped first) drains its sessions, has them sealed
         through the functions that are still up, and only then do the others stop."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from pathlib import Path
 
 import pytest
 
@@ -64,9 +63,7 @@ def stack(request, tmp_path_factory) -> Stack:
         if cloud:
             cloud.stop()
         raise
-    with open(s.policy_path, "a") as fh:
-        fh.write(TEST_TARGETS.format(pg_port=s.pg.port))
-    time.sleep(0.05)
+    s.add_targets(TEST_TARGETS)
     yield s
     try:
         assert_no_secrets_leaked(s)

@@ -9,7 +9,6 @@ back exactly as PostgreSQL sends them.
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 
 import psycopg

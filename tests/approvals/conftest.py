@@ -124,9 +124,7 @@ def astack(tmp_path_factory, slack, directory):
         "JITGATE_DIRECTORY_URL": directory.url,
         "JITGATE_DIRECTORY_GROUP_DOMAIN": "example.com",
     })
-    with open(s.policy_path, "a") as fh:
-        fh.write(EXTRA_TARGETS.format(pg_port=s.pg.port, channel=CHANNEL))
-    time.sleep(0.05)
+    s.add_targets(EXTRA_TARGETS, channel=CHANNEL)
     yield s
     s.stop()
 

@@ -12,46 +12,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
 
-import psycopg
 import pytest
 
 from jitgate import approvals as ap
 from jitgate.backends import open_backends
 from jitgate.keys import LocalSigner
 from jitgate.settings import Settings
-from tests.approval_helpers import decide_via_service
+from tests.approval_helpers import decide_via_service, run_held, wait_pending
 
 
 def _backends(stack):
     return open_backends(Settings.from_env(stack.env))
 
 
-def _held(broker_dsn, statement: str, out: dict) -> threading.Thread:
-    def run():
-        try:
-            with psycopg.connect(broker_dsn("demo"), autocommit=True) as conn:
-                conn.execute(statement)
-                out["ok"] = True
-        except Exception as exc:  # noqa: BLE001
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
-def _pending(backends, needle: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for record in backends.approvals.list_approvals(status=ap.PENDING, target="demo"):
-            if needle in record.get("statement", ""):
-                return record
-        time.sleep(0.1)
-    raise AssertionError(f"no pending request for {needle}")
 
 
 def _forge(record: dict, *, signer=None, decision=None) -> dict:
@@ -99,8 +77,8 @@ def test_store_write_does_not_release_a_held_statement(stack, broker_dsn, attack
     backends = _backends(stack)
     column = f"forged_{attack}_{uuid.uuid4().hex[:6]}"
     out: dict = {}
-    thread = _held(broker_dsn, f"ALTER TABLE orders ADD COLUMN {column} int", out)
-    record = _pending(backends, column)
+    thread = run_held(broker_dsn("demo"), f"ALTER TABLE orders ADD COLUMN {column} int", out)
+    record = wait_pending(backends, "demo", lambda r: column in r.get("statement", ""), what=column)
     if attack == "unsigned":
         forged = _forge(record)
     elif attack == "other_key":
@@ -109,8 +87,8 @@ def test_store_write_does_not_release_a_held_statement(stack, broker_dsn, attack
         # A genuine decision for another request, signed by the service, pasted onto this one.
         other_column = f"donor_{uuid.uuid4().hex[:6]}"
         donor_out: dict = {}
-        donor_thread = _held(broker_dsn, f"ALTER TABLE orders ADD COLUMN {other_column} int", donor_out)
-        donor = _pending(backends, other_column)
+        donor_thread = run_held(broker_dsn("demo"), f"ALTER TABLE orders ADD COLUMN {other_column} int", donor_out)
+        donor = wait_pending(backends, "demo", lambda r: other_column in r.get("statement", ""), what=other_column)
         decide_via_service(stack, donor["approval_id"])
         donor_thread.join(30)
         assert donor_out.get("ok"), donor_out

@@ -25,10 +25,7 @@ HOLD_TARGET = """
 
 @pytest.fixture(scope="module")
 def hold_target(stack):
-    if "demo-hold:" not in stack.policy_path.read_text():
-        with open(stack.policy_path, "a") as fh:
-            fh.write(HOLD_TARGET.format(pg_port=stack.pg.port))
-        time.sleep(0.05)
+    stack.add_targets(HOLD_TARGET)
     return "demo-hold"
 
 

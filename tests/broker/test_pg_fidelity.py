@@ -43,10 +43,7 @@ REFUSING_TARGETS = """
 
 @pytest.fixture(scope="module")
 def refusing(stack):
-    if "demo-nodb:" not in stack.policy_path.read_text():
-        with open(stack.policy_path, "a") as fh:
-            fh.write(REFUSING_TARGETS.format(pg_port=stack.pg.port))
-        time.sleep(0.05)
+    stack.add_targets(REFUSING_TARGETS)
     password = stack.pg.broker_password.replace("'", "''")
     # A role that may log in but has no connection left: PostgreSQL answers 53300.
     stack.pg.psql("DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'jitgate_limited') THEN "

@@ -31,10 +31,7 @@ JIT_TARGET = """
 
 @pytest.fixture(scope="module")
 def jit_target(stack):
-    if "demo-jit:" not in stack.policy_path.read_text():
-        with open(stack.policy_path, "a") as fh:
-            fh.write(JIT_TARGET.format(pg_port=stack.pg.port))
-        time.sleep(0.05)
+    stack.add_targets(JIT_TARGET)
     return "demo-jit"
 
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import threading
 import time
 
 import psycopg
 import pytest
 
-from jitgate import approvals as ap
 from jitgate.backends import open_backends
 from jitgate.backends.base import TOPIC_SESSION_CLOSED
 from jitgate.devstack import dev_token, free_port, start_broker, start_stack
@@ -20,7 +18,7 @@ from jitgate.recording.closing import sign_closing
 from jitgate.recording.finalize import MANIFEST, RECORDING
 from jitgate.recording.seal import parse_events, verify
 from jitgate.settings import Settings
-from tests.approval_helpers import decide_via_service
+from tests.approval_helpers import decide_via_service, run_held, wait_pending
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -144,28 +142,8 @@ def test_broker_killed_mid_session_spool_sealed_on_restart(fault_stack):
     assert all(statement in recording for statement in ran)
 
 
-def _held_statement(dsn: str, statement: str, out: dict) -> threading.Thread:
-    def run():
-        try:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(statement)
-                out["ok"] = True
-        except Exception as exc:  # noqa: BLE001
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
-def _pending(backends, table: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for record in backends.approvals.list_approvals(status=ap.PENDING, target="demo"):
-            if table in record.get("statement", ""):
-                return record
-        time.sleep(0.2)
-    raise AssertionError(f"no pending approval for {table}")
 
 
 def _second_broker(fault_stack, tmp_path, name: str, **extra):
@@ -190,8 +168,8 @@ def test_two_brokers_one_index_and_approval_resumes_where_held(fault_stack, tmp_
             conn.execute("SELECT 'via broker two'").fetchall()
         table = f"two_brokers_{int(time.time())}"
         out: dict = {}
-        thread = _held_statement(_dsn(fault_stack, port), f"CREATE TABLE {table} (id int)", out)
-        record = _pending(backends, table)
+        thread = run_held(_dsn(fault_stack, port), f"CREATE TABLE {table} (id int)", out)
+        record = wait_pending(backends, "demo", lambda r: table in r.get("statement", ""), timeout=60, what=table)
         decide_via_service(fault_stack, record["approval_id"])
         thread.join(60)
         assert out.get("ok"), out
@@ -210,8 +188,8 @@ def test_pubsub_down_broker_reads_decisions_from_the_store(fault_stack, tmp_path
     try:
         table = f"no_pubsub_{int(time.time())}"
         out: dict = {}
-        thread = _held_statement(_dsn(fault_stack, port), f"CREATE TABLE {table} (id int)", out)
-        record = _pending(backends, table, timeout=90)
+        thread = run_held(_dsn(fault_stack, port), f"CREATE TABLE {table} (id int)", out)
+        record = wait_pending(backends, "demo", lambda r: table in r.get("statement", ""), timeout=90, what=table)
         decide_via_service(fault_stack, record["approval_id"])
         thread.join(90)
         assert out.get("ok"), out

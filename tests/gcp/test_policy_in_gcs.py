@@ -1,7 +1,6 @@
 """The policy file kept in Cloud Storage (JITGATE_POLICY=gs://...), as infra/ deploys it."""
 from __future__ import annotations
 
-import os
 
 import pytest
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import textwrap
-import time
 
 import psycopg
 import pytest
@@ -72,10 +71,7 @@ def test_policy_explain_gives_each_entry_its_decision(case):
 
 @pytest.fixture(scope="module")
 def corpus_target(stack):
-    if "demo-corpus:" not in stack.policy_path.read_text():
-        with open(stack.policy_path, "a") as fh:
-            fh.write(CORPUS_TARGET.format(pg_port=stack.pg.port))
-        time.sleep(0.05)
+    stack.add_targets(CORPUS_TARGET)
     stack.pg.psql(SETUP, "demo")
     return "demo-corpus"
 

@@ -11,7 +11,6 @@ import asyncio
 import re
 import subprocess
 import sys
-import time
 
 import asyncpg
 import psycopg
@@ -39,10 +38,7 @@ ROWS = 200
 
 @pytest.fixture(scope="module")
 def target(stack):
-    if "demo-measured:" not in stack.policy_path.read_text():
-        with open(stack.policy_path, "a") as fh:
-            fh.write(MEASURED_TARGET.format(pg_port=stack.pg.port))
-        time.sleep(0.05)
+    stack.add_targets(MEASURED_TARGET)
     return "demo-measured"
 
 

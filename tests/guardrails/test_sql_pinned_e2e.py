@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 
 import asyncpg
 import psycopg
@@ -34,10 +33,7 @@ GUARD_TARGET = """
 
 @pytest.fixture(scope="module")
 def guard(stack):
-    if "demo-guard:" not in stack.policy_path.read_text():
-        with open(stack.policy_path, "a") as fh:
-            fh.write(GUARD_TARGET.format(pg_port=stack.pg.port))
-        time.sleep(0.05)
+    stack.add_targets(GUARD_TARGET)
     stack.pg.psql("CREATE TABLE IF NOT EXISTS victim (id int); ALTER TABLE victim OWNER TO jitgate_broker; "
                   "TRUNCATE victim; INSERT INTO victim SELECT generate_series(1, 10)", "demo")
     return "demo-guard"

@@ -5,7 +5,6 @@ longer for_each list) or changing a custom role's permissions fails here until
 tests/infra/expected_iam.py is changed too, so the widening shows in review.
 """
 
-import pathlib
 import re
 
 from infra_support import ROOT, attr

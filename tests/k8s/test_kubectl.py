@@ -10,6 +10,7 @@ from jitgate.backends import open_backends
 from jitgate.devstack import dev_token
 from jitgate.recording.asciicast import read_asciicast
 from jitgate.settings import Settings
+from tests.approval_helpers import wait_pending
 from tests.ssh.helpers import of_type, recording_events
 
 FORBIDDEN = "Error from server (Forbidden)"
@@ -131,16 +132,6 @@ def test_wrong_token(k8s):
     assert "You must be logged in to the server" in r.stderr, r.stderr
 
 
-def _pending(k8s, timeout: float = 30.0) -> dict:
-    backends = open_backends(Settings.from_env(k8s.stack.env))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = [r for r in backends.approvals.list_approvals(status="pending", target="gke-test")
-                if r.get("requester") == "alice@example.com"]
-        if rows:
-            return rows[0]
-        time.sleep(0.2)
-    raise AssertionError("no pending approval request for the exec")
 
 
 def test_exec_in_protected_namespace_waits_for_approval(k8s):
@@ -148,7 +139,8 @@ def test_exec_in_protected_namespace_waits_for_approval(k8s):
                              "echo", "ran-after-approval"], env=k8s.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        request = _pending(k8s)
+        request = wait_pending(open_backends(Settings.from_env(k8s.stack.env)), "gke-test",
+                                   lambda r: r.get("requester") == "alice@example.com", what="the exec")
         assert "kubectl exec -n prod db-0 -c main -- echo ran-after-approval" == request["statement"]
         assert "protected_namespace" in request["classes"]
         approver = dev_token(k8s.stack.issuer.issuer, "dana@example.com", ["sre-leads"])
@@ -165,7 +157,8 @@ def test_exec_in_protected_namespace_denied(k8s):
     proc = subprocess.Popen(["kubectl", "--kubeconfig", str(k8s.kubeconfig), "exec", "-n", "prod", "db-0", "--",
                              "echo", "never-runs"], env=k8s.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        request = _pending(k8s)
+        request = wait_pending(open_backends(Settings.from_env(k8s.stack.env)), "gke-test",
+                                   lambda r: r.get("requester") == "alice@example.com", what="the exec")
         approver = dev_token(k8s.stack.issuer.issuer, "dana@example.com", ["sre-leads"])
         k8s.jitgate("approvals", "deny", request["approval_id"], "--reason", "not during the freeze", "--token", approver)
         out, err = proc.communicate(timeout=60)

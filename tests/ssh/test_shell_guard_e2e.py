@@ -21,7 +21,10 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from jitgate.backends import open_backends
 from jitgate.devstack import dev_token
+from jitgate.settings import Settings
+from tests.approval_helpers import wait_pending
 from tests.guardrails.shell_corpus import ISSUE_13, OWN
 from tests.ssh.helpers import of_type, recording_events, sealed_session
 from tests.ssh.sshd import LOGIN_USER
@@ -112,19 +115,6 @@ def test_attacks_are_refused_and_the_account_is_intact(guard, ssh_targets, token
     assert len(E2E_ATTACKS) >= 40
 
 
-def _pending(stack, requester: str, timeout: float = 30.0) -> dict:
-    from jitgate.backends import open_backends
-    from jitgate.settings import Settings
-
-    backends = open_backends(Settings.from_env(stack.env))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = [r for r in backends.approvals.list_approvals(status="pending", target="vm-shells")
-                if r.get("requester") == requester]
-        if rows:
-            return rows[0]
-        time.sleep(0.2)
-    raise AssertionError("no pending approval request for the shell")
 
 
 def test_stdin_fed_shell_waits_for_approval_and_its_script_is_recorded(guard, ssh_cmd, stack, tmp_path):
@@ -135,7 +125,8 @@ def test_stdin_fed_shell_waits_for_approval_and_its_script_is_recorded(guard, ss
         proc = subprocess.Popen(argv + ["-T", "127.0.0.1"], env=env, stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
     try:
-        request = _pending(stack, "piper@example.com")
+        request = wait_pending(open_backends(Settings.from_env(stack.env)), "vm-shells",
+                               lambda r: r.get("requester") == "piper@example.com", what="the shell")
         assert "shell reading its commands from stdin" in request["statement"]
         assert proc.poll() is None  # held: nothing ran yet
         approver = dev_token(stack.issuer.issuer, "dana@example.com", ["sre-leads"])
