@@ -28,10 +28,6 @@ def _backends(stack):
     return open_backends(Settings.from_env(stack.env))
 
 
-
-
-
-
 def _forge(record: dict, *, signer=None, decision=None) -> dict:
     now = time.time()
     forged = dict(record, status=ap.APPROVED, decided_by="mallory@example.com", decided_at=now, grant_until=now + 900,

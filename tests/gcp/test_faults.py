@@ -142,10 +142,6 @@ def test_broker_killed_mid_session_spool_sealed_on_restart(fault_stack):
     assert all(statement in recording for statement in ran)
 
 
-
-
-
-
 def _second_broker(fault_stack, tmp_path, name: str, **extra):
     env = dict(fault_stack.env)
     env.update(JITGATE_HOME=str(tmp_path / name), JITGATE_PG_LISTEN=f"127.0.0.1:{free_port()}",

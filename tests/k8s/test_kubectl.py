@@ -132,8 +132,6 @@ def test_wrong_token(k8s):
     assert "You must be logged in to the server" in r.stderr, r.stderr
 
 
-
-
 def test_exec_in_protected_namespace_waits_for_approval(k8s):
     proc = subprocess.Popen(["kubectl", "--kubeconfig", str(k8s.kubeconfig), "exec", "-n", "prod", "db-0", "--",
                              "echo", "ran-after-approval"], env=k8s.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -115,8 +115,6 @@ def test_attacks_are_refused_and_the_account_is_intact(guard, ssh_targets, token
     assert len(E2E_ATTACKS) >= 40
 
 
-
-
 def test_stdin_fed_shell_waits_for_approval_and_its_script_is_recorded(guard, ssh_cmd, stack, tmp_path):
     argv, env = ssh_cmd(target="vm-shells", user="piper@example.com", groups=("agents",))
     script = tmp_path / "script.sh"
