@@ -15,9 +15,10 @@
 # Its own account: reads recordings (never writes, deletes or overwrites
 # them), the policy and the manifest key's public half; writes new objects
 # only to the review audit bucket (write-once under a retention policy);
-# Firestore on the jitgate database, for the index (read) and for approve /
-# deny (a decision is a store transaction until the signed approvals service
-# takes it over), publishing approval-decided like the other deciders.
+# Firestore on the jitgate database: the index and requests (read), and the
+# groups of people who sign in (the approver-group fallback). Approve / deny go
+# to the approvals service with the reviewer's own ID token: it decides, signs
+# and publishes approval-decided, so this account publishes nothing.
 
 locals {
   review_member = "serviceAccount:${google_service_account.review.email}"
@@ -176,12 +177,6 @@ resource "google_project_iam_member" "review_firestore" {
   }
 
   depends_on = [google_project_service.apis]
-}
-
-resource "google_pubsub_topic_iam_member" "review_publish_decided" {
-  topic  = google_pubsub_topic.jitgate["jitgate-approval-decided"].id
-  role   = "roles/pubsub.publisher"
-  member = local.review_member
 }
 
 resource "google_kms_crypto_key_iam_member" "review_manifest_public_key" {

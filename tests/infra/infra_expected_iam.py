@@ -348,8 +348,9 @@ EXPECTED_SCRIPT_GRANTS = [{'file': 'infra/scripts/attach_dead_letter.sh',
   'command': ['pubsub', 'subscriptions']}]
 
 # The review console (infra/review.tf): reads recordings, the policy and the manifest key's public
-# half; creates (never deletes) review audit objects; Firestore for the index and decisions; publishes
-# approval-decided; reachable by everyone only with review_auth = oidc (the app's own sign-in).
+# half; creates (never deletes) review audit objects; Firestore for the index, requests and sign-ins;
+# publishes nothing (decisions go to the approvals service); reachable by everyone only with
+# review_auth = oidc (the app's own sign-in).
 EXPECTED_GRANTS += [{'resource': 'google_cloud_run_v2_service_iam_member.review_public',
   'role': 'roles/run.invoker',
   'member': 'allUsers',
@@ -371,13 +372,6 @@ EXPECTED_GRANTS += [{'resource': 'google_cloud_run_v2_service_iam_member.review_
   'for_each': None,
   'count': None,
   'condition': '${local.firestore_condition_expression}'},
- {'resource': 'google_pubsub_topic_iam_member.review_publish_decided',
-  'role': 'roles/pubsub.publisher',
-  'member': '${local.review_member}',
-  'scope': {'topic': '${google_pubsub_topic.jitgate["jitgate-approval-decided"].id}'},
-  'for_each': None,
-  'count': None,
-  'condition': None},
  {'resource': 'google_secret_manager_secret_iam_member.review_cookie',
   'role': 'roles/secretmanager.secretAccessor',
   'member': '${local.review_member}',
