@@ -1,23 +1,32 @@
 #!/usr/bin/env python3
-"""SSH through the broker against a direct connection to the same sshd, in one run.
+"""SSH through the broker against plain OpenSSH, side by side in one run.
 
-    python bench/bench_ssh.py            # 100 MiB x 3 per path, 200 keystrokes per path (~1-2 minutes)
-    python bench/bench_ssh.py --quick    # 20 MiB x 1, 50 keystrokes
+    python bench/bench_ssh.py                    # 100 MiB x 3 per path, 200 keystrokes per path (~1-2 minutes)
+    python bench/bench_ssh.py --quick            # 20 MiB x 1, 50 keystrokes -> <date>-ssh-quick.*
+    python bench/bench_ssh.py --profile before   # also sample the broker with py-spy -> <date>-ssh-profile-before.md
+    python bench/bench_ssh.py --no-write         # print only
 
 What it does, sequentially (the machine is small and shared: never two cases at once):
 
-1. starts the local stack (``jitgate.devstack.start_stack``) in a temp home and a real
-   OpenSSH sshd (tests/ssh/sshd.py: root sshd on 127.0.0.1, login user jitgate-ssh),
-   and adds a ``bench-vm`` SSH target to the stack's policy;
-2. throughput: ``ssh HOST 'head -c 100M /dev/zero' > /dev/null`` with the OpenSSH
-   client, DIRECT (the held key, straight to sshd) and BROKER (OIDC token as the
-   password through the broker, which relays, hashes and records the first MiB);
-   wall time includes the SSH handshake and, for the broker, the sign-in;
-3. keystroke echo latency in a PTY: one interactive shell per path runs ``cat``; each
-   of N single keystrokes is timed from the write to the moment its echo is read back;
-   p50/p95/p99 per path (the broker records every echo as an asciicast event);
-4. prints a markdown table with broker/direct ratios and writes
-   ``bench/results/<YYYY-MM-DD>-ssh.md``.
+1. starts the local stack (``jitgate.devstack.start_stack``) in a temp home and two real
+   OpenSSH sshds (tests/ssh/sshd.py: root sshd on 127.0.0.1, login user jitgate-ssh): the
+   target, and a plain jump host; adds a ``bench-vm`` SSH target to the stack's policy;
+2. three paths to the target, all with the OpenSSH client:
+   - **direct**: the held key, straight to the target's sshd;
+   - **jump**: ``ProxyJump`` through the plain jump sshd (``ssh -J``), the bastion a user
+     would otherwise pick: one more SSH hop, no recording, no guardrails;
+   - **broker**: the OIDC token as the password through the broker, which decides the command,
+     relays, hashes and records (terminal output as asciicast events, exec output up to 1 MiB);
+3. throughput: ``ssh HOST 'head -c 100M /dev/zero' > /dev/null`` per path, interleaved;
+   wall time includes the SSH handshake(s) and, for the broker, the sign-in; plus the broker's
+   CPU seconds (user+system from /proc) per broker run, the steadiest number on a shared machine;
+4. keystroke echo latency in a PTY: one interactive shell per path runs ``cat``; each of N
+   single keystrokes is timed from the write to the moment its echo is read back; p50/p95/p99;
+5. prints a markdown table with the ratios to direct and writes
+   ``bench/results/<YYYY-MM-DD>-ssh.md`` and ``.json`` (with the machine's load average).
+
+``--profile LABEL`` samples the broker with ``py-spy record --gil --nonblocking`` (as bench/run.py
+does) during the broker's throughput runs and, separately, its echo run.
 
 Everything listens on and connects to 127.0.0.1 only; every loop is bounded.
 """
@@ -25,9 +34,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import select
+import shlex
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,11 +50,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from jitgate.devstack import dev_token, start_stack  # noqa: E402
+from run import broker_proc, machine_info, proc_cpu, summarize_pyspy  # noqa: E402
 from tests.ssh.sshd import LOGIN_USER, start_sshd  # noqa: E402
 
 COMMON = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+PATHS = ("direct", "jump", "broker")
+RESULTS_DIR = REPO / "bench" / "results"
 
 
 def target_yaml(sshd) -> str:
@@ -58,8 +75,8 @@ def target_yaml(sshd) -> str:
 
 
 class Paths:
-    def __init__(self, stack, sshd, work: Path):
-        self.stack, self.sshd = stack, sshd
+    def __init__(self, stack, sshd, jump, work: Path):
+        self.stack, self.sshd, self.jump = stack, sshd, jump
         self.broker_port = int(stack.broker_info["ssh"].rpartition(":")[2])
         askpass = work / "askpass.sh"
         askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$JITGATE_BENCH_TOKEN"\n')
@@ -69,9 +86,14 @@ class Paths:
     def argv(self, path: str, *, tty: bool = False) -> tuple[list[str], dict]:
         env = dict(os.environ, TERM="xterm")
         flags = ["-tt"] if tty else []
+        direct = ["-o", "BatchMode=yes", "-i", str(self.sshd.client_key), "-p", str(self.sshd.port), "-l", LOGIN_USER]
         if path == "direct":
-            return (["ssh", *flags, *COMMON, "-o", "BatchMode=yes", "-i", str(self.sshd.client_key), "-p", str(self.sshd.port),
-                     "-l", LOGIN_USER, "127.0.0.1"], env)
+            return (["ssh", *flags, *COMMON, *direct, "127.0.0.1"], env)
+        if path == "jump":
+            # what -J does (ssh -W through the jump host), spelled out so the jump hop gets its own key
+            hop = shlex.join(["ssh", *COMMON, "-o", "BatchMode=yes", "-i", str(self.jump.client_key),
+                              "-p", str(self.jump.port), "-l", LOGIN_USER, "-W", "%h:%p", "127.0.0.1"])
+            return (["ssh", *flags, *COMMON, "-o", f"ProxyCommand={hop}", *direct, "127.0.0.1"], env)
         env.update(SSH_ASKPASS=str(self.askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0",
                    JITGATE_BENCH_TOKEN=dev_token(self.stack.issuer.issuer, "bench@example.com", ["sre"]))
         return (["ssh", *flags, *COMMON, "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
@@ -125,72 +147,174 @@ def pct(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
+class Profiler:
+    """py-spy on the broker, one raw file per labelled section (only the broker's runs are sampled)."""
+
+    def __init__(self, pid: int, work: Path):
+        self.pid, self.work = pid, work
+        self.pyspy = shutil.which("py-spy")
+        if not self.pyspy:
+            raise SystemExit("--profile needs py-spy: pip install py-spy")
+        self.spy: subprocess.Popen | None = None
+        self.raws: dict[str, Path] = {}
+
+    def start(self, section: str) -> None:
+        raw = self.work / f"profile-{section}-{len(self.raws)}.raw"
+        self.raws.setdefault(section, raw)
+        self.spy = subprocess.Popen([self.pyspy, "record", "-p", str(self.pid), "-f", "raw", "-o", str(raw), "-r", "500",
+                                     "--nonblocking", "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+
+    def stop(self) -> None:
+        spy, self.spy = self.spy, None
+        if spy is None:
+            return
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait(5)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keystrokes", type=int, default=200)
+    parser.add_argument("--profile", metavar="LABEL", help="sample the broker with py-spy -> <date>-ssh-profile-LABEL.md")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     if args.quick:
         args.mib, args.runs, args.keystrokes = 20, 1, 50
     if os.geteuid() != 0:
-        raise SystemExit("run as root: the benchmark starts its own sshd")
+        raise SystemExit("run as root: the benchmark starts its own sshds")
+    command = "python3 bench/bench_ssh.py" + "".join(f" {a}" for a in sys.argv[1:])
 
     work = Path(tempfile.mkdtemp(prefix="jitgate-bench-ssh-"))
     os.chmod(work, 0o755)
-    print("starting the stack and sshd...", flush=True)
+    load_before = os.getloadavg()
+    print("starting the stack and two sshds...", flush=True)
     stack = start_stack(work / "home")
     sshd = start_sshd(work / "sshd")
+    jump = start_sshd(work / "jump")
+    broker_pid = broker_proc(stack).popen.pid
+    profiler = Profiler(broker_pid, work) if args.profile else None
+    broker_cpu: list[float] = []
     try:
         with open(stack.policy_path, "a") as fh:
             fh.write(target_yaml(sshd))
         time.sleep(0.1)
-        paths = Paths(stack, sshd, work)
-        rates: dict[str, list[float]] = {"direct": [], "broker": []}
+        paths = Paths(stack, sshd, jump, work)
+        rates: dict[str, list[float]] = {p: [] for p in PATHS}
         for run in range(args.runs):
-            for path in ("direct", "broker"):
+            for path in PATHS:
+                if path == "broker" and profiler:
+                    profiler.start("bulk")
+                cpu = proc_cpu(broker_pid)
                 rate = throughput(paths, path, args.mib)
+                if path == "broker":
+                    broker_cpu.append(proc_cpu(broker_pid) - cpu)
+                    if profiler:
+                        profiler.stop()
                 rates[path].append(rate)
                 print(f"  throughput run {run + 1} {path:6}: {rate:8.1f} MB/s", flush=True)
         latency = {}
-        for path in ("direct", "broker"):
+        for path in PATHS:
+            if path == "broker" and profiler:
+                profiler.start("echo")
             latency[path] = echo_latency(paths, path, args.keystrokes)
+            if path == "broker" and profiler:
+                profiler.stop()
             print(f"  echo {path:6}: p50 {pct(latency[path], 50):.3f} ms  p95 {pct(latency[path], 95):.3f} ms", flush=True)
     finally:
+        if profiler:
+            profiler.stop()
+        jump.stop()
         sshd.stop()
         stack.stop()
+    load_after = os.getloadavg()
 
+    today = datetime.date.today().isoformat()
     best = {p: max(v) for p, v in rates.items()}
     med = {p: statistics.median(v) for p, v in rates.items()}
+    echo = {p: {f"p{q}": round(pct(latency[p], q), 3) for q in (50, 95, 99)} for p in PATHS}
+    load = (f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} before, "
+            f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} after")
     lines = [
-        f"# SSH through the broker vs direct ({datetime.date.today().isoformat()})",
+        f"# SSH through the broker vs plain OpenSSH ({today})",
         "",
-        f"Command: `python bench/bench_ssh.py{' --quick' if args.quick else ''}` on {platform.node()} "
-        f"({os.cpu_count()} CPUs, shared), OpenSSH client -> {'broker -> ' if True else ''}OpenSSH sshd, all on 127.0.0.1.",
+        f"Command: `flock /work/bench.lock {command}` on {platform.node()} ({os.cpu_count()} CPUs, shared; {load}).",
+        "OpenSSH client and sshd (Debian), all on 127.0.0.1. direct: client -> sshd. jump: client -> plain sshd",
+        "(ProxyJump, `ssh -W`) -> sshd. broker: client -> jitgate broker (sign-in, guardrails, recording) -> sshd.",
         "",
-        "| case | direct | broker | broker/direct |",
-        "|---|---:|---:|---:|",
-        f"| `head -c {args.mib}M /dev/zero` MB/s (best of {args.runs}) | {best['direct']:.1f} | {best['broker']:.1f} | {best['broker'] / best['direct']:.2f} |",
-        f"| same, median MB/s | {med['direct']:.1f} | {med['broker']:.1f} | {med['broker'] / med['direct']:.2f} |",
+        "| case | direct | jump | broker | jump/direct | broker/direct | broker/jump |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for p in (50, 95, 99):
-        d, b = pct(latency["direct"], p), pct(latency["broker"], p)
-        lines.append(f"| keystroke echo p{p} ms ({args.keystrokes} keys, PTY) | {d:.3f} | {b:.3f} | {b / d:.2f} |")
+
+    def row(label, vals, digits, ratio_word="{:.2f}"):
+        d, j, b = (vals[p] for p in PATHS)
+        lines.append(f"| {label} | {d:.{digits}f} | {j:.{digits}f} | {b:.{digits}f} | "
+                     f"{ratio_word.format(j / d)} | {ratio_word.format(b / d)} | {ratio_word.format(b / j)} |")
+
+    row(f"`head -c {args.mib}M /dev/zero` MB/s (best of {args.runs})", best, 1)
+    row("same, median MB/s", med, 1)
+    for q in (50, 95, 99):
+        row(f"keystroke echo p{q} ms ({args.keystrokes} keys, PTY)", {p: echo[p][f"p{q}"] for p in PATHS}, 3)
+    added = {p: round(echo[p]["p50"] - echo["direct"]["p50"], 3) for p in ("jump", "broker")}
+    cpu_per_mb = statistics.median(broker_cpu) / (args.mib * 1.048576)
     lines += [
         "",
-        "Throughput wall time includes the SSH handshake (and for the broker the OIDC sign-in, the upstream",
-        "login, relaying through asyncssh, SHA-256 of the stream and recording of its first MiB).",
-        "Echo latency: one keystroke written to the client PTY until its echo is read back, `cat` running",
-        "remotely; through the broker every echo is also written to the session spool as an asciicast event.",
+        f"- bulk, broker/direct (median): **{med['broker'] / med['direct']:.2f}x** (goal >= 0.9x)",
+        f"- echo p50 added over direct: broker **{added['broker']:+.3f} ms** (goal <= 0.3 ms), jump {added['jump']:+.3f} ms",
+        f"- broker CPU per bulk run (user+system, /proc): {', '.join(f'{c:.2f}' for c in broker_cpu)} s "
+        f"= {cpu_per_mb * 1000:.2f} ms per MB",
+        "",
+        "Throughput wall time includes the SSH handshake(s) and, for the broker, the OIDC sign-in, the upstream",
+        "login, the command's guardrail decision, relaying through asyncssh (AES-GCM on both legs), SHA-256 of",
+        "the stream and recording of its first MiB. Echo latency: one keystroke written to the client PTY until",
+        "its echo is read back, `cat` running remotely; through the broker every echo is also written to the",
+        "session spool as an asciicast event before the next one is read.",
     ]
     table = "\n".join(lines) + "\n"
     print()
     print(table)
-    out = REPO / "bench" / "results" / f"{datetime.date.today().isoformat()}-ssh.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table)
-    print(f"wrote {out}")
+    result = {
+        "date": today, "command": f"flock /work/bench.lock {command}", "machine": machine_info(),
+        "load_before": load_before, "load_after": load_after, "mib": args.mib, "runs": args.runs,
+        "keystrokes": args.keystrokes, "throughput_mbs": rates, "best_mbs": best, "median_mbs": med,
+        "echo_ms": echo, "echo_p50_added_ms": added, "broker_cpu_s_per_run": broker_cpu,
+        "ratios": {"bulk_broker_direct_median": med["broker"] / med["direct"],
+                   "bulk_broker_direct_best": best["broker"] / best["direct"],
+                   "bulk_jump_direct_median": med["jump"] / med["direct"]},
+        "samples_ms": latency,
+    }
+    if not args.no_write:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        stem = RESULTS_DIR / f"{today}-ssh{'-quick' if args.quick else ''}{'-' + args.profile if args.profile else ''}"
+        stem.with_suffix(".md").write_text(table)
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {stem}.md and .json")
+    if profiler:
+        sections = [
+            f"# py-spy profile of the broker during bench_ssh.py ({args.profile}, {today})",
+            "",
+            f"Command: `flock /work/bench.lock {command}` ({load}). `py-spy record --gil --nonblocking -r 500` on",
+            "the broker process during its runs only: samples of the thread holding the GIL, so what remains is",
+            "where the broker's Python CPU goes. 'self' = the function was on top of the stack; 'total' = anywhere",
+            "on it.",
+            "",
+            f"Numbers of this run: bulk broker/direct {med['broker'] / med['direct']:.2f}x (median), echo p50 "
+            f"{echo['broker']['p50']:.3f} ms vs {echo['direct']['p50']:.3f} ms direct, broker CPU "
+            f"{cpu_per_mb * 1000:.2f} ms per MB.",
+        ]
+        for section, title in (("bulk", f"bulk: `head -c {args.mib}M /dev/zero` x {args.runs} (exec, no PTY)"),
+                               ("echo", f"keystroke echo: {args.keystrokes} keys to `cat` in a PTY")):
+            sections += ["", f"## {title}", "", summarize_pyspy(profiler.raws[section], top=30)]
+        out = RESULTS_DIR / f"{today}-ssh-profile-{args.profile}.md"
+        out.write_text("\n".join(sections) + "\n")
+        print(f"wrote {out}")
     return 0
 
 
