@@ -20,12 +20,13 @@ import os
 import time
 from pathlib import Path
 
+from broker import continuation
 from jitgate.backends import Backends
 from jitgate.backends.base import TOPIC_SESSION_CLOSED
 from jitgate.logs import log
 from jitgate.recording.closing import sign_closing
 from jitgate.recording.finalize import MANIFEST, finalize_session
-from jitgate.recording.seal import read_manifest
+from jitgate.recording.seal import canonical, read_manifest
 from jitgate.recording.spool import Spool, chain_of
 from jitgate.recording.trust import signature_valid
 from jitgate.settings import Settings
@@ -96,20 +97,27 @@ def _read_back_manifest(backends: Backends, session_id: str) -> bytes | None:
         return None
 
 
-def _sealed_covers(backends: Backends, session_id: str, events: int, head: str) -> bool:
-    """Read back the seal: it exists, is signed by a trusted seal key and covers the spool's last event.
+def _read_back_seal(backends: Backends, session_id: str) -> tuple[dict, bytes] | None:
+    """(manifest, its bytes) of the session's seal, if there is one signed by a trusted seal key.
     Whoever wrote it where the broker reads it, only a seal key's signature makes it count."""
     raw = _read_back_manifest(backends, session_id)
     parsed = read_manifest(raw) if raw else None
     if parsed is None:
-        return False
+        return None
     manifest, signature = parsed
-    from jitgate.recording.seal import canonical
-
     key = backends.trust.seal_key(manifest.get("key_id"))
-    return (key is not None and signature_valid(key, signature, canonical(manifest))
-            and manifest.get("session_id") == session_id and manifest.get("events") == events
-            and manifest.get("chain_head") == head)
+    if key is None or not signature_valid(key, signature, canonical(manifest)) or manifest.get("session_id") != session_id:
+        return None
+    return manifest, raw
+
+
+def _covers(seal: tuple[dict, bytes] | None, events: int, head: str) -> bool:
+    return seal is not None and seal[0].get("events") == events and seal[0].get("chain_head") == head
+
+
+def _sealed_covers(backends: Backends, session_id: str, events: int, head: str) -> bool:
+    """Read back the seal: it exists, is signed by a trusted seal key and covers the spool's last event."""
+    return _covers(_read_back_seal(backends, session_id), events, head)
 
 
 class Recorder:
@@ -118,7 +126,9 @@ class Recorder:
         self.backends = backends
         self.session_id = session_id
         self.spool = Spool(settings.spool_dir, session_id)
+        self._lock = continuation.hold(self.spool.path)  # no sweeper takes a live spool for a crashed one
         _write_state(self.spool.path, {"offset": 0, "chunk": 0, "closed": False})
+        self._seal_checked = time.monotonic()
         self._uploaded = 0
         self._upload_task: asyncio.Task | None = None
         self._again = False
@@ -165,6 +175,13 @@ class Recorder:
             try:
                 self._uploaded = await asyncio.to_thread(upload_pending, self.backends, self.spool.path, final=False,
                                                          chunk_bytes=self.settings.spool_chunk_bytes)
+                seal = None
+                if time.monotonic() - self._seal_checked >= self.settings.spool_upload_seconds:
+                    # Sealed while live (by someone else's signed end): what follows goes to a continuation.
+                    self._seal_checked = time.monotonic()
+                    seal = await asyncio.to_thread(_read_back_seal, self.backends, self.spool.path.stem)
+                if seal is not None:
+                    await self._continue_after(*seal)
             except Exception as exc:  # storage outage: the spool keeps everything; the timer or sweeper retries
                 log(logger, logging.WARNING, "chunk upload failed; kept in spool", session_id=self.session_id,
                     error=type(exc).__name__)
@@ -174,6 +191,30 @@ class Recorder:
             if not self._again:
                 return
 
+    async def _continue_after(self, manifest: dict, manifest_bytes: bytes) -> None:
+        """Move recording into a continuation after a seal this broker did not ask for: the bulk is
+        copied on a thread, what arrived meanwhile on the loop (no event can slip between)."""
+        old = self.spool
+        log(logger, logging.WARNING, "session sealed while live by an end its broker did not sign; recording "
+            "continues in a continuation part", session_id=self.session_id, sealed_part=old.path.stem,
+            sealed_events=manifest.get("events"))
+        part = await asyncio.to_thread(continuation.begin, old.path, manifest, manifest_bytes)
+        was_closed = old.closed
+        old.flush()
+        continuation.take_tail(part, old.path)
+        old.close()
+        path = continuation.put_in_place(part, {"offset": 0, "chunk": 0, "closed": False}, _write_state)
+        spool = Spool(self.settings.spool_dir, path.stem)
+        spool.carry_on(old, part.chain)
+        if was_closed:
+            spool.close()
+        self.spool, self._uploaded = spool, 0
+        old.path.unlink(missing_ok=True)
+        _state_path(old.path).unlink(missing_ok=True)
+        continuation.release(self._lock)
+        self._lock = part.lock
+        self._again = True  # upload the continuation now
+
     async def close(self, reason: str) -> None:
         self.event("session.end", reason=reason)
         self.spool.close()
@@ -182,9 +223,12 @@ class Recorder:
             self._timer = None
         if self._upload_task:
             await asyncio.gather(self._upload_task, return_exceptions=True)
+        self.spool.close()  # a continuation begun meanwhile
         state = _read_state(self.spool.path)
         state.update(closed=True, events=self.spool.chain.count, chain_head=self.spool.chain.head)
         _write_state(self.spool.path, state)
+        continuation.release(self._lock)
+        self._lock = None
         await SpoolUploader.complete(self.settings, self.backends, self.spool.path)
 
 
@@ -218,10 +262,14 @@ class SpoolUploader:
                 chain = await asyncio.to_thread(chain_of, spool_path, session_id)
                 state.update(events=chain.count, chain_head=chain.head)
                 _write_state(spool_path, state)
-            if await asyncio.to_thread(_sealed_covers, backends, session_id, state["events"], state["chain_head"]):
+            seal = await asyncio.to_thread(_read_back_seal, backends, session_id)
+            if _covers(seal, state["events"], state["chain_head"]):
                 spool_path.unlink(missing_ok=True)
                 _state_path(spool_path).unlink(missing_ok=True)
                 return True
+            if seal is not None:  # sealed by an end this broker did not sign: the rest is a continuation
+                part_path = await asyncio.to_thread(SpoolUploader.split_closed, spool_path, *seal)
+                return await SpoolUploader.complete(settings, backends, part_path)
             if time.time() - state.get("handed_over_at", 0) < REHAND_SECONDS:
                 return False  # finalize has it; the sweeper reads the seal back later
             closing = await asyncio.to_thread(SpoolUploader.hand_over, settings, backends, spool_path, state)
@@ -243,6 +291,23 @@ class SpoolUploader:
             log(logger, logging.WARNING, "sealing deferred; spool kept for retry", session_id=session_id,
                 error=f"{type(exc).__name__}: {exc}")
         return False
+
+    @staticmethod
+    def split_closed(spool_path: Path, manifest: dict, manifest_bytes: bytes) -> Path:
+        """A closed spool whose session was sealed short of its end: what the seal does not hold
+        becomes a closed continuation spool, then the first spool goes (all it had is in one or the other)."""
+        target = spool_path.with_name(continuation.continuation_id(spool_path.stem) + ".jsonl")
+        if not target.exists():  # (else an earlier split got that far and died before removing the first spool)
+            part = continuation.begin(spool_path, manifest, manifest_bytes)
+            continuation.put_in_place(part, {"offset": 0, "chunk": 0, "closed": True, "events": part.chain.count,
+                                             "chain_head": part.chain.head}, _write_state)
+            continuation.release(part.lock)
+        log(logger, logging.WARNING, "session sealed short of its end by an end its broker did not sign; the rest "
+            "is sealed as a continuation", session_id=spool_path.stem, continuation=target.stem,
+            sealed_events=manifest.get("events"))
+        spool_path.unlink(missing_ok=True)
+        _state_path(spool_path).unlink(missing_ok=True)
+        return target
 
     def recover_orphan(self, spool_path: Path) -> None:
         """A spool whose session is not live and not closed: the broker died mid-session."""
@@ -274,8 +339,8 @@ class SpoolUploader:
         if not self.settings.spool_dir.exists():
             return 0
         for spool_path in sorted(self.settings.spool_dir.glob("*.jsonl")):
-            if spool_path.stem in self.live:
-                continue
+            if spool_path.stem in self.live or continuation.held_elsewhere(spool_path):
+                continue  # recording (here, or in another broker process using this folder)
             if not _read_state(spool_path).get("closed"):
                 self.recover_orphan(spool_path)
                 log(logger, logging.WARNING, "sealing a session orphaned by a crash", session_id=spool_path.stem)

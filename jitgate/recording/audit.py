@@ -14,6 +14,7 @@ from pathlib import Path
 
 from jitgate.recording import ledger
 from jitgate.recording.finalize import MANIFEST, RECORDING
+from jitgate.recording.continuation import CONTINUED, NO_END, continuation_id, link_problems
 from jitgate.recording.seal import Verification, read_manifest, verify_recording
 
 NEVER_SEALED_SECONDS = 3600.0  # a spool or chunks older than this without a seal is reported
@@ -50,11 +51,50 @@ def verify_session(backends, session_id: str, *, ledger_walk: ledger.LedgerWalk 
                                "the session was re-sealed or its manifest replaced")
     else:
         result.problems.append("the session is not in the seal ledger (sealed outside finalize, or its entry removed)")
+    _check_continuation(store, trust, session_id, result, walk)
     if result.problems:
         result.ok = False
         if result.status == "ok":
             result.status = "tampered"
     return result
+
+
+def _first_event(store, session_id: str) -> dict:
+    for block in store.open_object(session_id, RECORDING):
+        line = block.split(b"\n", 1)[0]
+        try:
+            return json.loads(line)
+        except ValueError:
+            return {}
+    return {}
+
+
+def _check_continuation(store, trust, session_id: str, result: Verification, walk: ledger.LedgerWalk) -> None:
+    """A continuation's link must hold; a part that was continued says so and its continuation must be there."""
+    link = result.manifest.get("continues")
+    if link:
+        first = _first_event(store, session_id)
+        if first.get("type") != CONTINUED or first.get("previous") != link:
+            result.problems.append("the manifest's continuation link is not the one the recording's first event holds")
+        else:
+            problems = link_problems(store, trust, session_id, first)
+            result.problems.extend(f"broken continuation link: {p}" for p in problems)
+            if not problems:
+                numbers = walk.by_session.get(link["session_id"], [])
+                where = f" (ledger entry {numbers[0]})" if numbers else ""
+                result.notes.append(f"continues session {link['session_id']}{where}, after its {link['events']} "
+                                    "sealed events: that part was sealed without its broker's end")
+    for number in walk.continued_by.get(session_id, []):
+        part = str(walk.entries[number].get("session_id"))
+        result.continuation = part
+        if store.object_exists(part, MANIFEST):
+            result.notes.append(f"has a continuation: session {part} (ledger entry {number}) holds what it recorded "
+                                f"after this seal; verify it too")
+        else:
+            result.problems.append(f"its continuation, session {part} (ledger entry {number}), is gone")
+    if not walk.continued_by.get(session_id) and result.manifest.get("end_reason") == NO_END:
+        result.notes.append(f"sealed without its session end (not by its broker's end): what followed is in "
+                            f"continuation {continuation_id(session_id)}, which is not in the ledger yet")
 
 
 @dataclass
@@ -93,6 +133,15 @@ def audit(backends, *, spool_dir: Path | None = None, never_sealed_seconds: floa
         result = verify_session(backends, session_id, ledger_walk=walk)
         if not result.ok:
             report.problems.append(f"session {session_id}: " + "; ".join(result.problems))
+        elif result.manifest.get("end_reason") == NO_END and not walk.continued_by.get(session_id):
+            # Sealed over a prefix by someone else: its broker records the rest as a continuation.
+            part = continuation_id(session_id)
+            pending = (stored.get(part) or {}).get("chunks_updated") or (
+                spool_dir is not None and (spool_dir / f"{part}.jsonl").exists())
+            if not pending:
+                report.problems.append(f"session {session_id} was sealed without its session end (not by its "
+                                       f"broker's end) and no continuation follows it: what it recorded after "
+                                       f"that seal is missing ({part} is neither sealed nor pending)")
     # Every sealed session must be in the ledger; chunks must not wait unsealed for long.
     for session_id, info in sorted(stored.items()):
         if info["manifest"] and session_id not in walk.by_session:

@@ -21,6 +21,7 @@ from jitgate.backends import Backends
 from jitgate.logs import log
 from jitgate.recording import ledger
 from jitgate.recording.closing import ClosingRefused, check_closing
+from jitgate.recording.continuation import CONTINUED, link_problems
 from jitgate.recording.seal import Chain, Summary, build_manifest, chained, is_event_line, iter_lines, read_manifest, verify_recording
 
 logger = logging.getLogger("jitgate.finalize")
@@ -94,14 +95,21 @@ def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_ever
 
     # Pass 1: the chunks must chain to the head the broker signed.
     chain, summary, digest, size = Chain(session_id), Summary(session_id), hashlib.sha256(), 0
+    continued = None
     for number, line in enumerate(_first_events(backends, session_id, events), start=1):
         if not is_event_line(line):
             return _refuse(session_id, f"line {number} of the stored chunks is not an event (chunks written by "
                                        "someone other than the broker?)")
         try:
-            summary.add(json.loads(line))
+            event = json.loads(line)
         except ValueError:
             return _refuse(session_id, f"line {number} of the stored chunks is not JSON")
+        if isinstance(event, dict) and event.get("type") == CONTINUED:
+            if number != 1:
+                return _refuse(session_id, f"line {number} is a {CONTINUED} event; only a continuation's first "
+                                           "event may link it to the part before")
+            continued = event
+        summary.add(event)
         out = chained(line, chain.add(line)) + b"\n"
         digest.update(out)
         size += len(out)
@@ -111,6 +119,10 @@ def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_ever
         return _refuse(session_id, f"the stored chunks do not chain to the head the broker closed with "
                                    f"({events} events): they were altered or replaced")
     sha256 = digest.hexdigest()
+    if continued is not None:  # a continuation: sealed only when its link to the part before holds
+        problems = link_problems(backends.recordings, backends.trust, session_id, continued)
+        if problems:
+            return _refuse(session_id, "continuation link refused: " + "; ".join(problems))
 
     # Pass 2: stream the sealed lines into the store (created once).
     written = hashlib.sha256()
@@ -130,7 +142,8 @@ def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_ever
                                        "its chunks; not sealing over it (left for review)")
         recording_uri = f"{session_id}/{RECORDING}"
     manifest = build_manifest(session_id, summary, events=events, chain_head=head, sha256=sha256, size=size,
-                              closed_by=closing["key_id"], signer=backends.signer, previous=closing.get("continues"))
+                              closed_by=closing["key_id"], signer=backends.signer,
+                              previous=continued["previous"] if continued else None)
     try:
         manifest_uri = backends.recordings.put_object(session_id, MANIFEST, manifest)
     except FileExistsError:  # a concurrent delivery sealed it first (objects are created once)
@@ -152,29 +165,43 @@ def _already_sealed(backends: Backends, closing: dict, checkpoint_every: int) ->
     session_id = closing["session_id"]
     manifest = backends.recordings.get_object(session_id, MANIFEST)
     parsed = read_manifest(manifest)
-    if parsed is None or parsed[0].get("events") != closing["events"] or parsed[0].get("chain_head") != closing["chain_head"]:
-        return _refuse(session_id, "the session is already sealed with a different end than this session-closed "
-                                   "event names (the broker records the rest as a continuation)")
+    same_end = parsed is not None and parsed[0].get("events") == closing["events"] \
+        and parsed[0].get("chain_head") == closing["chain_head"]
     entry: dict = {}
-    if not backends.recordings.object_exists(session_id, ledger.MARKER) or backends.index.get_session(session_id) is None:
-        # The sealer died between the manifest and the ledger/index: finish its work.
+    unfinished = not backends.recordings.object_exists(session_id, ledger.MARKER) \
+        or backends.index.get_session(session_id) is None
+    if unfinished and parsed is not None and _trusted(backends, parsed):
         summary = Summary(session_id)
         for line in iter_lines(backends.recordings.open_object(session_id, RECORDING)):
             summary.add(json.loads(line))
         entry = summary.entry()
         entry.update(recording_uri=f"{session_id}/{RECORDING}", manifest_uri=f"{session_id}/{MANIFEST}",
                      manifest_sha256=hashlib.sha256(manifest).hexdigest(), manifest=manifest.decode())
+        # The sealer died between the manifest and the ledger/index: finish its work (whoever asks;
+        # the broker reads the seal back from the index to notice a seal it did not ask for).
         _after_seal(backends, session_id, manifest, entry, checkpoint_every)
-    else:
+    if not same_end:
+        return _refuse(session_id, "the session is already sealed with a different end than this session-closed "
+                                   "event names (the broker records the rest as a continuation)")
+    if not unfinished:
         _remove_chunks(backends, session_id, manifest)
     return Finalized("duplicate", session_id, entry=entry or None)
+
+
+def _trusted(backends: Backends, parsed: tuple[dict, bytes]) -> bool:
+    from jitgate.recording.seal import canonical
+    from jitgate.recording.trust import signature_valid
+
+    key = backends.trust.seal_key(parsed[0].get("key_id"))
+    return key is not None and signature_valid(key, parsed[1], canonical(parsed[0]))
 
 
 def _after_seal(backends: Backends, session_id: str, manifest: bytes, entry: dict, checkpoint_every: int) -> None:
     manifest_sha256 = hashlib.sha256(manifest).hexdigest()
     if not backends.recordings.object_exists(session_id, ledger.MARKER):
         number = ledger.append(backends.recordings, backends.signer, session_id=session_id,
-                               manifest_sha256=manifest_sha256, checkpoint_every=checkpoint_every)
+                               manifest_sha256=manifest_sha256, checkpoint_every=checkpoint_every,
+                               continues=(entry.get("continues") or {}).get("session_id"))
         try:
             backends.recordings.put_object(session_id, ledger.MARKER, json.dumps({"entry": number}).encode() + b"\n")
         except FileExistsError:

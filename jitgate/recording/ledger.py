@@ -59,14 +59,19 @@ def _newest(store) -> tuple[int, str]:
     return number, head
 
 
-def append(store, signer, *, session_id: str, manifest_sha256: str, checkpoint_every: int = 8) -> int:
+def append(store, signer, *, session_id: str, manifest_sha256: str, checkpoint_every: int = 8,
+           continues: str | None = None) -> int:
     """Append one seal; returns its entry number. Signs a checkpoint when the size reaches a multiple
-    of ``checkpoint_every``."""
+    of ``checkpoint_every``. ``continues``: the session a continuation part follows (so the first
+    part's verification finds its continuation in the ledger)."""
     number, head = _newest(store)
     for _ in range(1000):
         number += 1
-        raw = canonical({"n": number, "prev": head, "session_id": session_id, "manifest_sha256": manifest_sha256,
-                         "appended_at": round(time.time(), 3)}) + b"\n"
+        body = {"n": number, "prev": head, "session_id": session_id, "manifest_sha256": manifest_sha256,
+                "appended_at": round(time.time(), 3)}
+        if continues:
+            body["continues"] = continues
+        raw = canonical(body) + b"\n"
         try:
             store.put_ledger(entry_name(number), raw)
         except FileExistsError:  # another finalizer took this number: chain onto its entry
@@ -95,6 +100,7 @@ def write_checkpoint(store, signer, *, size: int, head: str) -> None:
 class LedgerWalk:
     entries: dict[int, dict] = field(default_factory=dict)  # number -> entry
     by_session: dict[str, list[int]] = field(default_factory=dict)
+    continued_by: dict[str, list[int]] = field(default_factory=dict)  # session -> entries of its continuations
     problems: list[str] = field(default_factory=list)
     checkpoints: int = 0
     verified_size: int = 0  # entries covered by the newest checkpoint that verifies
@@ -130,6 +136,8 @@ def walk(store, trust) -> LedgerWalk:
         previous, expected = hashes[number], number + 1
         result.entries[number] = entry
         result.by_session.setdefault(str(entry.get("session_id")), []).append(number)
+        if entry.get("continues"):
+            result.continued_by.setdefault(str(entry["continues"]), []).append(number)
     for name in store.list_ledger(CHECKPOINTS):
         result.checkpoints += 1
         try:

@@ -226,18 +226,23 @@ class Verification:
     key_name: str | None = None
     manifest: dict = field(default_factory=dict)
     ledger_entry: int | None = None
+    notes: list[str] = field(default_factory=list)  # facts a reviewer needs beside the verdict (continuations)
+    continuation: str | None = None  # the part that holds what this session recorded after an unrequested seal
 
     def __str__(self) -> str:
         if self.ok:
             where = f", ledger entry {self.ledger_entry}" if self.ledger_entry is not None else ""
-            return (f"OK: session {self.session_id}: {self.events} events, chain intact, signature valid "
+            text = (f"OK: session {self.session_id}: {self.events} events, chain intact, signature valid "
                     f"(key {self.key_name or self.key_id}){where}")
-        return f"{self.status.upper()}: session {self.session_id}: " + "; ".join(self.problems)
+        else:
+            text = f"{self.status.upper()}: session {self.session_id}: " + "; ".join(self.problems)
+        return "\n".join([text, *(f"  {note}" for note in self.notes)])
 
     def to_dict(self) -> dict:
         return {"session_id": self.session_id, "status": self.status, "ok": self.ok, "problems": list(self.problems),
                 "events": self.events, "key_id": self.key_id, "key_name": self.key_name,
-                "ledger_entry": self.ledger_entry}
+                "ledger_entry": self.ledger_entry, "notes": list(self.notes),
+                **({"continues": self.manifest["continues"]} if self.manifest.get("continues") else {})}
 
 
 def read_manifest(manifest_bytes: bytes) -> tuple[dict, bytes] | None:

@@ -60,6 +60,13 @@ class Spool:
             os.fsync(self._fh.fileno())
             self._last_sync = now
 
+    def carry_on(self, previous: "Spool", chain: Chain) -> None:
+        """This spool continues ``previous`` (a continuation after a seal its broker did not ask
+        for): the same event numbering, and the chain over what its file already holds."""
+        self._seq = previous._seq
+        self.chain = chain
+        self.written = self.path.stat().st_size
+
     def close(self) -> None:
         if not self.closed:
             self.flush()
