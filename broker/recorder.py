@@ -354,7 +354,8 @@ class SpoolUploader:
         end = time.monotonic() + timeout
         while True:
             await self.sweep()
-            left = [p for p in self.settings.spool_dir.glob("*.jsonl") if p.stem not in self.live] \
+            left = [p for p in self.settings.spool_dir.glob("*.jsonl")  # not another process's live sessions
+                    if p.stem not in self.live and not continuation.held_elsewhere(p)] \
                 if self.settings.spool_dir.exists() else []
             if not left or time.monotonic() >= end:
                 return len(left)

@@ -282,6 +282,7 @@ def test_another_broker_process_sweeping_the_folder_leaves_a_live_spool_alone(se
         stranger = SpoolUploader(settings, b, live=set())  # knows nothing of this session
         assert await stranger.sweep() == 0
         assert not b.recordings.object_exists("held1", MANIFEST), "a live session must not be sealed as a crash"
+        assert await stranger.settle(1.0) == 0, "a stopping broker does not wait for another's live sessions"
         recorder.event("statement", id=1, sql="SELECT 'still here'", decision="allow")
         await recorder.close("client closed")
 
