@@ -20,6 +20,7 @@ from broker.tls import ensure_dev_certificate, server_context
 from jitgate import logs
 from jitgate.backends import open_backends
 from jitgate.logs import log
+from jitgate.masking import rows as masking_rows
 from jitgate.policy import PolicyError, PolicyHolder
 from jitgate.settings import Settings
 
@@ -113,6 +114,9 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
         started = await module.start(ctx)
         if started:
             info.update(started)
+    # Masking works either way; without the compiled row core it is several times slower.
+    log(logger, logging.INFO if masking_rows.implementation == "compiled" else logging.WARNING,
+        f"masking: {masking_rows.core_status()}")
     log(logger, logging.INFO, "broker ready", **info, backends=backends.name)
     if ready_file:
         with open(ready_file, "w") as fh:

@@ -11,6 +11,14 @@ from jitgate.devstack import Stack, dev_token, start_stack
 
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "jitgate-test")
 
+
+def pytest_sessionstart(session):
+    # The masking tests run against both row cores, and the broker the fixtures start runs the compiled one.
+    from tests.rowcore_build import ensure_rowcore
+
+    ensure_rowcore()
+
+
 # gcp_emulators: the Pub/Sub, Firestore and Cloud Storage emulators, started once per session when needed.
 pytest_plugins = ["tests.gcp.fixtures", "tests.review.fixtures"]
 

@@ -96,6 +96,7 @@ def _whole_text(type_oid: int, type_modifier: int, strategy: str, keep_last: int
         def hash_text_value(raw: bytes) -> bytes:
             return token(raw).encode()
 
+        hash_text_value.compiled = ("hash_text", hasher)  # rows.py: the compiled core does this one itself
         return hash_text_value
 
     def mask_text_value(raw: bytes) -> bytes:
@@ -153,6 +154,10 @@ def detector_masker(type_oid: int, type_modifier: int, binary: bool, scanner: Sc
     def scan_or_redact(raw: bytes) -> bytes | None:
         return scan(raw) if len(raw) <= MAX_SCANNED_VALUE else too_large(raw)
 
+    if getattr(scan, "plain_text", False):
+        # rows.py: the compiled core runs the prefilter (and ASCII emails) itself, and calls
+        # this masker for every value it does not settle.
+        scan_or_redact.compiled = ("detect_text", scanner)
     return scan_or_redact
 
 
@@ -176,6 +181,7 @@ def _detect_in_text(type_oid: int, type_modifier: int, scanner: Scanner) -> Valu
             masked = fit(masked, text)
         return masked.encode("utf-8", "surrogateescape")
 
+    mask_free_text.plain_text = fit is None  # no length limit to fit: bytes in, bytes out
     return mask_free_text
 
 

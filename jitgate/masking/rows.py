@@ -9,15 +9,46 @@ their (length, value) encodings, byte for byte what ``build_data_row`` would
 produce for them, and every masked column is written with its new length.
 Nothing is patched in place, so a value whose length changes can never shift or
 corrupt its neighbours.
+
+``_rowcore.c`` is the same walk compiled (built by pip from this source with the
+machine's compiler). This module's ``mask_row`` is the reference: the masking tests run
+against both, and a property test checks they give identical bytes. Without the built
+extension, or with ``JITGATE_MASKING_CORE=python``, plans use the reference.
 """
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import replace
 from typing import Sequence
 
-from jitgate.masking.columns import ValueMasker
+from jitgate.masking.columns import MAX_SCANNED_VALUE, ValueMasker
 from jitgate.masking.errors import MalformedRow
+
+try:
+    from jitgate.masking import _rowcore
+except ImportError as exc:  # not built (a checkout without `pip install`): the reference serves
+    _rowcore = None
+    _ROWCORE_MISSING = f"{exc}"
+else:
+    _ROWCORE_MISSING = ""
+
+IMPLEMENTATIONS = ("compiled", "python")
+# Which mask_row new plans use; tests switch it to run the same cases against both.
+implementation = "python" if _rowcore is None or os.environ.get("JITGATE_MASKING_CORE") == "python" else "compiled"
+
+
+def core_status() -> str:
+    """One line for the broker's start-up log: which row masking core serves, and why."""
+    if implementation == "compiled":
+        return "compiled row masking core (jitgate/masking/_rowcore.c)"
+    if _rowcore is None:
+        return (f"pure-Python row masking core: the compiled one is not built ({_ROWCORE_MISSING}); "
+                "`pip install -e .` (needs gcc and python3-dev) builds it")
+    return "pure-Python row masking core (JITGATE_MASKING_CORE=python)"
+
+
+_VALUE_ERRORS = (ValueError, struct.error, IndexError, OverflowError)  # a value not valid for its type
 
 _I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
@@ -27,7 +58,7 @@ _NULL_LENGTH = b"\xff\xff\xff\xff"
 class RowPlan:
     """How to mask each DataRow of one RowDescription (see ``Masker.plan``)."""
 
-    __slots__ = ("column_count", "_steps", "masked_columns", "reasons", "notice", "changed")
+    __slots__ = ("column_count", "_steps", "masked_columns", "reasons", "notice", "changed", "_core")
 
     def __init__(self, column_count: int, maskers: Sequence[tuple[int, ValueMasker]], column_names: Sequence[str] = (),
                  *, reasons: dict[int, str] | None = None, notice: str | None = None):
@@ -42,6 +73,7 @@ class RowPlan:
         self.notice = notice
         # Column indexes whose value some row actually changed: what ``masked_columns`` reports.
         self.changed: set[int] = set()
+        self._core = _compiled_core(column_count, self._steps, self.changed) if implementation == "compiled" else None
 
     @property
     def steps(self) -> tuple:
@@ -56,6 +88,12 @@ class RowPlan:
         """A DataRow payload in, a complete DataRow message (with header) out."""
         if not isinstance(payload, bytes):
             payload = bytes(payload)
+        if self._core is not None:
+            return self._core.mask_row(payload)
+        return self.mask_row_reference(payload)
+
+    def mask_row_reference(self, payload: bytes) -> bytes:
+        """``mask_row`` in Python: what the compiled core must do, byte for byte."""
         size = len(payload)
         if size < 2:
             raise MalformedRow("DataRow is shorter than its column count")
@@ -93,7 +131,7 @@ class RowPlan:
                 masked = masker(value)
             except MalformedRow:
                 raise
-            except (ValueError, struct.error, IndexError, OverflowError) as exc:
+            except _VALUE_ERRORS as exc:
                 # A value that is not a valid value of its announced type (a hostile upstream).
                 raise MalformedRow(f"DataRow column {column} is not a valid value of its type: {exc}") from None
             if masked is not value:
@@ -128,6 +166,33 @@ class RowPlan:
             parts.append(payload[carried_from:])
             body = b"".join(parts)
         return b"D" + _I32.pack(len(body) + 4) + body
+
+
+_EMAIL_STRATEGIES = {"redact": 0, "partial": 1, "hash": 2, "null": 3}
+
+
+def _compiled_core(column_count: int, steps: tuple, changed: set):
+    """The compiled core for these steps: a column masker that says how (``.compiled``) is done
+    in C; any other is called from C as it is."""
+    core_steps = []
+    for column, masker in steps:
+        how = getattr(masker, "compiled", None)
+        kind, hmac, families, email_strategy = _rowcore.STEP_PYTHON, None, 0, -1
+        if how is not None and how[0] == "hash_text":
+            kind, hmac = _rowcore.STEP_HASH_TEXT, how[1].compiled(_rowcore)
+        elif how is not None and how[0] == "detect_text":
+            scanner = how[1]
+            kind = _rowcore.STEP_DETECT_TEXT
+            prefilter = scanner.prefilter
+            families = ((_rowcore.FAMILY_EMAIL if prefilter.email else 0) | (_rowcore.FAMILY_NUMERIC if prefilter.numeric else 0)
+                        | (_rowcore.FAMILY_IBAN if prefilter.iban else 0) | (_rowcore.FAMILY_SECRET if prefilter.secret else 0))
+            choice = scanner.strategy_of("email")
+            if choice is not None:
+                email_strategy = _EMAIL_STRATEGIES[choice.strategy]
+                if choice.strategy == "hash":
+                    hmac = scanner.hasher.compiled(_rowcore)
+        core_steps.append((column, kind, masker, hmac, families, email_strategy, MAX_SCANNED_VALUE))
+    return _rowcore.RowCore(column_count, tuple(core_steps), changed, MalformedRow, _VALUE_ERRORS)
 
 
 def apply_result_formats(fields: list, result_formats: Sequence[int]) -> list:

@@ -57,6 +57,14 @@ class Scanner:
     def hasher(self) -> Hasher:
         return self._hasher
 
+    def strategy_of(self, kind: str) -> DetectorStrategy | None:
+        """The strategy of one detector, as ``mask`` applies it (None: the detector is off).
+        With ``null_as_redact`` a null strategy reads as redact."""
+        choice = self._strategies.get(kind)
+        if choice is not None and choice.strategy == "null" and self._null_as_redact:
+            return DetectorStrategy("redact", choice.keep_last)
+        return choice
+
     def families(self, raw: bytes) -> tuple[bool, bool, bool, bool] | None:
         """None when no detector can match these bytes (see ``detectors.Prefilter``)."""
         return self.prefilter.families(raw)

@@ -34,7 +34,7 @@ class Hasher:
     SHA-256 of a phone number can be brute-forced in seconds).
     """
 
-    __slots__ = ("_key", "_inner", "_outer")
+    __slots__ = ("_key", "_inner", "_outer", "_compiled")
 
     def __init__(self, key: bytes):
         if len(key) < 16:
@@ -46,6 +46,13 @@ class Hasher:
         block = (hashlib.sha256(self._key).digest() if len(self._key) > 64 else self._key).ljust(64, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._compiled = None
+
+    def compiled(self, module):
+        """The same HMAC in the compiled row core (``module``: ``jitgate.masking._rowcore``)."""
+        if self._compiled is None:
+            self._compiled = module.Hmac(self._key)
+        return self._compiled
 
     def digest(self, data: bytes) -> bytes:
         inner = self._inner.copy()

@@ -20,7 +20,7 @@ from broker.pg import codec
 from broker.pg.codec import FieldDescription
 from broker.pg.upstream_auth import UpstreamAuthError, UpstreamLogin
 from jitgate.guardrails import Classification, classify_command, classify_sql
-from jitgate.masking import Masker
+from jitgate.masking import Masker, rows
 from jitgate.masking.errors import MalformedRow, MaskingRefused
 from jitgate.policy import MaskingConfig, MaskingRule, PolicyError, parse_policy
 
@@ -114,10 +114,37 @@ def _fields(formats: int) -> list[FieldDescription]:
 
 
 @functools.lru_cache(maxsize=None)
-def _plan(selector: int):
-    """One RowPlan per strategy and format mix (plans hold no per-row state, so reuse is safe)."""
+def _plan(selector: int, implementation: str = "python"):
+    """One RowPlan per strategy, format mix and row core (plans hold no per-row state but the
+    report of changed columns, so reuse is safe)."""
     masker = _MASKERS[_STRATEGIES[selector & 3]]
-    return masker.plan(_fields(selector >> 2), {_TABLE: "customers"})
+    saved, rows.implementation = rows.implementation, implementation
+    try:
+        return masker.plan(_fields(selector >> 2), {_TABLE: "customers"})
+    finally:
+        rows.implementation = saved
+
+
+def _mask_row_both(selector: int, payload: bytes) -> bytes:
+    """The row through the pure-Python reference and the compiled core (when built): the same
+    bytes out, or the same error with the same message."""
+    reference = _plan(selector, "python")
+    try:
+        expected = reference.mask_row(payload)
+    except _MASKING_ERRORS as exc:
+        expected = exc
+    if rows._rowcore is not None:
+        try:
+            got = _plan(selector, "compiled").mask_row(payload)
+        except _MASKING_ERRORS as exc:
+            got = exc
+        if isinstance(expected, Exception):
+            assert type(got) is type(expected) and str(got) == str(expected), (expected, got)
+        else:
+            assert got == expected, (expected, got)
+    if isinstance(expected, Exception):
+        raise expected
+    return expected
 
 
 def fuzz_mask_rows(data: bytes) -> None:
@@ -125,7 +152,7 @@ def fuzz_mask_rows(data: bytes) -> None:
     the columns' formats; then either raw DataRow payloads (odd) or column values (even)."""
     if len(data) < 2:
         return
-    plan = _plan(data[0] | (data[1] << 8))
+    selector = data[0] | (data[1] << 8)
     body = data[2:]
     if data[1] & 0x80:
         payload = body
@@ -133,7 +160,7 @@ def fuzz_mask_rows(data: bytes) -> None:
         values = body.split(b"\x00\x00\x01")[: len(_COLUMNS)]
         values += [b""] * (len(_COLUMNS) - len(values))
         payload = codec.build_data_row([None if v == b"\xff" else v for v in values])[5:]
-    out = plan.mask_row(payload)
+    out = _mask_row_both(selector, payload)
     codec.parse_data_row(out[5:])  # whatever comes out is a well-formed DataRow
 
 
@@ -141,10 +168,10 @@ def fuzz_mask_json(data: bytes) -> None:
     """One json/jsonb value (text and binary jsonb) under detector and column rules."""
     if not data:
         return
-    plan = _plan((data[0] & 3) | (0b1000 << 2 if data[0] & 4 else 0))
+    selector = (data[0] & 3) | (0b1000 << 2 if data[0] & 4 else 0)
     values: list[bytes | None] = [None] * len(_COLUMNS)  # only the JSON column holds a value
     values[6 if data[0] & 8 else 3] = (b"\x01" if data[0] & 4 and not data[0] & 8 else b"") + data[1:]
-    codec.parse_data_row(plan.mask_row(codec.build_data_row(values)[5:])[5:])
+    codec.parse_data_row(_mask_row_both(selector, codec.build_data_row(values)[5:])[5:])
 
 
 _COPY_SHAPES = (

@@ -1,0 +1,902 @@
+/* Compiled core of RowPlan.mask_row (jitgate/masking/rows.py is the reference).
+ *
+ * The per-row, per-field loop is where Python itself is the limit on a bulk SELECT under
+ * masking, so this module does, in C, exactly what the reference does:
+ *
+ * - walks a DataRow's column lengths and checks them (same MalformedRow messages);
+ * - masks the columns of its plan; everything else is copied as the bytes it came in;
+ * - HASH_TEXT: a column rule's hash token of an unlimited text value (HMAC-SHA256, the
+ *   same keyed states as strategies.Hasher);
+ * - DETECT_TEXT: detectors on an unlimited text value. A prefilter that is a necessary
+ *   condition of each detector family (the reference's, plus the digit-count gates that
+ *   find_all and find_phones apply inside each numeric cluster) rejects most values; a
+ *   value where only the email detector can match and that is ASCII has its addresses
+ *   found and replaced here; any other value goes to the Python masker of its column;
+ * - PYTHON: any other column masker is called as it is.
+ *
+ * tests/masking/test_rowcore.py runs the masking tests against both, and a property test
+ * checks identical bytes on random rows.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- SHA-256 (FIPS 180-4) ------------------------------------------------------------ */
+
+typedef struct {
+    uint32_t h[8];
+    uint64_t length; /* bytes absorbed */
+    uint8_t block[64];
+    size_t used;
+} Sha256;
+
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_compress(uint32_t h[8], const uint8_t *p)
+{
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROTR(w[i - 15], 7) ^ ROTR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROTR(w[i - 2], 17) ^ ROTR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = k + (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
+        uint32_t t2 = (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
+}
+
+static void sha256_init(Sha256 *s)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, iv, sizeof iv);
+    s->length = 0;
+    s->used = 0;
+}
+
+static void sha256_update(Sha256 *s, const uint8_t *p, size_t n)
+{
+    s->length += n;
+    if (s->used) {
+        size_t take = 64 - s->used < n ? 64 - s->used : n;
+        memcpy(s->block + s->used, p, take);
+        s->used += take; p += take; n -= take;
+        if (s->used < 64)
+            return;
+        sha256_compress(s->h, s->block);
+        s->used = 0;
+    }
+    while (n >= 64) {
+        sha256_compress(s->h, p);
+        p += 64; n -= 64;
+    }
+    memcpy(s->block, p, n);
+    s->used = n;
+}
+
+static void sha256_final(Sha256 *s, uint8_t out[32])
+{
+    uint64_t bits = s->length * 8;
+    uint8_t pad = 0x80;
+    sha256_update(s, &pad, 1);
+    uint8_t zero = 0;
+    while (s->used != 56)
+        sha256_update(s, &zero, 1);
+    uint8_t len[8];
+    for (int i = 0; i < 8; i++)
+        len[i] = (uint8_t)(bits >> (56 - 8 * i));
+    sha256_update(s, len, 8);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = (uint8_t)(s->h[i] >> 24); out[4 * i + 1] = (uint8_t)(s->h[i] >> 16);
+        out[4 * i + 2] = (uint8_t)(s->h[i] >> 8); out[4 * i + 3] = (uint8_t)s->h[i];
+    }
+}
+
+/* ---- Hmac: keyed states computed once, like strategies.Hasher ----------------------- */
+
+#define TOKEN_LENGTH 18 /* "h:" + 16 hex digits (strategies.HASH_PREFIX, HASH_HEX_DIGITS) */
+
+typedef struct {
+    PyObject_HEAD
+    Sha256 inner, outer;
+} HmacObject;
+
+static int Hmac_init(HmacObject *self, PyObject *args, PyObject *kwds)
+{
+    Py_buffer key;
+    if (!PyArg_ParseTuple(args, "y*", &key))
+        return -1;
+    uint8_t block[64] = {0};
+    if (key.len > 64) {
+        Sha256 s;
+        sha256_init(&s);
+        sha256_update(&s, key.buf, (size_t)key.len);
+        sha256_final(&s, block);
+    } else {
+        memcpy(block, key.buf, (size_t)key.len);
+    }
+    PyBuffer_Release(&key);
+    uint8_t ipad[64], opad[64];
+    for (int i = 0; i < 64; i++) {
+        ipad[i] = block[i] ^ 0x36;
+        opad[i] = block[i] ^ 0x5c;
+    }
+    sha256_init(&self->inner);
+    sha256_update(&self->inner, ipad, 64);
+    sha256_init(&self->outer);
+    sha256_update(&self->outer, opad, 64);
+    return 0;
+}
+
+static void hmac_digest(const HmacObject *h, const uint8_t *p, size_t n, uint8_t out[32])
+{
+    Sha256 s = h->inner;
+    uint8_t inner[32];
+    sha256_update(&s, p, n);
+    sha256_final(&s, inner);
+    s = h->outer;
+    sha256_update(&s, inner, 32);
+    sha256_final(&s, out);
+}
+
+static void hmac_token(const HmacObject *h, const uint8_t *p, size_t n, char out[TOKEN_LENGTH])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t digest[32];
+    hmac_digest(h, p, n, digest);
+    out[0] = 'h';
+    out[1] = ':';
+    for (int i = 0; i < 8; i++) {
+        out[2 + 2 * i] = hex[digest[i] >> 4];
+        out[3 + 2 * i] = hex[digest[i] & 15];
+    }
+}
+
+static PyObject *Hmac_digest(HmacObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint8_t out[32];
+    hmac_digest(self, data.buf, (size_t)data.len, out);
+    PyBuffer_Release(&data);
+    return PyBytes_FromStringAndSize((const char *)out, 32);
+}
+
+static PyObject *Hmac_token(HmacObject *self, PyObject *arg)
+{
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    char out[TOKEN_LENGTH];
+    hmac_token(self, data.buf, (size_t)data.len, out);
+    PyBuffer_Release(&data);
+    return PyBytes_FromStringAndSize(out, TOKEN_LENGTH);
+}
+
+static PyMethodDef Hmac_methods[] = {
+    {"digest", (PyCFunction)Hmac_digest, METH_O, "HMAC-SHA256 of the bytes."},
+    {"token", (PyCFunction)Hmac_token, METH_O, "b'h:' + the first 16 hex digits of the HMAC."},
+    {NULL},
+};
+
+static PyTypeObject HmacType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "jitgate.masking._rowcore.Hmac",
+    .tp_basicsize = sizeof(HmacObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "HMAC-SHA256 with its keyed states computed once (strategies.Hasher in C).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Hmac_init,
+    .tp_methods = Hmac_methods,
+};
+
+/* ---- prefilter (detectors.Prefilter and find_all's gates) ------------------------------ */
+
+#define FAMILY_EMAIL 1
+#define FAMILY_NUMERIC 2
+#define FAMILY_IBAN 4
+#define FAMILY_SECRET 8
+
+static inline int is_digit(uint8_t c) { return c >= '0' && c <= '9'; }
+static inline int is_upper(uint8_t c) { return c >= 'A' && c <= 'Z'; }
+static inline int is_alpha(uint8_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
+static inline int is_alnum(uint8_t c) { return is_digit(c) || is_alpha(c); }
+/* detectors._NUMERIC_CLUSTER: [0-9(+][0-9 ().+-]{8,} */
+static inline int cluster_start(uint8_t c) { return is_digit(c) || c == '(' || c == '+'; }
+static inline int cluster_char(uint8_t c)
+{
+    return is_digit(c) || c == ' ' || c == '(' || c == ')' || c == '.' || c == '+' || c == '-';
+}
+
+static int contains(const uint8_t *p, Py_ssize_t n, const char *needle)
+{
+    Py_ssize_t m = (Py_ssize_t)strlen(needle);
+    for (Py_ssize_t i = 0; i + m <= n; i++) {
+        const uint8_t *hit = memchr(p + i, needle[0], (size_t)(n - m - i + 1));
+        if (hit == NULL)
+            return 0;
+        i = hit - p;
+        if (memcmp(hit, needle, (size_t)m) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Could a numeric cluster of this text hold a card, an SSN or a phone number? Clusters are
+ * found as detectors._NUMERIC_CLUSTER finds them (leftmost, greedy; its classes are ASCII,
+ * so UTF-8 bytes give the same clusters as the decoded text). Inside a cluster find_all runs
+ * cards from 13 digits, SSNs from 9 digits with a '-', phones from 8 digits; a phone match
+ * lies inside its cluster (all its characters are cluster characters) and find_phones keeps
+ * it only with a '+' (international) or 10+ digits (North American, trunk). */
+static int numeric_possible(const uint8_t *p, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (!cluster_start(p[i])) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i + 1;
+        while (j < n && cluster_char(p[j]))
+            j++;
+        if (j - i - 1 >= 8) {
+            int digits = 0, dash = 0, plus = 0;
+            for (Py_ssize_t k = i; k < j; k++) {
+                digits += is_digit(p[k]);
+                dash |= p[k] == '-';
+                plus |= p[k] == '+';
+            }
+            if (digits >= 10 || (digits >= 9 && dash) || (digits >= 8 && plus))
+                return 1;
+            i = j;
+        } else {
+            /* no start inside this run can reach 8 more cluster characters either */
+            i = j;
+        }
+    }
+    return 0;
+}
+
+static int families_of(const uint8_t *p, Py_ssize_t n, int enabled)
+{
+    int found = 0;
+    if ((enabled & FAMILY_EMAIL) && memchr(p, '@', (size_t)n) != NULL)
+        found |= FAMILY_EMAIL;
+    if ((enabled & FAMILY_NUMERIC) && numeric_possible(p, n))
+        found |= FAMILY_NUMERIC;
+    if (enabled & FAMILY_IBAN) {
+        for (Py_ssize_t i = 0; i + 4 <= n; i++) {
+            if (is_upper(p[i]) && is_upper(p[i + 1]) && is_digit(p[i + 2]) && is_digit(p[i + 3])) {
+                found |= FAMILY_IBAN;
+                break;
+            }
+        }
+    }
+    if ((enabled & FAMILY_SECRET) && (contains(p, n, "-----BEGIN ") || contains(p, n, "eyJ") || contains(p, n, "AKIA")
+                                      || contains(p, n, "ASIA") || contains(p, n, "xox") || contains(p, n, "private_key")))
+        found |= FAMILY_SECRET;
+    return found;
+}
+
+/* ---- email (detectors.find_emails on ASCII text) -------------------------------------- */
+
+static inline int email_local_char(uint8_t c) /* [\w.%+-] on ASCII */
+{
+    return is_alnum(c) || c == '_' || c == '.' || c == '%' || c == '+' || c == '-';
+}
+static inline int label_char(uint8_t c) { return is_alnum(c) || c == '-'; }
+
+/* End of a maximal [A-Za-z0-9-] run from i, before stop. */
+static Py_ssize_t segment_end(const uint8_t *p, Py_ssize_t i, Py_ssize_t stop)
+{
+    while (i < stop && label_char(p[i]))
+        i++;
+    return i;
+}
+
+static int valid_label(const uint8_t *p, Py_ssize_t s, Py_ssize_t e)
+{
+    return e - s >= 1 && e - s <= 63 && is_alnum(p[s]) && is_alnum(p[e - 1]);
+}
+
+static int valid_tld(const uint8_t *p, Py_ssize_t s, Py_ssize_t e)
+{
+    if (e - s < 2 || e - s > 24)
+        return 0;
+    for (Py_ssize_t i = s; i < e; i++)
+        if (!is_alpha(p[i]))
+            return 0;
+    return 1;
+}
+
+/* detectors._EMAIL_DOMAIN matched at s with endpos stop: label (\.label)* \.tld (?![A-Za-z0-9-]).
+ * A label or the tld must cover a whole dot-separated segment (what follows a shorter one is a
+ * label character, which neither '.' nor the look-ahead accepts), and the regex engine's
+ * greedy order takes the deepest run of labels first, then tries the tld from the last
+ * segment back. Returns the end of the match or -1. */
+static Py_ssize_t email_domain(const uint8_t *p, Py_ssize_t s, Py_ssize_t stop)
+{
+    Py_ssize_t seg_start[130], seg_end[130]; /* a 256-character window has at most 129 segments */
+    Py_ssize_t e = segment_end(p, s, stop);
+    if (!valid_label(p, s, e) || e >= stop || p[e] != '.')
+        return -1;
+    int count = 0; /* segments after the first, each preceded by a '.' */
+    Py_ssize_t dot = e;
+    int depth = 0; /* labels s_1..s_depth each followed by a '.' */
+    int deepest_known = 0;
+    while (dot < stop && p[dot] == '.' && count < 129) {
+        Py_ssize_t a = dot + 1, b = segment_end(p, a, stop);
+        seg_start[count] = a;
+        seg_end[count] = b;
+        count++;
+        if (!deepest_known && valid_label(p, a, b) && b < stop && p[b] == '.') {
+            depth = count;
+        } else {
+            deepest_known = 1;
+            break;
+        }
+        dot = b;
+    }
+    /* tld at segment depth+1 (if it exists), then depth, ..., 1 */
+    for (int j = (count > depth ? depth + 1 : depth); j >= 1; j--) {
+        if (valid_tld(p, seg_start[j - 1], seg_end[j - 1]))
+            return seg_end[j - 1];
+    }
+    return -1;
+}
+
+typedef struct {
+    Py_ssize_t start, end;
+} Span;
+
+/* Email spans of an ASCII text, overlaps merged (detectors.find_emails + merge_overlaps). */
+static Py_ssize_t find_emails(const uint8_t *p, Py_ssize_t n, Span **spans_out)
+{
+    Py_ssize_t cap = 0, count = 0;
+    Span *spans = NULL;
+    const uint8_t *hit = memchr(p, '@', (size_t)n);
+    while (hit != NULL) {
+        Py_ssize_t at = hit - p, k = 0;
+        while (k < 64 && at - 1 - k >= 0 && email_local_char(p[at - 1 - k]))
+            k++;
+        Py_ssize_t end = -1;
+        if (k > 0) {
+            Py_ssize_t stop = at + 1 + 256 < n ? at + 1 + 256 : n;
+            end = email_domain(p, at + 1, stop);
+        }
+        if (end >= 0) {
+            Py_ssize_t start = at - k;
+            if (count && start < spans[count - 1].end) {
+                if (end > spans[count - 1].end)
+                    spans[count - 1].end = end;
+            } else {
+                if (count == cap) {
+                    cap = cap ? 2 * cap : 4;
+                    Span *grown = PyMem_Realloc(spans, (size_t)cap * sizeof(Span));
+                    if (grown == NULL) {
+                        PyMem_Free(spans);
+                        PyErr_NoMemory();
+                        return -1;
+                    }
+                    spans = grown;
+                }
+                spans[count].start = start;
+                spans[count].end = end;
+                count++;
+            }
+            hit = end < n ? memchr(p + end, '@', (size_t)(n - end)) : NULL;
+        } else {
+            hit = at + 1 < n ? memchr(p + at + 1, '@', (size_t)(n - at - 1)) : NULL;
+        }
+    }
+    *spans_out = spans;
+    return count;
+}
+
+#define EMAIL_REDACT 0
+#define EMAIL_PARTIAL 1
+#define EMAIL_HASH 2
+#define EMAIL_NULL 3
+
+/* ---- RowCore ------------------------------------------------------------------------- */
+
+#define STEP_PYTHON 0
+#define STEP_HASH_TEXT 1
+#define STEP_DETECT_TEXT 2
+
+typedef struct {
+    Py_ssize_t column;
+    int kind;
+    PyObject *masker;   /* the Python masker of the column (STEP_PYTHON, and DETECT_TEXT's fallback) */
+    HmacObject *hmac;   /* STEP_HASH_TEXT, and DETECT_TEXT's hash strategy */
+    int families;       /* DETECT_TEXT: FAMILY_* enabled by the column's detectors */
+    int email_strategy; /* DETECT_TEXT: EMAIL_*, or -1 when email detections go to Python */
+    Py_ssize_t max_scanned;
+    PyObject *column_number; /* int, for the changed set */
+} Step;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t column_count;
+    Py_ssize_t step_count;
+    Step *steps;
+    PyObject *changed;       /* set of column indexes whose value some row changed */
+    PyObject *malformed;     /* MalformedRow */
+    PyObject *value_errors;  /* tuple: errors of a Python masker that mean "not a valid value" */
+} RowCoreObject;
+
+static void RowCore_dealloc(RowCoreObject *self)
+{
+    for (Py_ssize_t i = 0; i < self->step_count; i++) {
+        Py_XDECREF(self->steps[i].masker);
+        Py_XDECREF((PyObject *)self->steps[i].hmac);
+        Py_XDECREF(self->steps[i].column_number);
+    }
+    PyMem_Free(self->steps);
+    Py_XDECREF(self->changed);
+    Py_XDECREF(self->malformed);
+    Py_XDECREF(self->value_errors);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* RowCore(column_count, steps, changed, MalformedRow, value_errors); each step is
+ * (column, kind, masker, hmac or None, families, email_strategy, max_scanned). */
+static int RowCore_init(RowCoreObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *steps, *changed, *malformed, *value_errors;
+    if (!PyArg_ParseTuple(args, "nO!O!OO!", &self->column_count, &PyTuple_Type, &steps, &PySet_Type, &changed,
+                          &malformed, &PyTuple_Type, &value_errors))
+        return -1;
+    Py_ssize_t count = PyTuple_GET_SIZE(steps);
+    self->steps = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Step));
+    if (self->steps == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t previous = -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Step *step = &self->steps[i];
+        PyObject *hmac;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(steps, i), "niOOiin", &step->column, &step->kind, &step->masker, &hmac,
+                              &step->families, &step->email_strategy, &step->max_scanned))
+            return -1;
+        self->step_count = i + 1;
+        Py_INCREF(step->masker);
+        if (hmac != Py_None) {
+            if (!PyObject_TypeCheck(hmac, &HmacType)) {
+                PyErr_SetString(PyExc_TypeError, "a step's hmac must be an Hmac or None");
+                return -1;
+            }
+            Py_INCREF(hmac);
+            step->hmac = (HmacObject *)hmac;
+        }
+        if (step->column <= previous || step->column >= self->column_count) {
+            PyErr_SetString(PyExc_ValueError, "steps must be in ascending column order, inside the row");
+            return -1;
+        }
+        if ((step->kind == STEP_HASH_TEXT || (step->kind == STEP_DETECT_TEXT && step->email_strategy == EMAIL_HASH))
+            && step->hmac == NULL) {
+            PyErr_SetString(PyExc_ValueError, "a hashing step needs its Hmac");
+            return -1;
+        }
+        previous = step->column;
+        step->column_number = PyLong_FromSsize_t(step->column);
+        if (step->column_number == NULL)
+            return -1;
+    }
+    Py_INCREF(changed);
+    self->changed = changed;
+    Py_INCREF(malformed);
+    self->malformed = malformed;
+    Py_INCREF(value_errors);
+    self->value_errors = value_errors;
+    return 0;
+}
+
+static PyObject *malformed(RowCoreObject *self, const char *format, ...)
+{
+    va_list va;
+    va_start(va, format);
+    PyObject *message = PyUnicode_FromFormatV(format, va);
+    va_end(va);
+    if (message != NULL) {
+        PyErr_SetObject(self->malformed, message);
+        Py_DECREF(message);
+    }
+    return NULL;
+}
+
+static inline int32_t read_i32(const uint8_t *p)
+{
+    return (int32_t)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
+}
+
+static inline void write_i32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+/* A Python masker's answer: a new reference, or NULL with MalformedRow set. */
+static PyObject *call_python(RowCoreObject *self, PyObject *masker, PyObject *value, Py_ssize_t column)
+{
+    PyObject *masked = PyObject_CallOneArg(masker, value);
+    if (masked != NULL) {
+        if (masked != Py_None && !PyBytes_Check(masked)) {
+            Py_DECREF(masked);
+            PyErr_SetString(PyExc_TypeError, "a column masker returned something other than bytes or None");
+            return NULL;
+        }
+        return masked;
+    }
+    if (PyErr_ExceptionMatches(self->malformed) || !PyErr_ExceptionMatches(self->value_errors))
+        return NULL;
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    PyObject *text = exc != NULL ? PyObject_Str(exc) : NULL;
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    if (text == NULL)
+        return NULL;
+    malformed(self, "DataRow column %zd is not a valid value of its type: %U", column, text);
+    Py_DECREF(text);
+    return NULL;
+}
+
+/* Emails of an ASCII value replaced by the step's strategy: new bytes, Py_None (null
+ * strategy) or NULL with an error. Called only when spans were found. */
+static PyObject *render_emails(const Step *step, const uint8_t *p, Py_ssize_t n, const Span *spans, Py_ssize_t count)
+{
+    if (step->email_strategy == EMAIL_NULL)
+        Py_RETURN_NONE;
+    Py_ssize_t size = n;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t found = spans[i].end - spans[i].start, replacement;
+        if (step->email_strategy == EMAIL_REDACT) {
+            replacement = 7; /* "[email]" */
+        } else if (step->email_strategy == EMAIL_HASH) {
+            replacement = TOKEN_LENGTH;
+        } else { /* "***@" + the domain after the last '@' */
+            const uint8_t *last = NULL;
+            for (Py_ssize_t k = spans[i].end - 1; k >= spans[i].start; k--)
+                if (p[k] == '@') {
+                    last = p + k;
+                    break;
+                }
+            replacement = 4 + (p + spans[i].end - last - 1);
+        }
+        size += replacement - found;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    uint8_t *w = (uint8_t *)PyBytes_AS_STRING(out);
+    Py_ssize_t last = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        memcpy(w, p + last, (size_t)(spans[i].start - last));
+        w += spans[i].start - last;
+        if (step->email_strategy == EMAIL_REDACT) {
+            memcpy(w, "[email]", 7);
+            w += 7;
+        } else if (step->email_strategy == EMAIL_HASH) {
+            hmac_token(step->hmac, p + spans[i].start, (size_t)(spans[i].end - spans[i].start), (char *)w);
+            w += TOKEN_LENGTH;
+        } else {
+            Py_ssize_t k = spans[i].end - 1;
+            while (p[k] != '@')
+                k--;
+            memcpy(w, "***@", 4);
+            w += 4;
+            memcpy(w, p + k + 1, (size_t)(spans[i].end - k - 1));
+            w += spans[i].end - k - 1;
+        }
+        last = spans[i].end;
+    }
+    memcpy(w, p + last, (size_t)(n - last));
+    return out;
+}
+
+static int is_ascii(const uint8_t *p, Py_ssize_t n)
+{
+    uint8_t any = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        any |= p[i];
+    return any < 0x80;
+}
+
+/* The masked value of one non-NULL column: a new reference (bytes or Py_None), NULL with an
+ * error, or *unchanged = 1 (and NULL returned without an error) when the value stays as it is. */
+static PyObject *mask_value(RowCoreObject *self, const Step *step, PyObject *payload, const uint8_t *p, Py_ssize_t n,
+                            int *unchanged)
+{
+    *unchanged = 0;
+    if (step->kind == STEP_HASH_TEXT) {
+        char token[TOKEN_LENGTH];
+        hmac_token(step->hmac, p, (size_t)n, token);
+        return PyBytes_FromStringAndSize(token, TOKEN_LENGTH);
+    }
+    if (step->kind == STEP_DETECT_TEXT && n <= step->max_scanned) {
+        int found = families_of(p, n, step->families);
+        if (found == 0) {
+            *unchanged = 1;
+            return NULL;
+        }
+        if (found == FAMILY_EMAIL && step->email_strategy >= 0 && is_ascii(p, n)) {
+            Span *spans = NULL;
+            Py_ssize_t count = find_emails(p, n, &spans);
+            if (count < 0)
+                return NULL;
+            if (count == 0) {
+                *unchanged = 1;
+                return NULL;
+            }
+            PyObject *out = render_emails(step, p, n, spans, count);
+            PyMem_Free(spans);
+            return out;
+        }
+    }
+    PyObject *value = PyBytes_FromStringAndSize((const char *)p, n);
+    if (value == NULL)
+        return NULL;
+    PyObject *masked = call_python(self, step->masker, value, step->column);
+    if (masked == value) {
+        Py_DECREF(masked);
+        Py_DECREF(value);
+        *unchanged = 1;
+        return NULL;
+    }
+    Py_DECREF(value);
+    return masked;
+}
+
+typedef struct {
+    Py_ssize_t from, to; /* the column's (length, value) bytes in the payload */
+    PyObject *masked;    /* bytes or Py_None */
+} Replacement;
+
+static PyObject *RowCore_mask_row(RowCoreObject *self, PyObject *payload)
+{
+    if (!PyBytes_Check(payload)) {
+        PyErr_SetString(PyExc_TypeError, "mask_row needs bytes");
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(payload);
+    Py_ssize_t size = PyBytes_GET_SIZE(payload);
+    if (size < 2)
+        return malformed(self, "DataRow is shorter than its column count");
+    Py_ssize_t count = (int16_t)((uint16_t)p[0] << 8 | p[1]);
+    if (count != self->column_count)
+        return malformed(self, "DataRow has %zd columns but its RowDescription announced %zd", count, self->column_count);
+    Replacement stack_replacements[16];
+    Replacement *replacements = stack_replacements;
+    if (self->step_count > 16) {
+        replacements = PyMem_Malloc((size_t)self->step_count * sizeof(Replacement));
+        if (replacements == NULL)
+            return PyErr_NoMemory();
+    }
+    Py_ssize_t replaced = 0, pos = 2, column = 0;
+    PyObject *result = NULL;
+    for (Py_ssize_t s = 0; s < self->step_count; s++) {
+        const Step *step = &self->steps[s];
+        while (column < step->column) {
+            if (pos + 4 > size) {
+                malformed(self, "DataRow ends inside a column length");
+                goto done;
+            }
+            int32_t length = read_i32(p + pos);
+            pos += 4;
+            if (length > 0)
+                pos += length;
+            else if (length < -1) {
+                malformed(self, "DataRow column %zd has invalid length %d", column, (int)length);
+                goto done;
+            }
+            column++;
+        }
+        if (pos + 4 > size) {
+            malformed(self, "DataRow ends inside a column length");
+            goto done;
+        }
+        int32_t length = read_i32(p + pos);
+        if (length == -1) { /* NULL stays NULL under every strategy */
+            pos += 4;
+            column++;
+            continue;
+        }
+        Py_ssize_t value_end = pos + 4 + (Py_ssize_t)length;
+        if (length < -1 || value_end > size) {
+            malformed(self, "DataRow column %zd has invalid length %d", column, (int)length);
+            goto done;
+        }
+        int unchanged;
+        PyObject *masked = mask_value(self, step, payload, p + pos + 4, length, &unchanged);
+        if (!unchanged) {
+            if (masked == NULL)
+                goto done;
+            int differs = masked == Py_None || PyBytes_GET_SIZE(masked) != length
+                          || memcmp(PyBytes_AS_STRING(masked), p + pos + 4, (size_t)length) != 0;
+            if (differs) {
+                int known = PySet_Contains(self->changed, step->column_number);
+                if (known < 0 || (!known && PySet_Add(self->changed, step->column_number) < 0)) {
+                    Py_DECREF(masked);
+                    goto done;
+                }
+            }
+            replacements[replaced].from = pos;
+            replacements[replaced].to = value_end;
+            replacements[replaced].masked = masked;
+            replaced++;
+        }
+        pos = value_end;
+        column++;
+    }
+    /* The columns after the last affected one are checked, not only copied. */
+    while (column < count) {
+        if (pos + 4 > size) {
+            malformed(self, "DataRow ends inside a column length");
+            goto done;
+        }
+        int32_t length = read_i32(p + pos);
+        pos += 4;
+        if (length > 0)
+            pos += length;
+        else if (length < -1) {
+            malformed(self, "DataRow column %zd has invalid length %d", column, (int)length);
+            goto done;
+        }
+        column++;
+    }
+    if (pos != size) {
+        malformed(self, "DataRow lengths do not add up to its message length");
+        goto done;
+    }
+    Py_ssize_t body = size;
+    for (Py_ssize_t i = 0; i < replaced; i++) {
+        PyObject *m = replacements[i].masked;
+        body += (m == Py_None ? 4 : 4 + PyBytes_GET_SIZE(m)) - (replacements[i].to - replacements[i].from);
+    }
+    if (body + 4 > INT32_MAX) {
+        malformed(self, "a masked DataRow would exceed the protocol's message size");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, 5 + body);
+    if (result == NULL)
+        goto done;
+    uint8_t *w = (uint8_t *)PyBytes_AS_STRING(result);
+    w[0] = 'D';
+    write_i32(w + 1, (uint32_t)(body + 4));
+    w += 5;
+    Py_ssize_t carried_from = 0;
+    for (Py_ssize_t i = 0; i < replaced; i++) {
+        memcpy(w, p + carried_from, (size_t)(replacements[i].from - carried_from));
+        w += replacements[i].from - carried_from;
+        PyObject *m = replacements[i].masked;
+        if (m == Py_None) {
+            write_i32(w, 0xffffffffu);
+            w += 4;
+        } else {
+            write_i32(w, (uint32_t)PyBytes_GET_SIZE(m));
+            memcpy(w + 4, PyBytes_AS_STRING(m), (size_t)PyBytes_GET_SIZE(m));
+            w += 4 + PyBytes_GET_SIZE(m);
+        }
+        carried_from = replacements[i].to;
+    }
+    memcpy(w, p + carried_from, (size_t)(size - carried_from));
+done:
+    for (Py_ssize_t i = 0; i < replaced; i++)
+        Py_DECREF(replacements[i].masked);
+    if (replacements != stack_replacements)
+        PyMem_Free(replacements);
+    return result;
+}
+
+static PyMethodDef RowCore_methods[] = {
+    {"mask_row", (PyCFunction)RowCore_mask_row, METH_O, "A DataRow payload in, a complete DataRow message out."},
+    {NULL},
+};
+
+static PyTypeObject RowCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "jitgate.masking._rowcore.RowCore",
+    .tp_basicsize = sizeof(RowCoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "RowPlan.mask_row in C (see jitgate/masking/rows.py).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)RowCore_init,
+    .tp_dealloc = (destructor)RowCore_dealloc,
+    .tp_methods = RowCore_methods,
+};
+
+/* ---- module-level helpers, exposed for the equivalence tests ---------------------------- */
+
+static PyObject *py_families(PyObject *module, PyObject *args)
+{
+    Py_buffer data;
+    int enabled;
+    if (!PyArg_ParseTuple(args, "y*i", &data, &enabled))
+        return NULL;
+    int found = families_of(data.buf, data.len, enabled);
+    PyBuffer_Release(&data);
+    return PyLong_FromLong(found);
+}
+
+static PyObject *py_find_emails(PyObject *module, PyObject *arg)
+{
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Span *spans = NULL;
+    Py_ssize_t count = find_emails(data.buf, data.len, &spans);
+    PyBuffer_Release(&data);
+    if (count < 0)
+        return NULL;
+    PyObject *out = PyList_New(count);
+    for (Py_ssize_t i = 0; out != NULL && i < count; i++) {
+        PyObject *item = Py_BuildValue("(nns)", spans[i].start, spans[i].end, "email");
+        if (item == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    PyMem_Free(spans);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"families", py_families, METH_VARARGS, "FAMILY_* bits that could match in these bytes."},
+    {"find_emails", py_find_emails, METH_O, "Merged email spans of ASCII bytes."},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "jitgate.masking._rowcore", "Compiled core of RowPlan.mask_row.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__rowcore(void)
+{
+    if (PyType_Ready(&HmacType) < 0 || PyType_Ready(&RowCoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&HmacType);
+    Py_INCREF(&RowCoreType);
+    if (PyModule_AddObject(m, "Hmac", (PyObject *)&HmacType) < 0
+        || PyModule_AddObject(m, "RowCore", (PyObject *)&RowCoreType) < 0
+        || PyModule_AddIntConstant(m, "FAMILY_EMAIL", FAMILY_EMAIL) < 0
+        || PyModule_AddIntConstant(m, "FAMILY_NUMERIC", FAMILY_NUMERIC) < 0
+        || PyModule_AddIntConstant(m, "FAMILY_IBAN", FAMILY_IBAN) < 0
+        || PyModule_AddIntConstant(m, "FAMILY_SECRET", FAMILY_SECRET) < 0
+        || PyModule_AddIntConstant(m, "STEP_PYTHON", STEP_PYTHON) < 0
+        || PyModule_AddIntConstant(m, "STEP_HASH_TEXT", STEP_HASH_TEXT) < 0
+        || PyModule_AddIntConstant(m, "STEP_DETECT_TEXT", STEP_DETECT_TEXT) < 0
+        || PyModule_AddIntConstant(m, "EMAIL_REDACT", EMAIL_REDACT) < 0
+        || PyModule_AddIntConstant(m, "EMAIL_PARTIAL", EMAIL_PARTIAL) < 0
+        || PyModule_AddIntConstant(m, "EMAIL_HASH", EMAIL_HASH) < 0
+        || PyModule_AddIntConstant(m, "EMAIL_NULL", EMAIL_NULL) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
