@@ -1,8 +1,23 @@
 """Builds the compiled row masking core (jitgate/masking/_rowcore.c); everything else is in pyproject.toml.
 
-The extension is optional at run time: without it the broker logs that it uses the
-pure-Python reference (jitgate/masking/rows.py) and masks the same way, slower.
+The extension is optional: when it cannot be built (no compiler, no Python headers) pip still
+installs the package, and the broker logs that it masks with the pure-Python reference
+(jitgate/masking/rows.py): the same bytes, several times slower. With libcrypto's headers
+(libssl-dev) its HMAC uses OpenSSL's SHA-256 (the CPU's SHA instructions); without, a
+portable SHA-256 in the same file.
 """
+import os
+import sysconfig
+
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("jitgate.masking._rowcore", ["jitgate/masking/_rowcore.c"], extra_compile_args=["-O2"])])
+_OPENSSL = any(os.path.exists(os.path.join(d, "openssl", "sha.h"))
+               for d in ("/usr/include", "/usr/local/include", sysconfig.get_paths()["include"]))
+
+setup(ext_modules=[Extension(
+    "jitgate.masking._rowcore", ["jitgate/masking/_rowcore.c"],
+    define_macros=[("JITGATE_OPENSSL", "1")] if _OPENSSL else [],
+    libraries=["crypto"] if _OPENSSL else [],
+    extra_compile_args=["-O2"],
+    optional=True,
+)])

@@ -22,7 +22,16 @@
 #include <stdint.h>
 #include <string.h>
 
-/* ---- SHA-256 (FIPS 180-4) ------------------------------------------------------------ */
+#ifdef JITGATE_OPENSSL
+/* libcrypto's SHA-256 uses the CPU's SHA instructions where there are any (several times the
+ * portable code below). Its low-level calls are deprecated in OpenSSL 3 but kept: a keyed
+ * state copied per value is what makes a short HMAC cheap, and EVP allocates per call. */
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/sha.h>
+#endif
+
+/* ---- SHA-256 (FIPS 180-4), when libcrypto's headers were not there at build time ------ */
+#ifndef JITGATE_OPENSSL
 
 typedef struct {
     uint32_t h[8];
@@ -110,13 +119,27 @@ static void sha256_final(Sha256 *s, uint8_t out[32])
     }
 }
 
+#endif
+
 /* ---- Hmac: keyed states computed once, like strategies.Hasher ----------------------- */
 
 #define TOKEN_LENGTH 18 /* "h:" + 16 hex digits (strategies.HASH_PREFIX, HASH_HEX_DIGITS) */
 
+#ifdef JITGATE_OPENSSL
+typedef SHA256_CTX HashState;
+#define STATE_INIT(s) SHA256_Init(s)
+#define STATE_UPDATE(s, p, n) SHA256_Update((s), (p), (n))
+#define STATE_FINAL(s, out) SHA256_Final((out), (s))
+#else
+typedef Sha256 HashState;
+#define STATE_INIT(s) sha256_init(s)
+#define STATE_UPDATE(s, p, n) sha256_update((s), (p), (n))
+#define STATE_FINAL(s, out) sha256_final((s), (out))
+#endif
+
 typedef struct {
     PyObject_HEAD
-    Sha256 inner, outer;
+    HashState inner, outer;
 } HmacObject;
 
 static int Hmac_init(HmacObject *self, PyObject *args, PyObject *kwds)
@@ -126,10 +149,10 @@ static int Hmac_init(HmacObject *self, PyObject *args, PyObject *kwds)
         return -1;
     uint8_t block[64] = {0};
     if (key.len > 64) {
-        Sha256 s;
-        sha256_init(&s);
-        sha256_update(&s, key.buf, (size_t)key.len);
-        sha256_final(&s, block);
+        HashState s;
+        STATE_INIT(&s);
+        STATE_UPDATE(&s, key.buf, (size_t)key.len);
+        STATE_FINAL(&s, block);
     } else {
         memcpy(block, key.buf, (size_t)key.len);
     }
@@ -139,22 +162,22 @@ static int Hmac_init(HmacObject *self, PyObject *args, PyObject *kwds)
         ipad[i] = block[i] ^ 0x36;
         opad[i] = block[i] ^ 0x5c;
     }
-    sha256_init(&self->inner);
-    sha256_update(&self->inner, ipad, 64);
-    sha256_init(&self->outer);
-    sha256_update(&self->outer, opad, 64);
+    STATE_INIT(&self->inner);
+    STATE_UPDATE(&self->inner, ipad, 64);
+    STATE_INIT(&self->outer);
+    STATE_UPDATE(&self->outer, opad, 64);
     return 0;
 }
 
 static void hmac_digest(const HmacObject *h, const uint8_t *p, size_t n, uint8_t out[32])
 {
-    Sha256 s = h->inner;
+    HashState s = h->inner;
     uint8_t inner[32];
-    sha256_update(&s, p, n);
-    sha256_final(&s, inner);
+    STATE_UPDATE(&s, p, n);
+    STATE_FINAL(&s, inner);
     s = h->outer;
-    sha256_update(&s, inner, 32);
-    sha256_final(&s, out);
+    STATE_UPDATE(&s, inner, 32);
+    STATE_FINAL(&s, out);
 }
 
 static void hmac_token(const HmacObject *h, const uint8_t *p, size_t n, char out[TOKEN_LENGTH])
@@ -626,8 +649,7 @@ static int is_ascii(const uint8_t *p, Py_ssize_t n)
 
 /* The masked value of one non-NULL column: a new reference (bytes or Py_None), NULL with an
  * error, or *unchanged = 1 (and NULL returned without an error) when the value stays as it is. */
-static PyObject *mask_value(RowCoreObject *self, const Step *step, PyObject *payload, const uint8_t *p, Py_ssize_t n,
-                            int *unchanged)
+static PyObject *mask_value(RowCoreObject *self, const Step *step, const uint8_t *p, Py_ssize_t n, int *unchanged)
 {
     *unchanged = 0;
     if (step->kind == STEP_HASH_TEXT) {
@@ -674,28 +696,58 @@ typedef struct {
     PyObject *masked;    /* bytes or Py_None */
 } Replacement;
 
-static PyObject *RowCore_mask_row(RowCoreObject *self, PyObject *payload)
+/* A growing output buffer of DataRow messages. */
+typedef struct {
+    uint8_t *bytes;
+    Py_ssize_t used, size;
+} Out;
+
+static int out_reserve(Out *out, Py_ssize_t more)
 {
-    if (!PyBytes_Check(payload)) {
-        PyErr_SetString(PyExc_TypeError, "mask_row needs bytes");
-        return NULL;
+    if (out->used + more <= out->size)
+        return 0;
+    Py_ssize_t size = out->size ? out->size : 256;
+    while (size < out->used + more) {
+        if (size > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        size *= 2;
     }
-    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(payload);
-    Py_ssize_t size = PyBytes_GET_SIZE(payload);
-    if (size < 2)
-        return malformed(self, "DataRow is shorter than its column count");
+    uint8_t *grown = PyMem_Realloc(out->bytes, (size_t)size);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    out->bytes = grown;
+    out->size = size;
+    return 0;
+}
+
+/* One DataRow payload (after its 5-byte header) masked into out as a complete message.
+ * 0, or -1 with an error set (MalformedRow for a row that does not add up). */
+static int mask_payload(RowCoreObject *self, const uint8_t *p, Py_ssize_t size, Out *out)
+{
+    if (size < 2) {
+        malformed(self, "DataRow is shorter than its column count");
+        return -1;
+    }
     Py_ssize_t count = (int16_t)((uint16_t)p[0] << 8 | p[1]);
-    if (count != self->column_count)
-        return malformed(self, "DataRow has %zd columns but its RowDescription announced %zd", count, self->column_count);
+    if (count != self->column_count) {
+        malformed(self, "DataRow has %zd columns but its RowDescription announced %zd", count, self->column_count);
+        return -1;
+    }
     Replacement stack_replacements[16];
     Replacement *replacements = stack_replacements;
     if (self->step_count > 16) {
         replacements = PyMem_Malloc((size_t)self->step_count * sizeof(Replacement));
-        if (replacements == NULL)
-            return PyErr_NoMemory();
+        if (replacements == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
     }
     Py_ssize_t replaced = 0, pos = 2, column = 0;
-    PyObject *result = NULL;
+    int status = -1;
     for (Py_ssize_t s = 0; s < self->step_count; s++) {
         const Step *step = &self->steps[s];
         while (column < step->column) {
@@ -729,7 +781,7 @@ static PyObject *RowCore_mask_row(RowCoreObject *self, PyObject *payload)
             goto done;
         }
         int unchanged;
-        PyObject *masked = mask_value(self, step, payload, p + pos + 4, length, &unchanged);
+        PyObject *masked = mask_value(self, step, p + pos + 4, length, &unchanged);
         if (!unchanged) {
             if (masked == NULL)
                 goto done;
@@ -779,10 +831,9 @@ static PyObject *RowCore_mask_row(RowCoreObject *self, PyObject *payload)
         malformed(self, "a masked DataRow would exceed the protocol's message size");
         goto done;
     }
-    result = PyBytes_FromStringAndSize(NULL, 5 + body);
-    if (result == NULL)
+    if (out_reserve(out, 5 + body) < 0)
         goto done;
-    uint8_t *w = (uint8_t *)PyBytes_AS_STRING(result);
+    uint8_t *w = out->bytes + out->used;
     w[0] = 'D';
     write_i32(w + 1, (uint32_t)(body + 4));
     w += 5;
@@ -802,16 +853,78 @@ static PyObject *RowCore_mask_row(RowCoreObject *self, PyObject *payload)
         carried_from = replacements[i].to;
     }
     memcpy(w, p + carried_from, (size_t)(size - carried_from));
+    out->used += 5 + body;
+    status = 0;
 done:
     for (Py_ssize_t i = 0; i < replaced; i++)
         Py_DECREF(replacements[i].masked);
     if (replacements != stack_replacements)
         PyMem_Free(replacements);
+    return status;
+}
+
+static PyObject *out_bytes(Out *out)
+{
+    PyObject *result = PyBytes_FromStringAndSize((const char *)out->bytes, out->used);
+    PyMem_Free(out->bytes);
+    return result;
+}
+
+static PyObject *RowCore_mask_row(RowCoreObject *self, PyObject *payload)
+{
+    if (!PyBytes_Check(payload)) {
+        PyErr_SetString(PyExc_TypeError, "mask_row needs bytes");
+        return NULL;
+    }
+    Out out = {NULL, 0, 0};
+    if (mask_payload(self, (const uint8_t *)PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), &out) < 0) {
+        PyMem_Free(out.bytes);
+        return NULL;
+    }
+    return out_bytes(&out);
+}
+
+/* mask_rows(data, begin, stop) -> (messages, rows): a run of whole DataRow messages. */
+static PyObject *RowCore_mask_rows(RowCoreObject *self, PyObject *args)
+{
+    Py_buffer data;
+    Py_ssize_t begin, stop;
+    if (!PyArg_ParseTuple(args, "y*nn", &data, &begin, &stop))
+        return NULL;
+    PyObject *result = NULL;
+    Out out = {NULL, 0, 0};
+    Py_ssize_t rows = 0;
+    if (begin < 0 || stop > data.len || begin > stop) {
+        PyErr_SetString(PyExc_ValueError, "mask_rows: begin and stop must lie inside the data");
+        goto done;
+    }
+    const uint8_t *p = data.buf;
+    if (out_reserve(&out, stop - begin + 64) < 0)
+        goto done;
+    for (Py_ssize_t pos = begin; pos < stop; rows++) {
+        int32_t length = pos + 5 <= stop ? read_i32(p + pos + 1) : 0;
+        if (pos + 5 > stop || p[pos] != 'D' || length < 4 || length > stop - pos - 1) {
+            malformed(self, "a run of DataRows holds another message or a partial one");
+            goto done;
+        }
+        if (mask_payload(self, p + pos + 5, (Py_ssize_t)length - 4, &out) < 0)
+            goto done;
+        pos += 1 + (Py_ssize_t)length;
+    }
+    PyObject *messages = out_bytes(&out);
+    out.bytes = NULL;
+    if (messages != NULL) {
+        result = Py_BuildValue("(Nn)", messages, rows);
+    }
+done:
+    PyMem_Free(out.bytes);
+    PyBuffer_Release(&data);
     return result;
 }
 
 static PyMethodDef RowCore_methods[] = {
     {"mask_row", (PyCFunction)RowCore_mask_row, METH_O, "A DataRow payload in, a complete DataRow message out."},
+    {"mask_rows", (PyCFunction)RowCore_mask_rows, METH_VARARGS, "(messages, rows) for the DataRows data[begin:stop]."},
     {NULL},
 };
 

@@ -92,6 +92,21 @@ class RowPlan:
             return self._core.mask_row(payload)
         return self.mask_row_reference(payload)
 
+    def mask_rows(self, data: bytes, begin: int, stop: int) -> tuple[bytes, int]:
+        """A run of whole DataRow messages ``data[begin:stop]`` in: (the masked messages, how many)."""
+        if self._core is not None:
+            return self._core.mask_rows(data, begin, stop)
+        out = []
+        pos = begin
+        unpack = _I32.unpack_from
+        while pos < stop:
+            length = unpack(data, pos + 1)[0] if pos + 5 <= stop else 0
+            if pos + 5 > stop or data[pos] != 0x44 or length < 4 or length > stop - pos - 1:
+                raise MalformedRow("a run of DataRows holds another message or a partial one")
+            out.append(self.mask_row_reference(bytes(data[pos + 5 : pos + 1 + length])))
+            pos += 1 + length
+        return b"".join(out), len(out)
+
     def mask_row_reference(self, payload: bytes) -> bytes:
         """``mask_row`` in Python: what the compiled core must do, byte for byte."""
         size = len(payload)

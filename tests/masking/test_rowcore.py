@@ -193,3 +193,24 @@ def test_the_broker_logs_which_core_serves(monkeypatch):
     monkeypatch.setattr(rows, "_rowcore", None)
     monkeypatch.setattr(rows, "_ROWCORE_MISSING", "No module named 'jitgate.masking._rowcore'")
     assert "not built" in rows.core_status() and "pip install" in rows.core_status()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(sorted(CONFIGS)), st.lists(st.lists(st.one_of(st.none(), _TEXT), min_size=5, max_size=5),
+                                                   max_size=6), st.binary(max_size=6))
+def test_runs_of_rows_are_masked_as_row_by_row(config, table, junk):
+    """mask_rows over a run of DataRows (and a run with a foreign or cut message) on both cores."""
+    plans = _plans(config)
+    messages = [build_data_row([None if v is None else str(i).encode() if c == 0 else v for c, v in enumerate(r)])
+                for i, r in enumerate(table)]
+    data = b"xx" + b"".join(messages) + junk
+    stop = len(data) - len(junk)
+    for name, plan in plans.items():
+        assert plan.mask_rows(data, 2, stop) == (b"".join(plan.mask_row(m[5:]) for m in messages), len(messages)), name
+    broken = {}
+    for name, plan in plans.items():
+        try:
+            broken[name] = plan.mask_rows(data, 2, len(data))
+        except MalformedRow as exc:
+            broken[name] = str(exc)
+    assert broken["compiled"] == broken["python"]
