@@ -86,6 +86,8 @@ else
 fi
 tail -8 "$log/install.log"
 echo "node in the root: $(chroot "$R" node --version 2>/dev/null || echo none)"
+# The compiled row masking core is built by pip during the install (gcc, python3-dev, libssl-dev).
+echo "masking core in the root: $(in_root ".venv/bin/python -c 'from jitgate.masking import rows; print(rows.core_status())'" 2>&1 | tail -1)"
 
 say "2. .venv/bin/jitgate up, then the psql line it prints"
 up_ok=0

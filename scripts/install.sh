@@ -37,6 +37,9 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || need_apt+=(python3-dev)
+# The compiled row masking core (jitgate/masking/_rowcore.c, built by `pip install -e .`) hashes with
+# libcrypto's SHA-256; without these headers it builds with its own, slower one.
+[ -f /usr/include/openssl/sha.h ] || need_apt+=(libssl-dev)
 # The review console's browser tests drive Debian's Chromium with Playwright (never a downloaded browser).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
