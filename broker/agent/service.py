@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 
 from broker.agent import pgquery, sshexec
 from broker.authz import Refused
+from broker.pg.codec import ProtocolError
 from broker.session import Session, Verdict
 from jitgate import approvals as ap
 from jitgate.logs import log
+from jitgate.masking.errors import MalformedRow, MaskingRefused
 
 logger = logging.getLogger("jitgate.broker.agent")
 
@@ -493,14 +495,21 @@ class AgentService:
                           "Fix the statement using the error, detail and hint, then send it again. Nothing was committed.",
                           sqlstate=exc.sqlstate, pg_detail=exc.detail or None, pg_hint=exc.hint or None,
                           session_id=session.session_id) from None
-        except Exception as exc:
-            code = getattr(exc, "sqlstate", None)
-            if code is None:
-                raise
-            session.record_result(statement_id, started=started, rows=None, tag=None, error=f"{code}: {exc}")
+        except MaskingRefused as exc:
+            session.record_result(statement_id, started=started, rows=None, tag=None, error=f"{exc.sqlstate}: {exc}")
             raise Problem(403, "masking_refused", "Result withheld", f"jitgate: {session.mask_for_record(str(exc))}",
                           "The gateway could not mask this result safely, so it withheld it; select the columns as text "
                           "or leave out the sensitive ones.", session_id=session.session_id) from None
+        except (ProtocolError, MalformedRow) as exc:
+            # The target broke the protocol (a bad frame, a row that does not match its description):
+            # nothing of its answer is passed on, and it is not the caller's statement to fix.
+            session.record_result(statement_id, started=started, rows=None, tag=None, error=f"08P01: {exc}")
+            log(logger, logging.ERROR, "upstream protocol error", target=session.target_name, error=str(exc))
+            raise Problem(502, "upstream_protocol_error", "The target broke the PostgreSQL protocol",
+                          f"target {session.target_name!r} sent a malformed answer: {session.mask_for_record(str(exc))}",
+                          "Nothing of the answer was passed on. This is not something you can fix: tell a human the "
+                          "target (or something between the gateway and it) needs attention.",
+                          session_id=session.session_id) from None
         session.record_result(statement_id, started=started, rows=result.row_count, tag=result.tag, error=None)
         session.recorder.event("agent.result", id=statement_id, columns=[c["name"] for c in result.columns],
                                masked_columns=result.masked_columns, returned_rows=len(result.rows),
