@@ -58,7 +58,8 @@ if [ "$node_major" -lt 18 ]; then
 fi
 
 # The project's virtual environment, rebuilt only when the requirements change.
-req_files=(requirements.txt requirements-test.txt pyproject.toml)
+# setup.py and the row core's C source: a change rebuilds the compiled masking core (pip install -e .).
+req_files=(requirements.txt requirements-test.txt pyproject.toml setup.py jitgate/masking/_rowcore.c)
 want="$(cat "${req_files[@]}" | sha256sum | cut -d' ' -f1)"
 stamp="$venv/.jitgate-requirements.sha256"
 if [ ! -x "$venv/bin/python" ]; then
