@@ -222,3 +222,28 @@ def test_runs_of_rows_are_masked_as_row_by_row(config, table, junk):
         except MalformedRow as exc:
             broken[name] = str(exc)
     assert broken["compiled"] == broken["python"]
+
+
+def test_the_relay_entry_point_masks_a_run_on_and_off_the_loop(row_core):
+    """broker/pg/masking_step.mask_rows: small runs inline, large runs on a worker thread, and
+    plans that only know mask_row (the relay's fail-closed one) row by row; the same bytes."""
+    import asyncio
+
+    from broker.pg import masking_step
+
+    plan = masker(columns("email", strategy="hash"), MaskingRule(detectors=ALL_DETECTORS)).plan(FIELDS, {})
+    rows_ = [build_data_row([str(i).encode(), f"u{i}@example.com".encode(), b"Oslo", b"call +1 415 555 0100", None])
+             for i in range(3000)]
+    data = b"".join(rows_)
+    expected = b"".join(plan.mask_row(r[5:]) for r in rows_)
+    small = len(rows_[0]) * 10
+    assert asyncio.run(masking_step.mask_rows(plan, data, 0, small)) == (expected[: len(plan.mask_row(rows_[0][5:])) * 10], 10)
+    assert len(data) > masking_step.OFF_LOOP_ROW_BYTES
+    assert asyncio.run(masking_step.mask_rows(plan, data, 0, len(data))) == (expected, 3000)
+
+    class RowByRow:
+        def mask_row(self, payload):
+            return plan.mask_row(payload)
+
+    assert asyncio.run(masking_step.mask_rows(RowByRow(), data, 0, len(data))) == (expected, 3000)
+    assert b"@example.com" not in expected and b"415 555" not in expected
