@@ -17,6 +17,7 @@ extension, or with ``JITGATE_MASKING_CORE=python``, plans use the reference.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 from dataclasses import replace
@@ -26,7 +27,7 @@ from jitgate.masking.columns import MAX_SCANNED_VALUE, ValueMasker
 from jitgate.masking.errors import MalformedRow
 
 try:
-    from jitgate.masking import _rowcore
+    _rowcore = importlib.import_module("jitgate.masking._rowcore")
 except ImportError as exc:  # not built (a checkout without `pip install`): the reference serves
     _rowcore = None
     _ROWCORE_MISSING = f"{exc}"
