@@ -15,8 +15,11 @@ subscription; the embedded bus only delivers events published in-process).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
+from pathlib import Path
 
 from broker.session import Session, Verdict
 from jitgate import approvals as ap
@@ -105,12 +108,71 @@ class ApprovalKeys:
         return isinstance(decision, dict) and decision.get("key_id") not in self.keys
 
 
+class UsedOnce:
+    """The one-time approvals this broker has consumed, kept on its own disk.
+
+    The store says "consumed" too, but a process that can write the store could put back the
+    record as it was before (approved, with its genuine signed decision) and have the same
+    statement run again. So the broker also remembers, in a file beside its spool, every
+    one-time approval it used until that approval could no longer be used anyway (its request's
+    expiry), across restarts of the broker process. A line that cannot be read is skipped and
+    logged: the file is the broker's own, and whoever can write it already runs the broker."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._until: dict[str, float] = {}
+        if path is None or not path.exists():
+            return
+        now = time.time()
+        kept = []
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            try:
+                entry = json.loads(line)
+                approval_id, until = str(entry["approval_id"]), float(entry["until"])
+            except (ValueError, KeyError, TypeError):
+                log(logger, logging.WARNING, "unreadable line in the used one-time approvals file skipped",
+                    path=str(path), line=number)
+                continue
+            if until > now:
+                self._until[approval_id] = until
+                kept.append(line)
+        self._rewrite(kept)
+
+    def __contains__(self, approval_id: str) -> bool:
+        return approval_id in self._until
+
+    def add(self, approval_id: str, until: float) -> None:
+        self._until[approval_id] = until
+        if self.path is None:
+            return
+        line = json.dumps({"approval_id": approval_id, "until": until}) + "\n"
+        try:
+            with open(self.path, "a") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # still remembered in memory for this process
+            log(logger, logging.ERROR, "could not write the used one-time approvals file", path=str(self.path),
+                error=str(exc))
+
+    def _rewrite(self, lines: list[str]) -> None:
+        """Drop the entries that expired (the file stays as small as the live one-time grants)."""
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_text("".join(line + "\n" for line in lines))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log(logger, logging.WARNING, "could not compact the used one-time approvals file", path=str(self.path),
+                error=str(exc))
+
+
 class ApprovalStep:
     def __init__(self, backends, *, where: str = "in Slack, the review console or `jitgate approvals`",
-                 keys: ApprovalKeys | None = None):
+                 keys: ApprovalKeys | None = None, used_once_path: Path | None = None):
         self.backends = backends
         self.keys = keys or ApprovalKeys({})
-        self._used_once: set[str] = set()  # one-time approvals this broker consumed (kept against store rewrites)
+        # One-time approvals this broker consumed, kept against store rewrites and broker restarts.
+        self._used_once = UsedOnce(used_once_path)
         self.store = backends.approvals
         self.where = where
         self._waiters: dict[str, set[asyncio.Event]] = {}  # approval id -> one event per waiting session
@@ -351,7 +413,8 @@ class ApprovalStep:
 
         used = await self._io(self.store.update_approval, approval_id, take)
         if used is not None and used["status"] == ap.CONSUMED:
-            self._used_once.add(approval_id)
+            # Usable at most until the request expires (grant_covers); remember it that long.
+            self._used_once.add(approval_id, max(used.get("grant_until") or 0, used.get("expires_at") or 0))
         if used is None:
             return self._refused(verdict, approval_id,
                                  f"jitgate: approval {approval_id} no longer covers this statement (used up, expired, or for another statement)")
@@ -390,7 +453,9 @@ def _remember_sign_ins(pg, backends) -> None:
 
 
 def install(pg, settings, backends) -> ApprovalStep:
-    step = ApprovalStep(backends, keys=ApprovalKeys(settings.env))
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    step = ApprovalStep(backends, keys=ApprovalKeys(settings.env),
+                        used_once_path=settings.spool_dir.parent / f"{settings.spool_dir.name}-used-approvals.jsonl")
     pg.approval_step = step
     _remember_sign_ins(pg, backends)
     return step

@@ -14,7 +14,9 @@ import json
 import sqlite3
 import time
 import uuid
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from jitgate import approvals as ap
@@ -125,3 +127,51 @@ def test_tampered_grant_fields_are_ignored(stack, tmp_path):
                          config=ApprovalConfig(approver_groups=["dba"], required=2), now=1000.0)
     two["approvals"] = [{"email": "mallory@example.com", "groups": ["dba"], "via": "cli", "display": "", "at": 1000.5}]
     assert ap.verified_entries(two, keys) == []
+
+
+ONCE_TARGET = """
+  demo-once:
+    kind: postgres
+    address: 127.0.0.1:{pg_port}
+    database: demo
+    username: jitgate_broker
+    credential: env:JITGATE_DEMO_DB_PASSWORD
+    allow:
+      groups: [sre]
+    guardrails: {{ddl: approve}}
+    approvals:
+      approver_groups: [dba]
+      wait: 3s
+      grant_window: 0
+"""
+
+
+def test_a_consumed_one_time_approval_put_back_in_the_store_releases_nothing(stack, broker_dsn):
+    """A store writer restores a consumed one-time approval as it was before (approved, genuine
+    signed decision, no uses): the broker remembers the use, on its disk too, and refuses the statement."""
+    stack.add_targets(ONCE_TARGET)
+    backends = _backends(stack)
+    column = f"once_{uuid.uuid4().hex[:6]}"
+    statement = f"ALTER TABLE orders ADD COLUMN IF NOT EXISTS {column} int"
+    out: dict = {}
+    thread = run_held(broker_dsn("demo-once"), statement, out)
+    record = wait_pending(backends, "demo-once", lambda r: column in r.get("statement", ""), what=column)
+    decide_via_service(stack, record["approval_id"])
+    thread.join(30)
+    assert out.get("ok"), out
+    used = backends.approvals.get_approval(record["approval_id"])
+    assert used["status"] == ap.CONSUMED and used["uses"] == 1, used
+    remembered = (stack.home / "spool-used-approvals.jsonl")
+    if stack.env.get("JITGATE_SPOOL_DIR"):
+        spool = Path(stack.env["JITGATE_SPOOL_DIR"])
+        remembered = spool.parent / f"{spool.name}-used-approvals.jsonl"
+    assert record["approval_id"] in remembered.read_text(), "the use was not kept on the broker's disk"
+
+    approved = dict(used, status=ap.APPROVED, uses=0)
+    approved.pop("last_used_at", None)
+    _write_raw(stack, approved)
+    with psycopg.connect(broker_dsn("demo-once"), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as held:
+            conn.execute(statement)
+    assert f"approval {record['approval_id']} no longer covers this statement" in str(held.value), str(held.value)
+    assert backends.approvals.get_approval(record["approval_id"]).get("uses") == 0  # not used again
