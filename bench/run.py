@@ -68,13 +68,34 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_TARGET = """
   bench:
     kind: postgres
-    description: pgbench database for bench/run.py (no masking rules, so only classification and recording apply)
+    description: pgbench database for bench/run.py (the demo's guardrails and column masking rules)
     address: 127.0.0.1:{pg_port}
     database: bench
     username: {role}
     credential: env:JITGATE_DEMO_DB_PASSWORD
     allow:
       groups: [sre]
+    guardrails:
+      ddl: approve
+      dml_unbounded: approve
+      drop_database: deny
+    approvals:
+      approver_groups: [dba]
+      required: 1
+      ttl: 1h
+      wait: 5m
+    # The demo's column rules: the pgbench tables have none of these columns, so no value is
+    # masked, but every statement still goes through the masking plan and lineage steps. The
+    # demo's detectors are left out: they would scan (and redact) the bulk table's md5 text,
+    # and the bulk case measures the no-masking path (bench_pg_masking.py measures masking).
+    masking:
+      clear_groups: [privacy-officers]
+      rules:
+        - columns: [email, "customers.phone"]
+          strategy: partial
+        - columns: [card_number, iban, ssn]
+          strategy: partial
+          keep_last: 4
 """
 
 
@@ -722,7 +743,10 @@ def render_markdown(meta: dict, results: list[dict]) -> str:
         f"{meta['versions']['pgbouncer'].split()[-1] if meta['versions']['pgbouncer'] != 'unknown' else ''}.",
         "- **broker**: client side TLS (sslmode=require), OIDC token as the password (user alice@example.com, "
         "group sre), upstream plain TCP 127.0.0.1 with the held credential; every statement is classified "
-        "(pglast) and recorded into the spool (recording on); the bench target has no masking rules.",
+        "(pglast) and recorded into the spool (recording on); the bench target carries the demo's guardrails and column "
+        "masking rules (email, customers.phone, card_number, iban, ssn: columns the pgbench tables do not have, so "
+        "nothing is masked, but the masking plan and lineage steps run for every statement); the demo's detectors "
+        "are left out, since they would redact the bulk table's md5 text (masking is measured by bench_pg_masking.py).",
         f"- broker event loop: {meta['broker_event_loop']}.",
         *(["- **broker, no TLS** (experiment, `--broker-plain`): the same broker with JITGATE_TLS_REQUIRED=false and "
            "the client on sslmode=disable, to show what client-side TLS costs the broker; ratios use the TLS broker."]
