@@ -200,6 +200,30 @@ class MessageReader:
         return [(chr(t), data[s + 5 : e]) for t, s, e in spans]
 
 
+def message_spans(data: bytes, begin: int, stop: int) -> list[tuple[int, int]]:
+    """(start, end) of each message in data[begin:stop], a run of whole messages that
+    MessageReader.spans has already framed and checked."""
+    out = []
+    unpack = _I32.unpack_from
+    pos = begin
+    while pos < stop:
+        end = pos + 1 + unpack(data, pos + 1)[0]
+        out.append((pos, end))
+        pos = end
+    return out
+
+
+def count_messages(data: bytes, begin: int, stop: int) -> int:
+    """How many messages data[begin:stop] holds (framed and checked already, as above)."""
+    count = 0
+    unpack = _I32.unpack_from
+    pos = begin
+    while pos < stop:
+        pos += 1 + unpack(data, pos + 1)[0]
+        count += 1
+    return count
+
+
 def message(kind: str | bytes, payload: bytes = b"") -> bytes:
     kind_b = kind.encode() if isinstance(kind, str) else kind
     return kind_b + _I32.pack(len(payload) + 4) + payload

@@ -100,6 +100,7 @@ class Pending:
     # Column lineage (masking): one per statement of a simple Query, or the prepared statement's.
     lineages: list = field(default_factory=list)
     noticed: bool = False
+    uncounted: bool = False  # rows passed on whole: add the count of its CommandComplete
 
     def lineage(self):
         """The lineage of the statement whose rows come next (None when lineage is not followed)."""
@@ -745,28 +746,26 @@ class PgConnection:
                     await writer.drain()
                     continue
             framer.feed(chunk)
-            # Without masking, DataRows pass untouched and are counted from CommandComplete.
-            data, spans = framer.spans(-1 if masker is not None or self.measurement is not None else 0x44)
-            if self.measurement is not None:  # answers to the broker's own queries go to the measurement
+            # DataRows are framed and checked but not listed (the hot path): the runs of them
+            # between listed messages are passed on whole unless their statement has a masking
+            # plan; rows are counted from CommandComplete. The broker's own queries during a
+            # measurement need every message listed.
+            measuring = self.measurement is not None
+            data, spans = framer.spans(-1 if measuring else 0x44)
+            if measuring:  # answers to the broker's own queries go to the measurement
                 data, spans = self.measurement.take_own(data, spans, self.ready_cycle)
             parts = None  # set to a list once any message is rewritten
             last = 0
+            rows_from = 0  # where the DataRows not listed in spans may start
             for kind, start, end in spans:
-                if kind == 0x44:  # 'D' DataRow: the hot path
+                if start != rows_from and masker is not None and not measuring:
+                    parts, last = await self._data_rows(data, rows_from, start, parts, last)
+                rows_from = end
+                if kind == 0x44:  # 'D' DataRow (listed during a measurement only)
                     if pending:
                         pending[0].rows += 1
                     if masker is not None:
-                        head = pending[0] if pending else None
-                        plan = head.plan if head is not None and head.planned else await self._plan_for_rows(data[start + 5 : end])
-                        if plan is not None:
-                            if parts is None:
-                                parts = []
-                            parts.append(data[last:start])
-                            if plan.notice and head is not None and not head.noticed:
-                                head.noticed = True
-                                parts.append(codec.build_notice(plan.notice))
-                            parts.append(await mask_row(plan, data[start + 5 : end]))
-                            last = end
+                        parts, last = await self._data_rows(data, start, end, parts, last, counted=True)
                     continue
                 if kind == 0x64:  # 'd' CopyData (COPY TO STDOUT rows)
                     if self.copy_plan is not None:
@@ -784,6 +783,9 @@ class PgConnection:
                     tag = codec.parse_command_complete(data[start + 5 : end])
                     if pending:
                         head = pending[0]
+                        if head.uncounted:  # its rows were passed on without being counted one by one
+                            head.rows += codec.rows_from_tag(tag) or 0
+                            head.uncounted = False
                         head.tags.append(tag)
                         if not head.simple:
                             self._finish(pending.popleft())
@@ -857,6 +859,8 @@ class PgConnection:
                         parts.append(data[last:start])
                         parts.append(self._mask_fields("N", statement_error_fields(self, codec.parse_fields(data[start + 5 : end]))))
                         last = end
+            if rows_from != len(data) and masker is not None and not measuring:
+                parts, last = await self._data_rows(data, rows_from, len(data), parts, last)
             session.recorder.flush()
             if parts is not None:
                 parts.append(data[last:])
@@ -872,6 +876,32 @@ class PgConnection:
             else:
                 streaming = await stream_large_row(self, framer)
             await writer.drain()
+
+    async def _data_rows(self, data: bytes, begin: int, stop: int, parts: list | None, last: int, *,
+                         counted: bool = False) -> tuple[list | None, int]:
+        """DataRows data[begin:stop] (a run of whole messages) of the statement at the head of the
+        queue, under masking: passed on as they are when its plan masks nothing, else each row
+        through the plan. Returns (parts, last) for the caller's rewrite of ``data``."""
+        head = self.pending[0] if self.pending else None
+        plan = head.plan if head is not None and head.planned else await self._plan_for_rows(b"")
+        if plan is None:
+            if head is not None and not counted:
+                if head.simple:
+                    head.uncounted = True  # counted from its CommandComplete tag
+                else:  # an Execute's rows: a PortalSuspended carries no count
+                    head.rows += codec.count_messages(data, begin, stop)
+            return parts, last
+        if parts is None:
+            parts = []
+        parts.append(data[last:begin])
+        if plan.notice and head is not None and not head.noticed:
+            head.noticed = True
+            parts.append(codec.build_notice(plan.notice))
+        for start, end in ((begin, stop),) if counted else codec.message_spans(data, begin, stop):
+            if head is not None and not counted:
+                head.rows += 1
+            parts.append(await mask_row(plan, data[start + 5 : end]))
+        return parts, stop
 
     async def _plan_for_rows(self, payload: bytes):
         """The masking plan for the DataRows of the statement at the head of the queue.

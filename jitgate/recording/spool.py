@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+import orjson
+
 from jitgate.logs import scrub
 from jitgate.recording.seal import Chain, iter_lines
 
@@ -40,7 +42,7 @@ class Spool:
         the bytes the events describe, so one write serves a whole pipelined batch."""
         event = {"seq": self._seq, "ts": round(time.time(), 6), "type": event_type, **fields}
         self._seq += 1
-        self._pending.append(json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+        self._pending.append(encode_event(event))
         if not defer:
             self.flush()
         return event
@@ -73,6 +75,16 @@ class Spool:
             os.fsync(self._fh.fileno())
             self._fh.close()
             self.closed = True
+
+
+def encode_event(event: dict) -> bytes:
+    """One spool line: compact UTF-8 JSON. orjson on the hot path (a few times faster than
+    json.dumps); what it refuses (an int over 64 bits, a non-string key) goes through json,
+    which writes the same JSON. Readers parse lines, and the chain covers the bytes written."""
+    try:
+        return orjson.dumps(event, default=str)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
 def chain_of(path: Path, session_id: str) -> Chain:

@@ -249,3 +249,37 @@ def test_sensitive_predicate_is_recorded_and_its_policy_action_applies(stack, br
             conn.execute("SELECT id FROM customers WHERE email > 'm' ORDER BY card_number").fetchall()
         assert "sensitive_predicate" in str(err.value) and "customers.email" in str(err.value)
         assert _psql(broker_dsn(), "SELECT count(*) FROM customers WHERE id < 3").strip() == "2"
+
+
+def test_unmasked_row_runs_pass_whole_and_masked_ones_do_not(stack, broker_dsn):
+    """The relay passes a result's DataRows on as one run when its statement's plan masks
+    nothing (issue 18); a masked result in the same read, before or after it, is still masked,
+    and the recording counts every row of each (simple protocol, and an Execute cut short by a
+    row limit, whose PortalSuspended carries no count)."""
+    import json
+
+    from jitgate.backends import open_backends
+    from jitgate.settings import Settings
+
+    sql = ("SELECT g FROM generate_series(1, 3000) g; SELECT email FROM customers ORDER BY id; "
+           "SELECT g FROM generate_series(1, 5) g; SELECT email FROM customers ORDER BY id")
+    out = _psql(broker_dsn(), sql)
+    lines = out.split()
+    assert lines[:3000] == [str(i) for i in range(1, 3001)]
+    masked = lines[3000:3005] + lines[3010:]
+    assert len(masked) == 10 and all(v.startswith("***@") for v in masked), masked
+    assert lines[3005:3010] == ["1", "2", "3", "4", "5"]
+    for value in EMAILS:
+        assert value not in out
+    with psycopg.connect(broker_dsn()) as conn:
+        session_id = conn.info.parameter_status("jitgate_session_id")
+        rows = conn.execute("SELECT g FROM generate_series(1, %s) g", (2500,)).fetchall()  # extended protocol
+        assert len(rows) == 2500
+        emails = conn.execute("SELECT g, email FROM customers, generate_series(1, %s) g", (3,)).fetchall()
+        assert len(emails) == 15 and all(e.startswith("***@") for _, e in emails)
+    wait_sealed(stack, session_id)
+    recording = open_backends(Settings.from_env(stack.env)).recordings.get_object(session_id, "recording.jsonl").decode()
+    events = [json.loads(line) for line in recording.splitlines()]
+    counted = [e["rows"] for e in events if e["type"] == "result"]
+    assert 2500 in counted and 15 in counted, counted
+    assert "ada@example.com" not in recording
