@@ -1117,16 +1117,15 @@ def _classify_by_shape(sql: str) -> Classification:
     hit = _SHAPE_CACHE.get(shape)
     if hit is not None:
         _SHAPE_CACHE.move_to_end(shape)
-        # Same classes and reasons; the statement texts are this query's own.
-        if len(hit.statements) == 1:
-            only = hit.statements[0]
-            return Classification(hit.classes, (StatementVerdict(sql.strip(), only.classes, only.reasons),), hit.error,
-                                  hit.writes_rows, hit.unmeasurable)
-        return hit
+        # Same classes and reasons; the statement text is this query's own.
+        only = hit.statements[0]
+        return Classification(hit.classes, (StatementVerdict(sql.strip(), only.classes, only.reasons),), hit.error,
+                              hit.writes_rows, hit.unmeasurable)
     outcome = _classify_uncached(sql, report_sensitivity=True)
-    # Parse failures and empty queries come back bare: they are never cached by shape.
+    # Parse failures and empty queries come back bare: they are never cached by shape. Nor
+    # are texts of several statements: a hit could not give each statement its own text.
     result, literal_sensitive = outcome if isinstance(outcome, tuple) else (outcome, True)
-    if not literal_sensitive and result.error is None:
+    if not literal_sensitive and result.error is None and len(result.statements) == 1:
         _SHAPE_CACHE[shape] = result
         if len(_SHAPE_CACHE) > _SHAPE_CACHE_SIZE:
             _SHAPE_CACHE.popitem(last=False)
