@@ -65,6 +65,20 @@ BENCH_GROUPS = ["sre"]
 PATHS = ("direct", "pgbouncer", "broker")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+BENCH_MASKING = """\
+    # The demo's column rules: the pgbench tables have none of these columns, so no value is
+    # masked, but every statement still goes through the masking plan and lineage steps. The
+    # demo's detectors are left out: they would scan (and redact) the bulk table's md5 text,
+    # and the bulk case measures the no-masking path (bench_pg_masking.py measures masking).
+    masking:
+      clear_groups: [privacy-officers]
+      rules:
+        - columns: [email, "customers.phone"]
+          strategy: partial
+        - columns: [card_number, iban, ssn]
+          strategy: partial
+          keep_last: 4
+"""
 BENCH_TARGET = """
   bench:
     kind: postgres
@@ -84,19 +98,7 @@ BENCH_TARGET = """
       required: 1
       ttl: 1h
       wait: 5m
-    # The demo's column rules: the pgbench tables have none of these columns, so no value is
-    # masked, but every statement still goes through the masking plan and lineage steps. The
-    # demo's detectors are left out: they would scan (and redact) the bulk table's md5 text,
-    # and the bulk case measures the no-masking path (bench_pg_masking.py measures masking).
-    masking:
-      clear_groups: [privacy-officers]
-      rules:
-        - columns: [email, "customers.phone"]
-          strategy: partial
-        - columns: [card_number, iban, ssn]
-          strategy: partial
-          keep_last: 4
-"""
+{masking}"""
 
 
 def say(msg: str) -> None:
@@ -747,6 +749,9 @@ def render_markdown(meta: dict, results: list[dict]) -> str:
         "masking rules (email, customers.phone, card_number, iban, ssn: columns the pgbench tables do not have, so "
         "nothing is masked, but the masking plan and lineage steps run for every statement); the demo's detectors "
         "are left out, since they would redact the bulk table's md5 text (masking is measured by bench_pg_masking.py).",
+        *(["- **experiment** (`--no-masking-rules`): the bench target has NO masking rules in this run, so the "
+           "masking plan and lineage steps do not run; compare with a run with the rules to see what they cost."]
+          if not meta.get("masking_rules", True) else []),
         f"- broker event loop: {meta['broker_event_loop']}.",
         *(["- **broker, no TLS** (experiment, `--broker-plain`): the same broker with JITGATE_TLS_REQUIRED=false and "
            "the client on sslmode=disable, to show what client-side TLS costs the broker; ratios use the TLS broker."]
@@ -789,6 +794,9 @@ def main(argv: list[str] | None = None) -> int:
                              "results are written as <date>-pg-uvloop.*")
     parser.add_argument("--broker-plain", action="store_true",
                         help="experiment: also measure the broker without client TLS (JITGATE_TLS_REQUIRED=false)")
+    parser.add_argument("--no-masking-rules", action="store_true",
+                        help="experiment: the bench target without the demo's column masking rules (no masking plan "
+                             "or lineage step), to show what they cost -> <date>-pg-nomask.*")
     parser.add_argument("--keep-home", action="store_true", help="keep the temp stack home (logs, recordings) for inspection")
     args = parser.parse_args(argv)
     if args.quick:
@@ -827,7 +835,8 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError("--uvloop: the broker did not load uvloop")
         pg = stack.pg
         # Add the bench target; the broker and authorize reload the policy file for new sessions.
-        stack.policy_path.write_text(demo_policy(stack.issuer.issuer, pg) + BENCH_TARGET.format(pg_port=pg.port, role=Postgres.BROKER_ROLE))
+        stack.policy_path.write_text(demo_policy(stack.issuer.issuer, pg) + BENCH_TARGET.format(
+            pg_port=pg.port, role=Postgres.BROKER_ROLE, masking="" if args.no_masking_rules else BENCH_MASKING))
         bulk_bytes = setup_bench_db(stack, args.scale, args.rows)
 
         cert, key = home / "tls" / "broker-dev.crt", home / "tls" / "broker-dev.key"
@@ -873,6 +882,7 @@ def main(argv: list[str] | None = None) -> int:
             "bulk_wire_mb": bulk_bytes / 1e6,
             "quick": args.quick,
             "paths": list(endpoints),
+            "masking_rules": not args.no_masking_rules,
             "broker_event_loop": "uvloop (experiment via sitecustomize)" if args.uvloop else (
                 "uvloop (installed; broker/main.py uses it)" if importlib.util.find_spec("uvloop") else "asyncio"),
             "elapsed_s": None,
@@ -886,6 +896,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_write:
             args.out.mkdir(parents=True, exist_ok=True)
             stem = (f"{meta['date']}-pg" + ("-uvloop" if args.uvloop else "") + ("-plain" if args.broker_plain else "")
+                    + ("-nomask" if args.no_masking_rules else "")
                     + ("-quick" if args.quick else ""))
             (args.out / f"{stem}.md").write_text(md)
             table = [{k: v for k, v in row.items() if k != "digits"} for row in table_rows(results, tuple(endpoints))]
