@@ -88,6 +88,9 @@ class Session:
     # PREPAREd statement names -> their classes, so a later EXECUTE is classified, not refused.
     prepared: dict = field(default_factory=dict)
     _admission: Verdict | None = None
+    # Metric children of this session's labels: a labels() lookup per statement costs more than the count.
+    _counters: dict = field(default_factory=dict)
+    _timer: object = None
 
     @classmethod
     def open(cls, *, principal, target_name, policy, client, kind, settings, backends, session_id=None, live=None):
@@ -202,7 +205,10 @@ class Session:
     def record_statement(self, sql: str, *, protocol: str, verdict: Verdict, params=None, statement_id=None) -> int:
         self.statements += 1
         sid = statement_id if statement_id is not None else self.statements
-        metrics.STATEMENTS.labels(self.kind, self.target_name, verdict.action).inc()
+        counter = self._counters.get(verdict.action)
+        if counter is None:
+            counter = self._counters[verdict.action] = metrics.STATEMENTS.labels(self.kind, self.target_name, verdict.action)
+        counter.inc()
         if verdict.action != "allow" or verdict.approval_id:
             for klass in verdict.classes:
                 metrics.GUARDRAIL_HITS.labels(self.target_name, klass).inc()
@@ -239,11 +245,14 @@ class Session:
         return text
 
     def record_result(self, statement_id: int, *, started: float, rows: int | None, tag: str | None, error: str | None) -> None:
-        metrics.STATEMENT_SECONDS.labels(self.kind).observe(time.perf_counter() - started)
+        if self._timer is None:
+            self._timer = metrics.STATEMENT_SECONDS.labels(self.kind)
+        seconds = time.perf_counter() - started
+        self._timer.observe(seconds)
         self.recorder.event(
             "result",
             id=statement_id,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round(seconds * 1000, 3),
             rows=rows,
             tag=tag,
             error=self.mask_for_record(error) if error else None,
