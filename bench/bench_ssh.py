@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import select
 import shlex
 import shutil
@@ -53,7 +54,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from jitgate.devstack import dev_token, start_stack  # noqa: E402
-from run import broker_proc, machine_info, proc_cpu, summarize_pyspy  # noqa: E402
+from run import CLK_TCK, _stat_fields, broker_proc, machine_info, proc_cpu, summarize_pyspy  # noqa: E402
 from tests.ssh.sshd import LOGIN_USER, start_sshd  # noqa: E402
 
 COMMON = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
@@ -78,6 +79,7 @@ class Paths:
     def __init__(self, stack, sshd, jump, work: Path):
         self.stack, self.sshd, self.jump = stack, sshd, jump
         self.broker_port = int(stack.broker_info["ssh"].rpartition(":")[2])
+        self.broker_pid = broker_proc(stack).popen.pid
         askpass = work / "askpass.sh"
         askpass.write_text('#!/bin/sh\nprintf "%s\\n" "$JITGATE_BENCH_TOKEN"\n')
         os.chmod(askpass, 0o755)
@@ -100,15 +102,35 @@ class Paths:
                  "-p", str(self.broker_port), "-l", "bench@example.com+bench-vm", "127.0.0.1"], env)
 
 
-def throughput(paths: Paths, path: str, mib: int) -> float:
+def daemon_cpu(pid: int) -> float:
+    """CPU seconds of a daemon and its reaped children (sshd's per-connection processes and the
+    commands they ran end up in its cutime/cstime once they exit)."""
+    f = _stat_fields(pid)
+    return sum(int(x) for x in f[11:15]) / CLK_TCK if f else 0.0
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def throughput(paths: Paths, path: str, mib: int) -> tuple[float, dict[str, float]]:
+    """MB/s of one run, and the CPU seconds each process of the path spent on it."""
     argv, env = paths.argv(path)
+    meters = {"client": children_cpu, "sshd": lambda: daemon_cpu(paths.sshd.proc.popen.pid)}
+    if path == "jump":
+        meters["jump sshd"] = lambda: daemon_cpu(paths.jump.proc.popen.pid)
+    if path == "broker":
+        meters["broker"] = lambda: proc_cpu(paths.broker_pid)
+    before = {k: m() for k, m in meters.items()}
     started = time.perf_counter()
     with open(os.devnull, "wb") as sink:
         proc = subprocess.run(argv + [f"head -c {mib}M /dev/zero"], env=env, stdout=sink, stderr=subprocess.PIPE, timeout=600)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{path} throughput run failed: {proc.stderr.decode(errors='replace')}")
-    return mib * 1024 * 1024 / elapsed / 1e6
+    time.sleep(0.5)  # let sshd reap the connection's processes, so their CPU is in its cutime
+    return mib * 1024 * 1024 / elapsed / 1e6, {k: round(m() - before[k], 3) for k, m in meters.items()}
 
 
 def echo_latency(paths: Paths, path: str, keystrokes: int) -> list[float]:
@@ -199,9 +221,8 @@ def main() -> int:
     stack = start_stack(work / "home")
     sshd = start_sshd(work / "sshd")
     jump = start_sshd(work / "jump")
-    broker_pid = broker_proc(stack).popen.pid
-    profiler = Profiler(broker_pid, work) if args.profile else None
-    broker_cpu: list[float] = []
+    profiler = Profiler(broker_proc(stack).popen.pid, work) if args.profile else None
+    cpu: dict[str, list[dict[str, float]]] = {p: [] for p in PATHS}
     try:
         with open(stack.policy_path, "a") as fh:
             fh.write(target_yaml(sshd))
@@ -212,13 +233,11 @@ def main() -> int:
             for path in PATHS:
                 if path == "broker" and profiler:
                     profiler.start("bulk")
-                cpu = proc_cpu(broker_pid)
-                rate = throughput(paths, path, args.mib)
-                if path == "broker":
-                    broker_cpu.append(proc_cpu(broker_pid) - cpu)
-                    if profiler:
-                        profiler.stop()
+                rate, spent = throughput(paths, path, args.mib)
+                if path == "broker" and profiler:
+                    profiler.stop()
                 rates[path].append(rate)
+                cpu[path].append(spent)
                 print(f"  throughput run {run + 1} {path:6}: {rate:8.1f} MB/s", flush=True)
         latency = {}
         for path in PATHS:
@@ -263,13 +282,27 @@ def main() -> int:
     for q in (50, 95, 99):
         row(f"keystroke echo p{q} ms ({args.keystrokes} keys, PTY)", {p: echo[p][f"p{q}"] for p in PATHS}, 3)
     added = {p: round(echo[p]["p50"] - echo["direct"]["p50"], 3) for p in ("jump", "broker")}
-    cpu_per_mb = statistics.median(broker_cpu) / (args.mib * 1.048576)
+    mb = args.mib * 1.048576
+    # CPU ms per MB of each process on each path (median over the runs)
+    cpu_ms = {p: {k: round(statistics.median(run[k] for run in cpu[p]) * 1000 / mb, 2) for k in cpu[p][0]} for p in PATHS}
+    total_ms = {p: round(sum(cpu_ms[p].values()), 2) for p in PATHS}
+    cpu_per_mb = cpu_ms["broker"]["broker"] / 1000
     lines += [
         "",
         f"- bulk, broker/direct (median): **{med['broker'] / med['direct']:.2f}x** (goal >= 0.9x)",
         f"- echo p50 added over direct: broker **{added['broker']:+.3f} ms** (goal <= 0.3 ms), jump {added['jump']:+.3f} ms",
-        f"- broker CPU per bulk run (user+system, /proc): {', '.join(f'{c:.2f}' for c in broker_cpu)} s "
-        f"= {cpu_per_mb * 1000:.2f} ms per MB",
+        "",
+        "CPU per MB moved (user+system from /proc and getrusage, median of the runs; the client includes the",
+        "ProxyCommand's `ssh -W` on the jump path, sshd includes `head`). On a machine whose cores are all busy",
+        "the throughput ratio tends to the ratio of these totals; on an idle one, to the slowest process.",
+        "",
+        "| path | " + " | ".join(sorted({k for p in PATHS for k in cpu_ms[p]})) + " | total ms/MB | direct total / total |",
+        "|---|" + "---:|" * (len({k for p in PATHS for k in cpu_ms[p]}) + 2),
+    ]
+    for p in PATHS:
+        cols = [f"{cpu_ms[p][k]:.2f}" if k in cpu_ms[p] else "–" for k in sorted({k for q in PATHS for k in cpu_ms[q]})]
+        lines.append(f"| {p} | " + " | ".join(cols) + f" | {total_ms[p]:.2f} | {total_ms['direct'] / total_ms[p]:.2f} |")
+    lines += [
         "",
         "Throughput wall time includes the SSH handshake(s) and, for the broker, the OIDC sign-in, the upstream",
         "login, the command's guardrail decision, relaying through asyncssh (AES-GCM on both legs), SHA-256 of",
@@ -284,7 +317,8 @@ def main() -> int:
         "date": today, "command": f"flock /work/bench.lock {command}", "machine": machine_info(),
         "load_before": load_before, "load_after": load_after, "mib": args.mib, "runs": args.runs,
         "keystrokes": args.keystrokes, "throughput_mbs": rates, "best_mbs": best, "median_mbs": med,
-        "echo_ms": echo, "echo_p50_added_ms": added, "broker_cpu_s_per_run": broker_cpu,
+        "echo_ms": echo, "echo_p50_added_ms": added, "cpu_s_per_run": cpu, "cpu_ms_per_mb": cpu_ms,
+        "cpu_ms_per_mb_total": total_ms,
         "ratios": {"bulk_broker_direct_median": med["broker"] / med["direct"],
                    "bulk_broker_direct_best": best["broker"] / best["direct"],
                    "bulk_jump_direct_median": med["jump"] / med["direct"]},

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import asyncssh
 
+from broker.ssh import upstream
+from broker.ssh.coalesce import assert_no_cbc
 from broker.ssh.server import SshGateway
 from jitgate.logs import log
 
@@ -27,7 +29,7 @@ KEEPALIVE_COUNT_MAX = 3
 # several Python-level steps per packet, which halves the relay's throughput. The client's order
 # decides among what the server offers, so the broker offers the GCM ciphers only (every OpenSSH
 # since 6.2 has them).
-CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+CIPHERS = assert_no_cbc(["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"])
 
 
 def ensure_host_key(keys_dir: Path) -> asyncssh.SSHKey:
@@ -71,6 +73,8 @@ async def start(ctx) -> dict[str, str] | None:
         server_version="jitgate",
         encryption_algs=CIPHERS,
         encoding=None,
+        window=upstream.WINDOW,  # same flow control as towards the VM (broker/ssh/upstream.py)
+        max_pktsize=upstream.MAX_PKTSIZE,
         agent_forwarding=False,  # switched on per connection when the target allows it
         x11_forwarding=False,
         allow_scp=False,

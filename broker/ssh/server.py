@@ -33,6 +33,7 @@ import asyncssh
 from broker.authz import Refused
 from broker.session import Session, Verdict
 from broker.ssh import upstream as upstream_login
+from broker.ssh.coalesce import speed_up, writes_of
 from broker.ssh.transfers import (FileEvent, ScpObserver, SftpObserver, TransferProtocolError,
                                   is_file_transfer_command, is_transfer_endpoint, scp_mode)
 from jitgate.guardrails.shell import classify_command
@@ -93,6 +94,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self.ctx = gateway.ctx
         self.conn: asyncssh.SSHServerConnection | None = None
         self.client = "?"
+        self.client_writes = None  # the client connection's CoalescingTransport
+        self.upstream_writes = None  # the VM connection's
         self.session: Session | None = None
         self.upstream: asyncssh.SSHClientConnection | None = None
         self.channels: set[RelayChannel] = set()
@@ -106,6 +109,7 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        self.client_writes = speed_up(conn)
         peer = conn.get_extra_info("peername") or ("?", 0)
         self.client = f"{peer[0]}:{peer[1]}"
         self.gateway.connections.add(self)
@@ -200,6 +204,7 @@ class GatewayConnection(asyncssh.SSHServer):
                 if await self.conn.create_agent_listener():
                     agent_socket = self.conn.get_agent_path()
             self.upstream = await upstream_login.connect(target_name, target, key, agent_socket=agent_socket)
+            self.upstream_writes = writes_of(self.upstream)
         except upstream_login.UpstreamError as exc:
             session.recorder.event("upstream.refused", reason=str(exc))
             await session.close(f"refused: {exc}")
@@ -505,6 +510,8 @@ class RelayChannel(asyncssh.SSHServerSession):
             self._protocol_error(exc)
             return
         self.up.write(data, datatype)
+        if self.term is not None and self.gc.upstream_writes is not None:
+            self.gc.upstream_writes.flush()  # a keystroke goes to the VM now, not at the loop's next turn
 
     def _record_stdin(self, data: bytes) -> None:
         """What a client feeds a command or shell without a terminal (echo 'id' | ssh host)."""
@@ -604,6 +611,8 @@ class RelayChannel(asyncssh.SSHServerSession):
             self._protocol_error(exc)
             return
         self.chan.write(data, datatype)
+        if self.term is not None:
+            self.gc.client_writes.flush()  # a terminal's echo goes out now, before it is recorded
         self.counts[stream] += len(data)
         self.digests[stream].update(data)
         if not self.record_streams:

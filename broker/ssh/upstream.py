@@ -11,11 +11,21 @@ import asyncio
 
 import asyncssh
 
+from broker.ssh.coalesce import assert_no_cbc, speed_up
 from jitgate.policy import Target
 
 CONNECT_TIMEOUT = 15
 KEEPALIVE_INTERVAL = 30
 KEEPALIVE_COUNT_MAX = 3
+# Flow control towards the VM: a window of 8 MiB keeps a fast VM sending while the client drains
+# (asyncssh's default of 2 MiB stalls it at every window adjust), and packets of up to 256 KiB
+# (OpenSSH's own packet limit) let sshd send what it has read in fewer packets: every packet costs
+# the relay a decryption and a round through asyncssh's Python.
+WINDOW = 8 * 1024 * 1024
+MAX_PKTSIZE = 256 * 1024
+# AES-GCM first (one OpenSSL call per packet); never CBC (broker/ssh/coalesce.py drops its countermeasure).
+CIPHERS = assert_no_cbc(["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+                         "aes128-ctr", "aes256-ctr"])
 
 
 class UpstreamError(Exception):
@@ -52,12 +62,14 @@ async def connect(target_name: str, target: Target, private_key: bytes, *,
         agent_path=None,
         agent_forwarding=agent_socket or False,
         x11_forwarding=False,
-        encryption_algs=["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                         "aes128-ctr", "aes256-ctr"],
+        encryption_algs=CIPHERS,
         keepalive_interval=KEEPALIVE_INTERVAL,
         keepalive_count_max=KEEPALIVE_COUNT_MAX,
         password=None,
         kbdint_auth=False,
+        window=WINDOW,
+        max_pktsize=MAX_PKTSIZE,
+        client_factory=_RelayClient,
         gss_host=None,
         config=[],
     )
@@ -77,6 +89,13 @@ async def connect(target_name: str, target: Target, private_key: bytes, *,
         raise UpstreamError(f"jitgate: target {target_name!r} ({target.address}) is unreachable ({type(exc).__name__})") from None
     except asyncssh.Error as exc:
         raise UpstreamError(f"jitgate: login to target {target_name!r} failed: {exc.reason}") from None
+
+
+class _RelayClient(asyncssh.SSHClient):
+    """The broker's side of the VM connection: coalesced writes (broker/ssh/coalesce.py)."""
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        speed_up(conn)
 
 
 async def _offered_fingerprint(target: Target, algorithm: str) -> str:
