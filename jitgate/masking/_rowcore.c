@@ -455,6 +455,7 @@ typedef struct {
     int email_strategy; /* DETECT_TEXT: EMAIL_*, or -1 when email detections go to Python */
     Py_ssize_t max_scanned;
     PyObject *column_number; /* int, for the changed set */
+    PyObject *scan;     /* DETECT_TEXT: scan(value, families) for values C does not settle, or NULL */
 } Step;
 
 typedef struct {
@@ -473,6 +474,7 @@ static void RowCore_dealloc(RowCoreObject *self)
         Py_XDECREF(self->steps[i].masker);
         Py_XDECREF((PyObject *)self->steps[i].hmac);
         Py_XDECREF(self->steps[i].column_number);
+        Py_XDECREF(self->steps[i].scan);
     }
     PyMem_Free(self->steps);
     Py_XDECREF(self->changed);
@@ -482,7 +484,7 @@ static void RowCore_dealloc(RowCoreObject *self)
 }
 
 /* RowCore(column_count, steps, changed, MalformedRow, value_errors); each step is
- * (column, kind, masker, hmac or None, families, email_strategy, max_scanned). */
+ * (column, kind, masker, hmac or None, families, email_strategy, max_scanned, scan or None). */
 static int RowCore_init(RowCoreObject *self, PyObject *args, PyObject *kwds)
 {
     PyObject *steps, *changed, *malformed, *value_errors;
@@ -498,12 +500,16 @@ static int RowCore_init(RowCoreObject *self, PyObject *args, PyObject *kwds)
     Py_ssize_t previous = -1;
     for (Py_ssize_t i = 0; i < count; i++) {
         Step *step = &self->steps[i];
-        PyObject *hmac;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(steps, i), "niOOiin", &step->column, &step->kind, &step->masker, &hmac,
-                              &step->families, &step->email_strategy, &step->max_scanned))
+        PyObject *hmac, *scan;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(steps, i), "niOOiinO", &step->column, &step->kind, &step->masker, &hmac,
+                              &step->families, &step->email_strategy, &step->max_scanned, &scan))
             return -1;
         self->step_count = i + 1;
         Py_INCREF(step->masker);
+        if (scan != Py_None) {
+            Py_INCREF(scan);
+            step->scan = scan;
+        }
         if (hmac != Py_None) {
             if (!PyObject_TypeCheck(hmac, &HmacType)) {
                 PyErr_SetString(PyExc_TypeError, "a step's hmac must be an Hmac or None");
@@ -647,6 +653,58 @@ static int is_ascii(const uint8_t *p, Py_ssize_t n)
     return any < 0x80;
 }
 
+/* A value the C code does not settle, through the column's Python scan with the families
+ * found here (the same answer the scan's own prefilter would give, or stricter where no
+ * detection is possible: see numeric_possible). */
+static PyObject *call_scan(RowCoreObject *self, const Step *step, const uint8_t *p, Py_ssize_t n, int found,
+                           int *unchanged)
+{
+    PyObject *value = PyBytes_FromStringAndSize((const char *)p, n);
+    if (value == NULL)
+        return NULL;
+    PyObject *families = Py_BuildValue("(OOOO)", found & FAMILY_EMAIL ? Py_True : Py_False,
+                                       found & FAMILY_NUMERIC ? Py_True : Py_False,
+                                       found & FAMILY_IBAN ? Py_True : Py_False,
+                                       found & FAMILY_SECRET ? Py_True : Py_False);
+    if (families == NULL) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyObject *args[2] = {value, families};
+    PyObject *masked = PyObject_Vectorcall(step->scan, args, 2, NULL);
+    Py_DECREF(families);
+    if (masked == NULL) {
+        Py_DECREF(value);
+        if (PyErr_ExceptionMatches(self->malformed) || !PyErr_ExceptionMatches(self->value_errors))
+            return NULL;
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        PyObject *text = exc != NULL ? PyObject_Str(exc) : NULL;
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        if (text != NULL) {
+            malformed(self, "DataRow column %zd is not a valid value of its type: %U", step->column, text);
+            Py_DECREF(text);
+        }
+        return NULL;
+    }
+    if (masked == value) {
+        Py_DECREF(masked);
+        Py_DECREF(value);
+        *unchanged = 1;
+        return NULL;
+    }
+    Py_DECREF(value);
+    if (masked != Py_None && !PyBytes_Check(masked)) {
+        Py_DECREF(masked);
+        PyErr_SetString(PyExc_TypeError, "a column scan returned something other than bytes or None");
+        return NULL;
+    }
+    return masked;
+}
+
 /* The masked value of one non-NULL column: a new reference (bytes or Py_None), NULL with an
  * error, or *unchanged = 1 (and NULL returned without an error) when the value stays as it is. */
 static PyObject *mask_value(RowCoreObject *self, const Step *step, const uint8_t *p, Py_ssize_t n, int *unchanged)
@@ -663,7 +721,10 @@ static PyObject *mask_value(RowCoreObject *self, const Step *step, const uint8_t
             *unchanged = 1;
             return NULL;
         }
-        if (found == FAMILY_EMAIL && step->email_strategy >= 0 && is_ascii(p, n)) {
+        if (found != FAMILY_EMAIL || step->email_strategy < 0 || !is_ascii(p, n)) {
+            if (step->scan != NULL)
+                return call_scan(self, step, p, n, found, unchanged);
+        } else {
             Span *spans = NULL;
             Py_ssize_t count = find_emails(p, n, &spans);
             if (count < 0)

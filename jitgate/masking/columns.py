@@ -155,9 +155,10 @@ def detector_masker(type_oid: int, type_modifier: int, binary: bool, scanner: Sc
         return scan(raw) if len(raw) <= MAX_SCANNED_VALUE else too_large(raw)
 
     if getattr(scan, "plain_text", False):
-        # rows.py: the compiled core runs the prefilter (and ASCII emails) itself, and calls
-        # this masker for every value it does not settle.
-        scan_or_redact.compiled = ("detect_text", scanner)
+        # rows.py: the compiled core runs the prefilter (and ASCII emails) itself, and hands
+        # every value it does not settle (at most MAX_SCANNED_VALUE bytes) to ``scan`` with
+        # the families it found.
+        scan_or_redact.compiled = ("detect_text", scanner, scan)
     return scan_or_redact
 
 
@@ -166,10 +167,12 @@ def _detect_in_text(type_oid: int, type_modifier: int, scanner: Scanner) -> Valu
     scan = scanner.mask
     fit = _text_fitter(type_oid, type_modifier)
 
-    def mask_free_text(raw: bytes) -> bytes | None:
-        families = prefilter(raw)
+    def mask_free_text(raw: bytes, families: tuple[bool, bool, bool, bool] | None = None) -> bytes | None:
+        """``families``: the prefilter's answer when the caller has it (the compiled row core)."""
         if families is None:
-            return raw
+            families = prefilter(raw)
+            if families is None:
+                return raw
         # surrogateescape: bytes that are not UTF-8 survive unchanged around the masks.
         text = raw.decode("utf-8", "surrogateescape")
         masked = scan(text, families)

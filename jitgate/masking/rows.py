@@ -193,11 +193,11 @@ def _compiled_core(column_count: int, steps: tuple, changed: set):
     core_steps = []
     for column, masker in steps:
         how = getattr(masker, "compiled", None)
-        kind, hmac, families, email_strategy = _rowcore.STEP_PYTHON, None, 0, -1
+        kind, hmac, families, email_strategy, scan = _rowcore.STEP_PYTHON, None, 0, -1, None
         if how is not None and how[0] == "hash_text":
             kind, hmac = _rowcore.STEP_HASH_TEXT, how[1].compiled(_rowcore)
         elif how is not None and how[0] == "detect_text":
-            scanner = how[1]
+            scanner, scan = how[1], how[2]
             kind = _rowcore.STEP_DETECT_TEXT
             prefilter = scanner.prefilter
             families = ((_rowcore.FAMILY_EMAIL if prefilter.email else 0) | (_rowcore.FAMILY_NUMERIC if prefilter.numeric else 0)
@@ -207,7 +207,7 @@ def _compiled_core(column_count: int, steps: tuple, changed: set):
                 email_strategy = _EMAIL_STRATEGIES[choice.strategy]
                 if choice.strategy == "hash":
                     hmac = scanner.hasher.compiled(_rowcore)
-        core_steps.append((column, kind, masker, hmac, families, email_strategy, MAX_SCANNED_VALUE))
+        core_steps.append((column, kind, masker, hmac, families, email_strategy, MAX_SCANNED_VALUE, scan))
     return _rowcore.RowCore(column_count, tuple(core_steps), changed, MalformedRow, _VALUE_ERRORS)
 
 
