@@ -25,7 +25,7 @@ from broker import metrics
 from broker.authz import AuthorizeClient, Refused
 from broker.pg import codec
 from broker.pg.lineage_step import UNFOLLOWED
-from broker.pg.masking_step import copy_plan_for, follow_for_relay, mask_row, statement_error_fields, stream_large_row
+from broker.pg.masking_step import copy_plan_for, follow_for_relay, mask_rows, statement_error_fields, stream_large_row
 from broker.pg.measure import UNMEASURABLE_EXECUTE, Batch, RowLimit
 from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.session import Session, Verdict, new_backend_key
@@ -897,10 +897,10 @@ class PgConnection:
         if plan.notice and head is not None and not head.noticed:
             head.noticed = True
             parts.append(codec.build_notice(plan.notice))
-        for start, end in ((begin, stop),) if counted else codec.message_spans(data, begin, stop):
-            if head is not None and not counted:
-                head.rows += 1
-            parts.append(await mask_row(plan, data[start + 5 : end]))
+        masked, rows = await mask_rows(plan, data, begin, stop)  # the whole run in one call (row core)
+        if head is not None and not counted:
+            head.rows += rows
+        parts.append(masked)
         return parts, stop
 
     async def _plan_for_rows(self, payload: bytes):
