@@ -143,9 +143,14 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
             logger.exception("closing idle sessions at drain failed")
     while pg.live_sessions and loop.time() < deadline:
         await asyncio.sleep(0.1)
-    for stop_listener in ctx.stoppers:
-        await stop_listener()
-    await pg.drain(max(0.0, deadline - loop.time()))
+    # At the deadline the listeners stop and the PostgreSQL stragglers close at the same time: a
+    # listener's own graceful wait (uvicorn's, for open HTTP streams) must not push psql past it.
+    outcomes = await asyncio.gather(*(stop_listener() for stop_listener in ctx.stoppers),
+                                    pg.drain(max(0.0, deadline - loop.time())), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            log(logger, logging.ERROR, "stopping a listener failed; the drain goes on",
+                error=f"{type(outcome).__name__}: {outcome}")
     sweeper.cancel()
     left = await uploader.settle(max(5.0, deadline + 10 - loop.time()))  # sealed within the shared deadline
     if left:
