@@ -97,8 +97,9 @@ class Settings:
 
     @property
     def ledger_checkpoint_every(self) -> int:
-        """A signed ledger checkpoint after this many seals (JITGATE_LEDGER_CHECKPOINT_EVERY)."""
-        return max(1, int(self.env.get("JITGATE_LEDGER_CHECKPOINT_EVERY") or 8))
+        """A signed ledger checkpoint after this many seals (JITGATE_LEDGER_CHECKPOINT_EVERY, default 1:
+        every seal signs one, so the ledger's unsigned tail is only the seals still in flight)."""
+        return max(1, int(self.env.get("JITGATE_LEDGER_CHECKPOINT_EVERY") or 1))
 
     @property
     def state_db(self) -> Path:

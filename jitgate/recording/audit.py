@@ -104,6 +104,7 @@ class AuditReport:
     ledger_entries: int = 0
     checkpoints: int = 0
     verified_size: int = 0
+    unsigned_tail: list[tuple[int, str]] = field(default_factory=list)  # entries after the newest signed checkpoint
 
     @property
     def ok(self) -> bool:
@@ -112,7 +113,9 @@ class AuditReport:
     def to_dict(self) -> dict:
         return {"ok": self.ok, "problems": self.problems, "sessions_checked": self.sessions_checked,
                 "ledger_entries": self.ledger_entries, "checkpoints": self.checkpoints,
-                "checkpointed_entries": self.verified_size}
+                "checkpointed_entries": self.verified_size,
+                "after_last_checkpoint": {"entries": len(self.unsigned_tail),
+                                          "sessions": [session for _, session in self.unsigned_tail]}}
 
 
 def audit(backends, *, spool_dir: Path | None = None, never_sealed_seconds: float = NEVER_SEALED_SECONDS,
@@ -121,7 +124,7 @@ def audit(backends, *, spool_dir: Path | None = None, never_sealed_seconds: floa
     store = backends.recordings
     walk = ledger.walk(store, backends.trust)
     report = AuditReport(problems=list(walk.problems), ledger_entries=walk.size, checkpoints=walk.checkpoints,
-                         verified_size=walk.verified_size)
+                         verified_size=walk.verified_size, unsigned_tail=walk.unsigned_tail())
     stored = store.stored_sessions()
     # Every session the ledger knows must still be there, unchanged.
     for session_id in sorted(walk.by_session):
@@ -164,9 +167,16 @@ def audit(backends, *, spool_dir: Path | None = None, never_sealed_seconds: floa
 def describe(report: AuditReport) -> str:
     head = (f"{report.ledger_entries} ledger entries ({report.verified_size} under a signed checkpoint, "
             f"{report.checkpoints} checkpoints), {report.sessions_checked} sessions verified")
+    tail = ""
+    if report.unsigned_tail:
+        shown = report.unsigned_tail[:20]
+        more = f" and {len(report.unsigned_tail) - len(shown)} more" if len(report.unsigned_tail) > len(shown) else ""
+        tail = (f"\n  {len(report.unsigned_tail)} ledger entries after the last signed checkpoint (no signature covers "
+                f"them yet; the next seal's checkpoint will): " +
+                ", ".join(f"{n} ({session})" for n, session in shown) + more)
     if report.ok:
-        return "OK: " + head
-    return "PROBLEMS: " + head + "\n" + "\n".join(f"  - {p}" for p in report.problems)
+        return "OK: " + head + tail
+    return "PROBLEMS: " + head + tail + "\n" + "\n".join(f"  - {p}" for p in report.problems)
 
 
 def as_json(report: AuditReport) -> str:

@@ -77,7 +77,7 @@ def _sealed_blocks(backends: Backends, session_id: str, count: int, digest) -> I
         yield data
 
 
-def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_every: int = 8) -> Finalized:
+def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_every: int = 1) -> Finalized:
     """Seal the session a broker's signed session-closed event names. Never raises for a refusal
     (returns status "refused" and logs why); raises ChunksIncomplete or a backend error when a
     retry can help."""

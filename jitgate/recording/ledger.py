@@ -2,7 +2,9 @@
 
 In the spirit of Certificate Transparency: each seal appends an entry naming the session and
 the SHA-256 of its manifest; entry n carries the hash of entry n-1, and every
-``checkpoint_every`` entries finalize signs a checkpoint (size, head hash) with the seal key.
+``checkpoint_every`` entries (default: every entry) finalize signs a checkpoint (size, head hash)
+with the seal key. Entries after the newest checkpoint (the tail) are covered by no signature
+yet, only by create-once objects and retention; ``jitgate audit`` names them.
 Entries and checkpoints are objects created once (O_EXCL / if_generation_match=0), in the
 recordings bucket under its retention policy on GCP and in ``$JITGATE_HOME/ledger`` embedded,
 so two concurrent finalizers take consecutive numbers instead of overwriting each other.
@@ -59,7 +61,7 @@ def _newest(store) -> tuple[int, str]:
     return number, head
 
 
-def append(store, signer, *, session_id: str, manifest_sha256: str, checkpoint_every: int = 8,
+def append(store, signer, *, session_id: str, manifest_sha256: str, checkpoint_every: int = 1,
            continues: str | None = None) -> int:
     """Append one seal; returns its entry number. Signs a checkpoint when the size reaches a multiple
     of ``checkpoint_every``. ``continues``: the session a continuation part follows (so the first
@@ -108,6 +110,10 @@ class LedgerWalk:
     @property
     def size(self) -> int:
         return len(self.entries)
+
+    def unsigned_tail(self) -> list[tuple[int, str]]:
+        """(entry number, session id) of the entries no verified checkpoint covers yet."""
+        return [(n, str(e.get("session_id"))) for n, e in sorted(self.entries.items()) if n >= self.verified_size]
 
 
 def walk(store, trust) -> LedgerWalk:

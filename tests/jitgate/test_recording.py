@@ -13,7 +13,7 @@ from broker.recorder import SpoolUploader, _write_state, upload_pending
 from jitgate.backends import open_backends
 from jitgate.keys import LocalSigner
 from jitgate.recording import ledger
-from jitgate.recording.audit import audit, verify_session
+from jitgate.recording.audit import as_json, audit, describe, verify_session
 from jitgate.recording.closing import sign_closing
 from jitgate.recording.finalize import MANIFEST, RECORDING, finalize_session
 from jitgate.recording.seal import Chain, parse_events, seal, verify
@@ -272,3 +272,25 @@ def test_ledger_appends_chain_from_the_stored_head_not_a_stale_memory(backends):
     assert ledger.append(b.recordings, b.signer, session_id="m3", manifest_sha256="0" * 64) == 0
     walk = ledger.walk(b.recordings, b.trust)
     assert walk.entries[0]["prev"] == ledger.GENESIS and not walk.problems
+
+
+def test_audit_names_the_ledger_entries_after_the_last_signed_checkpoint(backends):
+    settings, b = backends
+    assert settings.ledger_checkpoint_every == 1  # by default every seal signs a checkpoint: no tail at rest
+    for sid in ("t1", "t2"):
+        assert finalize_session(b, store_and_close(b, sid)).status == "sealed"
+    report = audit(b)
+    assert report.ok and report.verified_size == 2 and report.unsigned_tail == []
+    for sid in ("t3", "t4"):  # a deployment that checkpoints less often has a tail; audit names it
+        finalize_session(b, store_and_close(b, sid), checkpoint_every=3)
+    report = audit(b)
+    assert report.verified_size == 3 and report.unsigned_tail == [(3, "t4")], report.unsigned_tail
+    assert "1 ledger entries after the last signed checkpoint" in describe(report) and "3 (t4)" in describe(report)
+    assert json.loads(as_json(report))["after_last_checkpoint"] == {"entries": 1, "sessions": ["t4"]}
+    # Someone writing the ledger folder removes the newest checkpoint: the entries it covered are named
+    # as unsigned again (and the next seal's checkpoint covers them once more).
+    (settings.ledger_dir / ledger.checkpoint_name(3)).unlink()
+    report = audit(b)
+    assert [s for _, s in report.unsigned_tail] == ["t3", "t4"], report.unsigned_tail
+    finalize_session(b, store_and_close(b, "t5"))
+    assert audit(b).unsigned_tail == []
