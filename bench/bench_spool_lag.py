@@ -106,7 +106,8 @@ def main() -> int:
              f"{result['lag_p99_s']} s | {result['lag_max_s']} s | {args.interval} s + one upload |\n")
     print(table)
     if not args.no_write:
-        out = REPO / "bench" / "results" / f"{result['date']}-spool-lag"
+        suffix = "" if args.backends == "embedded" else f"-{args.backends}"  # one file per backend set
+        out = REPO / "bench" / "results" / f"{result['date']}-spool-lag{suffix}"
         out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(
             f"# Spool lag: seconds of a busy session a lost VM can cost ({result['date']})\n\n"

@@ -50,6 +50,32 @@ resource "google_storage_bucket" "recordings" {
     is_locked        = var.lock_recordings_retention
   }
 
+  # Chunks are working copies of what a seal holds (<session>/chunks/NNNNNN.jsonl, and a re-upload's
+  # NNNNNN.jsonl.<offset>): the retention policy keeps them as long as the seals, and then they go.
+  # The suffixes match a chunk's last digit; every sealed object (recording.jsonl, manifest.json,
+  # ledger-entry.json, ledger/**.json) ends in a letter, so none of them is matched.
+  lifecycle_rule {
+    condition {
+      age            = var.recordings_retention_days + 1
+      matches_suffix = ["0.jsonl", "1.jsonl", "2.jsonl", "3.jsonl", "4.jsonl", "5.jsonl", "6.jsonl", "7.jsonl", "8.jsonl", "9.jsonl", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  # With versioning, a deleted chunk stays as a noncurrent version: those go a day later.
+  lifecycle_rule {
+    condition {
+      with_state                 = "ARCHIVED"
+      days_since_noncurrent_time = 1
+      matches_suffix             = ["0.jsonl", "1.jsonl", "2.jsonl", "3.jsonl", "4.jsonl", "5.jsonl", "6.jsonl", "7.jsonl", "8.jsonl", "9.jsonl", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   dynamic "encryption" {
     for_each = var.use_cmek ? [1] : []
     content {

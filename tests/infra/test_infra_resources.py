@@ -230,3 +230,31 @@ def test_broker_logs_are_shipped_to_cloud_logging():
     # The broker's stdout and stderr (JSON lines, jitgate/logs.py) go to the file the agent reads.
     outputs = set(re.findall(r"^Standard(?:Output|Error)=append:(\S+)$", script, re.M))
     assert outputs and outputs <= set(receiver["include_paths"])
+
+
+def test_recording_chunks_age_out_after_retention_and_no_sealed_object_does(tf):
+    """Chunks are working copies of what a seal holds: a lifecycle rule removes them once the retention
+    policy lets it (issue 21), and it must never match a sealed recording, manifest or ledger object."""
+    from jitgate.backends.gcp import GcsRecordingStore
+    from jitgate.recording import ledger as ledger_names
+
+    rules = tf.resource("google_storage_bucket", "recordings").get("lifecycle_rule", [])
+    deletes = [attr(r, "condition") for r in rules if attr(attr(r, "action"), "type") == "Delete"]
+    live = [c for c in deletes if attr(c, "with_state") is None]
+    archived = [c for c in deletes if attr(c, "with_state") == "ARCHIVED"]
+    assert len(live) == 1 and len(archived) == 1, rules
+    assert attr(live[0], "age") == "${var.recordings_retention_days + 1}"  # never before retention allows
+
+    def matched(condition, name: str) -> bool:
+        return any(name.endswith(suffix) for suffix in attr(condition, "matches_suffix"))
+
+    store = GcsRecordingStore("bucket", "project")
+    session = "3f1c0a9b8e7d6c5b4a3928171615141e"
+    chunks = [store._chunk_name(session, 0), store._chunk_name(session, 1234567),
+              f"{store._chunk_name(session, 7)}.{4096:012d}", store._chunk_name(f"{session}-c1", 9)]
+    sealed = [f"{session}/recording.jsonl", f"{session}/manifest.json", f"{session}/ledger-entry.json",
+              f"{session}-c1/recording.jsonl", f"{session}-c2/manifest.json",
+              f"ledger/{ledger_names.entry_name(10)}", f"ledger/{ledger_names.checkpoint_name(10)}"]
+    for condition in (live[0], archived[0]):
+        assert all(matched(condition, name) for name in chunks), chunks
+        assert not [name for name in sealed if matched(condition, name)]
