@@ -63,6 +63,8 @@ def _reasons(result) -> tuple[frozenset[str], tuple[str, ...]]:
     return result.classes, reasons
 
 
+_classify_in_session = None  # broker.sql_worker.classify_in_session, imported on first use
+
 # An approval step: (session, statement text, verdict) -> final verdict. Installed by the approvals work.
 ApprovalStep = Callable[["Session", str, Verdict], Awaitable[Verdict]]
 
@@ -120,9 +122,11 @@ class Session:
 
     async def decide_sql_async(self, sql: str) -> Verdict:
         """decide_sql for the event loop: long text is classified in a worker process with a time limit."""
-        from broker.sql_worker import classify_in_session  # noqa: PLC0415 - broker-only, keeps the import light
+        global _classify_in_session
+        if _classify_in_session is None:  # broker-only, keeps the import light
+            from broker.sql_worker import classify_in_session as _classify_in_session  # noqa: PLC0415
 
-        classification = await classify_in_session(sql, self.prepared)
+        classification = await _classify_in_session(sql, self.prepared)
         verdict = self._decide(*_reasons(classification), what="statement")
         verdict.writes_rows, verdict.unmeasurable = classification.writes_rows, classification.unmeasurable
         return verdict

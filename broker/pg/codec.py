@@ -200,19 +200,6 @@ class MessageReader:
         return [(chr(t), data[s + 5 : e]) for t, s, e in spans]
 
 
-def message_spans(data: bytes, begin: int, stop: int) -> list[tuple[int, int]]:
-    """(start, end) of each message in data[begin:stop], a run of whole messages that
-    MessageReader.spans has already framed and checked."""
-    out = []
-    unpack = _I32.unpack_from
-    pos = begin
-    while pos < stop:
-        end = pos + 1 + unpack(data, pos + 1)[0]
-        out.append((pos, end))
-        pos = end
-    return out
-
-
 def count_messages(data: bytes, begin: int, stop: int) -> int:
     """How many messages data[begin:stop] holds (framed and checked already, as above)."""
     count = 0

@@ -79,7 +79,7 @@ class ClientError(Exception):
         self.hint = hint
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A statement sent upstream whose result has not come back yet."""
 
