@@ -20,4 +20,9 @@ setup(ext_modules=[Extension(
     libraries=["crypto"] if _OPENSSL else [],
     extra_compile_args=["-O2"],
     optional=True,
+), Extension(
+    # The PostgreSQL relay's message framing (reference: broker/pg/codec.py), same terms.
+    "broker.pg._framing", ["broker/pg/_framing.c"],
+    extra_compile_args=["-O2"],
+    optional=True,
 )])

@@ -9,8 +9,18 @@ Reference: https://www.postgresql.org/docs/current/protocol-message-formats.html
 """
 from __future__ import annotations
 
+import importlib
+import os
 import struct
 from dataclasses import dataclass, field
+
+# The compiled framing loop (broker/pg/_framing.c, built by pip; optional): the same walk as
+# MessageReader._scan below, which stays the reference. JITGATE_PG_FRAMING=python forces it.
+try:
+    _framing = importlib.import_module("broker.pg._framing")
+except ImportError:
+    _framing = None
+FRAMING = "python" if _framing is None or os.environ.get("JITGATE_PG_FRAMING") == "python" else "compiled"
 
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
@@ -153,26 +163,14 @@ class MessageReader:
         when it has nothing to do with them).
         """
         buf = self._buf
-        n = len(buf)
-        pos = 0
-        out = []
-        limit = self.max_message
-        unpack = _I32.unpack_from
-        while n - pos >= 5:
-            (length,) = unpack(buf, pos + 1)
-            if length < 4:
-                raise ProtocolError(f"invalid message length {length} for message type {chr(buf[pos])!r}")
-            if length > limit:
-                raise ProtocolError(
-                    f"message of {length} bytes exceeds the limit of {limit} bytes (setting JITGATE_PG_MAX_MESSAGE)"
-                )
-            end = pos + 1 + length
-            if end > n:
-                break
-            kind = buf[pos]
-            if kind != skip:
-                out.append((kind, pos, end))
-            pos = end
+        pos, out, bad = (_framing.scan(buf, skip, self.max_message) if FRAMING == "compiled"
+                         else _scan(buf, skip, self.max_message))
+        if bad is not None:
+            if bad < 4:
+                raise ProtocolError(f"invalid message length {bad} for message type {chr(buf[pos])!r}")
+            raise ProtocolError(
+                f"message of {bad} bytes exceeds the limit of {self.max_message} bytes (setting JITGATE_PG_MAX_MESSAGE)"
+            )
         if pos == 0:
             return b"", out
         data = bytes(buf[:pos])
@@ -198,6 +196,26 @@ class MessageReader:
     def messages(self) -> list[tuple[str, bytes]]:
         data, spans = self.spans()
         return [(chr(t), data[s + 5 : e]) for t, s, e in spans]
+
+
+def _scan(buf: bytearray, skip: int, limit: int) -> tuple[int, list[tuple[int, int, int]], int | None]:
+    """(pos, spans, bad): the reference framing loop (see broker/pg/_framing.c)."""
+    n = len(buf)
+    pos = 0
+    out = []
+    unpack = _I32.unpack_from
+    while n - pos >= 5:
+        (length,) = unpack(buf, pos + 1)
+        if length < 4 or length > limit:
+            return pos, out, length
+        end = pos + 1 + length
+        if end > n:
+            break
+        kind = buf[pos]
+        if kind != skip:
+            out.append((kind, pos, end))
+        pos = end
+    return pos, out, None
 
 
 def count_messages(data: bytes, begin: int, stop: int) -> int:

@@ -127,3 +127,50 @@ def test_fuzz_messages(data, kind):
 @given(st.lists(st.one_of(st.none(), st.binary(max_size=50)), max_size=30))
 def test_data_row_property(values):
     assert codec.parse_data_row(codec.build_data_row(values)[5:]) == values
+
+
+# --- framing: the compiled loop (broker/pg/_framing.c) against the Python reference ---------
+
+
+def test_compiled_framing_is_built_and_used():
+    """tests/rowcore_build.py builds it (as pip does); the relay must not silently run the Python loop."""
+    assert codec._framing is not None, "broker/pg/_framing.c is not built (python setup.py build_ext --inplace)"
+    assert codec.FRAMING == "compiled"
+
+
+@pytest.fixture(params=["python", "compiled"])
+def framing(request, monkeypatch):
+    monkeypatch.setattr(codec, "FRAMING", request.param)
+    return request.param
+
+
+def test_reader_framing_both_implementations(framing):
+    rows = b"".join(codec.build_data_row([str(i).encode(), b"x" * i]) for i in range(300))
+    stream = rows + codec.message("C", b"SELECT 300\x00") + codec.message("Z", b"I")
+    reader = codec.MessageReader(max_message=10_000)
+    reader.feed(stream[:-3])
+    data, spans = reader.spans(0x44)
+    assert [chr(k) for k, _, _ in spans] == ["C"] and data == stream[: len(stream) - 6]
+    assert codec.count_messages(data, 0, spans[0][1]) == 300
+    reader.feed(stream[-3:])
+    data, spans = reader.spans()
+    assert [chr(k) for k, _, _ in spans] == ["Z"] and reader.buffered == 0
+    for bad, problem in ((b"D" + struct.pack("!i", 3), "invalid message length 3 for message type 'D'"),
+                         (b"D" + struct.pack("!i", -7), "invalid message length -7"),
+                         (b"D" + struct.pack("!i", 20_000), "exceeds the limit of 10000 bytes")):
+        reader = codec.MessageReader(max_message=10_000)
+        reader.feed(codec.message("Z", b"I") + bad)
+        with pytest.raises(codec.ProtocolError, match=problem):
+            reader.spans()
+        assert reader.buffered == 6 + len(bad)  # nothing taken when the read holds a bad header
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(b"DCZTEN\x00\xff"), st.integers(-5, 70), st.binary(max_size=60)), max_size=20),
+       st.sampled_from([-1, 0x44, 0x00, 0xFF]), st.integers(0, 80))
+def test_fuzz_compiled_framing_matches_the_reference(messages, skip, limit):
+    """Any bytes, any skip and limit: the compiled loop and the Python one agree exactly."""
+    raw = b"".join(bytes([kind]) + struct.pack("!i", length) + body for kind, length, body in messages)
+    for cut in (len(raw), len(raw) // 2):
+        buf = bytearray(raw[:cut])
+        assert codec._framing.scan(buf, skip, limit) == codec._scan(buf, skip, limit)
