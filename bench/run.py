@@ -634,6 +634,25 @@ def summarize_pyspy(raw: Path, top: int = 25) -> str:
     return "\n".join(out)
 
 
+def ensure_compiled() -> str:
+    """The compiled parts the broker runs in production (broker/pg/_framing.c, jitgate/masking/_rowcore.c),
+    built in place when this tree has not been built (`pip install -e .` builds them); says which ran."""
+    from broker.pg import codec
+    from jitgate.masking import rows
+
+    if codec._framing is None or rows._rowcore is None:
+        say("building the compiled framing and row core in place (python setup.py build_ext --inplace)")
+        result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            say(f"  could not build them; the broker runs the pure-Python reference: {result.stderr[-500:]}")
+    names = []
+    for module, label in (("broker.pg._framing", "message framing"), ("jitgate.masking._rowcore", "row masking core")):
+        found = importlib.util.find_spec(module) is not None
+        names.append(f"{label} {'compiled' if found else 'pure Python'}")
+    return ", ".join(names)
+
+
 def machine_info() -> dict:
     model = "unknown"
     try:
@@ -752,7 +771,7 @@ def render_markdown(meta: dict, results: list[dict]) -> str:
         *(["- **experiment** (`--no-masking-rules`): the bench target has NO masking rules in this run, so the "
            "masking plan and lineage steps do not run; compare with a run with the rules to see what they cost."]
           if not meta.get("masking_rules", True) else []),
-        f"- broker event loop: {meta['broker_event_loop']}.",
+        f"- broker event loop: {meta['broker_event_loop']}; {meta.get('broker_compiled', 'compiled parts not recorded')}.",
         *(["- **broker, no TLS** (experiment, `--broker-plain`): the same broker with JITGATE_TLS_REQUIRED=false and "
            "the client on sslmode=disable, to show what client-side TLS costs the broker; ratios use the TLS broker."]
           if plain else []),
@@ -817,6 +836,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tool} is not installed (apt-get install postgresql-client)", file=sys.stderr)
             return 2
     bouncer_bin = ensure_pgbouncer()
+    compiled = ensure_compiled()
 
     home = Path(tempfile.mkdtemp(prefix="jitgate-bench-"))
     os.chmod(home, 0o755)  # the PostgreSQL service user must reach <home>/postgres
@@ -883,6 +903,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "paths": list(endpoints),
             "masking_rules": not args.no_masking_rules,
+            "broker_compiled": compiled,
             "broker_event_loop": "uvloop (experiment via sitecustomize)" if args.uvloop else (
                 "uvloop (installed; broker/main.py uses it)" if importlib.util.find_spec("uvloop") else "asyncio"),
             "elapsed_s": None,
