@@ -49,14 +49,14 @@ def load_hmac_key(settings, backends) -> bytes:
 class SessionMasker:
     """What the PostgreSQL relay asks: is masking on, a plan per result, masked free text."""
 
-    def __init__(self, masker: Masker, target: Target, backends):
+    def __init__(self, masker: Masker, target: Target, backends, owner: str | None = None):
         self.masker = masker
         self.active = masker.active
         self._target = target
         self._backends = backends
         self._tables: dict[int, str] = {}
         self._columns: dict[tuple[int, int], str] = {}
-        self.lineage = LineageStep()
+        self.lineage = LineageStep(owner)  # the worker pool is fair between users
         # Lineage matters only where a column rule could be escaped by an expression.
         self.follows_lineage = masker.has_column_rules
 
@@ -192,6 +192,6 @@ def install(pg, settings, backends) -> None:
         masker = found[1]
         if not masker.active:
             return None
-        return SessionMasker(masker, target, backends)
+        return SessionMasker(masker, target, backends, owner=getattr(principal, "username", None))
 
     pg.masker_factory = factory

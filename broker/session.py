@@ -126,7 +126,7 @@ class Session:
         if _classify_in_session is None:  # broker-only, keeps the import light
             from broker.sql_worker import classify_in_session as _classify_in_session  # noqa: PLC0415
 
-        classification = await _classify_in_session(sql, self.prepared)
+        classification = await _classify_in_session(sql, self.prepared, owner=self.principal.username)
         verdict = self._decide(*_reasons(classification), what="statement")
         verdict.writes_rows, verdict.unmeasurable = classification.writes_rows, classification.unmeasurable
         return verdict

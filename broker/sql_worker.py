@@ -1,4 +1,4 @@
-"""SQL classification that cannot stall other sessions.
+"""SQL classification and lineage parsing that cannot stall other sessions.
 
 Every session of a broker shares one event loop, and PostgreSQL's parser takes
 time that grows faster than the text on some inputs (``"SELECT " + "+x" * n``:
@@ -10,6 +10,13 @@ about 1 s at 16 KB, holding the GIL). So:
   time limit; a worker that overruns is killed and the statement is
   ``unclassified`` (the policy decides; refused by default);
 - text over ``MAX_CLASSIFIED_BYTES`` is never parsed (jitgate.guardrails.sql.too_long).
+
+The masking lineage step (``broker/pg/lineage_step.py``) parses with the same parser
+and uses the same workers (ops ``needs`` and ``follow``), with its own inline limit.
+
+Fairness: each owner (the signed-in user) has at most one request in the workers or
+in their queue at a time, so one user's many sessions sending long statements queue
+behind each other, not in front of other users' statements.
 
 The worker speaks length-prefixed pickles over its stdin/stdout; it is our own
 child, started from this code, so its answers are trusted like a function's.
@@ -32,6 +39,7 @@ from jitgate.guardrails.sql import (
     too_long,
 )
 from jitgate.logs import log
+from jitgate.masking import lineage
 
 logger = logging.getLogger("jitgate.broker.sql_worker")
 
@@ -41,6 +49,10 @@ WORKERS = 2
 STARTUP_LIMIT = 60.0
 _READY = b"R"
 _LENGTH = struct.Struct("!I")
+
+
+class WorkerFailed(Exception):
+    """A worker request did not answer (time limit, crash, no worker); the message says why."""
 
 
 class _Worker:
@@ -63,8 +75,8 @@ class _Worker:
             raise
         return worker
 
-    async def ask(self, sql: str, prepared: dict) -> tuple[Classification, dict]:
-        request = pickle.dumps((sql, prepared), protocol=pickle.HIGHEST_PROTOCOL)
+    async def ask(self, op: str, *args):
+        request = pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL)
         self.process.stdin.write(_LENGTH.pack(len(request)) + request)
         await self.process.stdin.drain()
         (size,) = _LENGTH.unpack(await self.process.stdout.readexactly(_LENGTH.size))
@@ -78,49 +90,124 @@ class _Worker:
             asyncio.ensure_future(self.process.wait())  # reap it
 
 
+class BoundedCache:
+    """An LRU dictionary bounded in entries and in the total length of its text keys (a few
+    huge statements cannot pin memory; a flood of distinct ones only evicts)."""
+
+    def __init__(self, max_entries: int, max_chars: int):
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+        self.chars = 0
+        self._items: collections.OrderedDict = collections.OrderedDict()
+
+    @staticmethod
+    def _size(key) -> int:
+        text = key[0] if isinstance(key, tuple) else key
+        return len(text) if isinstance(text, str) else 0
+
+    def get(self, key, default=None):
+        try:
+            value = self._items[key]
+        except KeyError:
+            return default
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key, value) -> None:
+        size = self._size(key)
+        if size > self.max_chars:
+            return
+        if key in self._items:
+            self._items.move_to_end(key)
+            self._items[key] = value
+            return
+        self._items[key] = value
+        self.chars += size
+        while len(self._items) > self.max_entries or self.chars > self.max_chars:
+            old, _ = self._items.popitem(last=False)
+            self.chars -= self._size(old)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.chars = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+
 class ClassifierPool:
-    """A few worker processes; each statement runs in one of them under TIME_LIMIT."""
+    """A few worker processes; each request runs in one of them under TIME_LIMIT, at most one
+    per owner at a time (see the module's docstring)."""
 
     def __init__(self, workers: int = WORKERS, time_limit: float = TIME_LIMIT):
         self.time_limit = time_limit
         self._slots = asyncio.Semaphore(workers)
         self._idle: list[_Worker] = []
-        self._cache: collections.OrderedDict[str, Classification] = collections.OrderedDict()
+        self._owners: dict[object, list] = {}  # owner -> [semaphore, users]
+        self._cache = BoundedCache(1024, 4 * 1024 * 1024)
+        self.busy: set[_Worker] = set()  # workers answering a request now (tests kill one)
         self.killed = 0  # workers stopped for overrunning (for tests and metrics)
+        self.served = 0  # requests answered by a worker
 
-    async def classify(self, sql: str, prepared: dict) -> Classification:
+    async def run(self, op: str, *args, owner: object = None, what: str = "statement"):
+        """The worker's answer to ``op(*args)``; WorkerFailed when there is none in time."""
+        if owner is None:
+            owner = object()  # nobody to be fair to: only the pool's size bounds it
+        entry = self._owners.setdefault(owner, [asyncio.Semaphore(1), 0])
+        entry[1] += 1
+        try:
+            async with entry[0], self._slots:
+                return await self._run(op, args, what)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._owners[owner]
+
+    async def _run(self, op: str, args: tuple, what: str):
+        try:
+            worker = self._idle.pop() if self._idle else await _Worker.start()
+        except (EOFError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError) as exc:
+            log(logger, logging.ERROR, "SQL worker did not start", error=type(exc).__name__)
+            raise WorkerFailed(f"the gateway could not start a parser worker for this {what}") from None
+        self.busy.add(worker)
+        try:
+            answer = await asyncio.wait_for(worker.ask(op, *args), self.time_limit)
+        except asyncio.TimeoutError:
+            worker.kill()
+            self.killed += 1
+            log(logger, logging.WARNING, "SQL worker overran its time limit; worker stopped", op=op,
+                chars=len(args[0]), limit_s=self.time_limit)
+            raise WorkerFailed(f"parsing this {len(args[0])}-character {what} took longer than {self.time_limit:g} s, "
+                               "so the gateway stopped; simplify or split it") from None
+        except (EOFError, asyncio.IncompleteReadError, ConnectionError, pickle.PickleError) as exc:
+            worker.kill()
+            log(logger, logging.ERROR, "SQL worker failed", op=op, error=type(exc).__name__)
+            raise WorkerFailed(f"the gateway's parser worker failed on this {what}") from None
+        except BaseException:
+            worker.kill()
+            raise
+        finally:
+            self.busy.discard(worker)
+        self.served += 1
+        self._idle.append(worker)
+        return answer
+
+    async def classify(self, sql: str, prepared: dict, owner: object = None) -> Classification:
         cacheable = len(sql) <= 8192 and "execute" not in sql.lower() and "prepare" not in sql.lower()
-        if cacheable and sql in self._cache:
-            self._cache.move_to_end(sql)
-            return self._cache[sql]
-        async with self._slots:
-            try:
-                worker = self._idle.pop() if self._idle else await _Worker.start()
-            except (EOFError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError) as exc:
-                log(logger, logging.ERROR, "SQL classification worker did not start", error=type(exc).__name__)
-                return _unclassified(sql, "the gateway's SQL classifier could not start a worker for this statement")
-            try:
-                result, learned = await asyncio.wait_for(worker.ask(sql, dict(prepared)), self.time_limit)
-            except asyncio.TimeoutError:
-                worker.kill()
-                self.killed += 1
-                log(logger, logging.WARNING, "SQL classification overran its time limit; worker stopped",
-                    chars=len(sql), limit_s=self.time_limit)
-                return _unclassified(sql, f"classifying this {len(sql)}-character statement took longer than "
-                                          f"{self.time_limit:g} s, so the gateway stopped; simplify or split it")
-            except (EOFError, asyncio.IncompleteReadError, ConnectionError, pickle.PickleError) as exc:
-                worker.kill()
-                log(logger, logging.ERROR, "SQL classification worker failed", error=type(exc).__name__)
-                return _unclassified(sql, "the gateway's SQL classifier failed on this statement")
-            except BaseException:
-                worker.kill()
-                raise
-            self._idle.append(worker)
+        if cacheable:
+            hit = self._cache.get(sql)
+            if hit is not None:
+                return hit
+        try:
+            result, learned = await self.run("classify", sql, dict(prepared), owner=owner)
+        except WorkerFailed as exc:
+            return _unclassified(sql, str(exc))
         prepared.update(learned)
         if cacheable and result.error is None:
-            self._cache[sql] = result
-            if len(self._cache) > 1024:
-                self._cache.popitem(last=False)
+            self._cache.put(sql, result)
         return result
 
     async def aclose(self) -> None:
@@ -144,14 +231,34 @@ def pool() -> ClassifierPool:
     return _POOL
 
 
-async def classify_in_session(sql: str, prepared: dict) -> Classification:
+async def classify_in_session(sql: str, prepared: dict, owner: object = None) -> Classification:
     """classify_sql_in_session without blocking the event loop for long."""
     if len(sql) <= INLINE_CHARS:
         return classify_sql_in_session(sql, prepared)
     over = too_long(sql)
     if over is not None:
         return over
-    return await pool().classify(sql, prepared)
+    return await pool().classify(sql, prepared, owner)
+
+
+def _answer(op: str, args: tuple):
+    if op == "classify":
+        sql, prepared = args
+        try:
+            result = classify_sql_in_session(sql, prepared)
+        except Exception as exc:  # noqa: BLE001 - the classifier already fails closed; belt and braces
+            result = _unclassified(sql, f"the classifier failed ({type(exc).__name__})")
+        return result, prepared
+    if op == "needs":  # Needs, or the reason the lineage is unknown
+        try:
+            return lineage.catalog_needs(args[0])
+        except lineage.LineageUnknown as exc:
+            return str(exc)
+        except RecursionError:
+            return "the statement nests too deeply to follow"
+    if op == "follow":
+        return lineage.follow(*args)
+    raise ValueError(f"unknown worker op {op!r}")
 
 
 def _serve() -> None:
@@ -163,12 +270,8 @@ def _serve() -> None:
         if len(head) < _LENGTH.size:
             return
         (size,) = _LENGTH.unpack(head)
-        sql, prepared = pickle.loads(stdin.read(size))  # noqa: S301 - from the broker that started us
-        try:
-            result = classify_sql_in_session(sql, prepared)
-        except Exception as exc:  # noqa: BLE001 - the classifier already fails closed; belt and braces
-            result = _unclassified(sql, f"the classifier failed ({type(exc).__name__})")
-        answer = pickle.dumps((result, prepared), protocol=pickle.HIGHEST_PROTOCOL)
+        op, args = pickle.loads(stdin.read(size))  # noqa: S301 - from the broker that started us
+        answer = pickle.dumps(_answer(op, args), protocol=pickle.HIGHEST_PROTOCOL)
         stdout.write(_LENGTH.pack(len(answer)) + answer)
         stdout.flush()
 

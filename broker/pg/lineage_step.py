@@ -10,18 +10,35 @@ AS SELECT ...``), so reading them back is masked like their sources.
 The catalog is read through ``fetch(sql) -> rows of text`` on a connection the
 caller owns (the relay's side connection, or the agent API's own upstream), with
 names passed as quoted literals: nothing from the statement runs as SQL.
+
+Parsing is bounded per message (issue 21): text up to INLINE_CHARS (a statement and
+the view definitions it reaches) is parsed on the event loop; longer text goes to the
+SQL worker processes (``broker/sql_worker.py``) under their time limit, and a worker
+that fails or overruns makes the lineage unknown (results masked whole, or held per
+``masking.unknown_lineage``). Repeats cost a dictionary lookup: what a text mentions
+is cached for every session (it depends on the text alone), and each session caches
+its results by (text, generation), the generation changing with anything else they
+depend on (the catalog answers, which a SET or DDL drops, and the columns it tainted).
 """
 from __future__ import annotations
 
 import json
 from typing import Awaitable, Callable
 
+from broker.sql_worker import BoundedCache, WorkerFailed, pool
+from jitgate.guardrails.sql import too_long
 from jitgate.masking import lineage
-from jitgate.masking.lineage import Catalog, Relation, StatementLineage
+from jitgate.masking.lineage import Catalog, Needs, Relation, StatementLineage
 
 Fetch = Callable[[str], Awaitable[list[tuple]]]
 # Rows from a statement the step did not follow (more results than statements parsed): fail closed.
 UNFOLLOWED = StatementLineage(unknown="the gateway did not follow the statement that produced these rows")
+# Text parsed on the event loop at most (worst case found: about 5 ms on a loaded 2-core machine,
+# for "SELECT 1-1-1..."; tests/masking/test_lineage_offloop.py bounds its parse tree by its length).
+INLINE_CHARS = 256
+# Needs (or the reason there are none) per text: pure, so shared by every session.
+_NEEDS = BoundedCache(4096, 4 * 1024 * 1024)
+_WHAT = "statement's column lineage"
 
 
 def _literal(text: str) -> str:
@@ -71,20 +88,41 @@ def operators_query(names: list[str]) -> str:
 class LineageStep:
     """Per session: the catalog answers so far, and the columns it wrote derived data into."""
 
-    def __init__(self):
+    def __init__(self, owner: object = None):
+        self.owner = owner  # whose turn it is in the worker pool (the signed-in user)
         self._relations: dict[str, Relation | None] = {}
         self._functions: dict[str, bool] = {}
         self._operators: dict[str, bool] = {}
         self._tainted: dict[tuple, frozenset] = {}
+        self.generation = 0  # changes whenever a cached result could differ
+        self._results = BoundedCache(256, 1024 * 1024)
         self.lookups = 0  # catalog round trips, for tests
+        self.parsed_inline = 0  # texts parsed on the event loop (tests)
+        self.parsed_in_worker = 0  # parses sent to a worker (tests)
 
     async def follow(self, sql: str, fetch: Fetch) -> list[StatementLineage]:
         """One lineage per statement of ``sql`` (an unknown one says why)."""
+        key = (sql, self.generation)
+        cached = self._results.get(key)
+        if cached is not None:
+            return list(cached)
+        over = too_long(sql)
+        if over is not None:
+            return [StatementLineage(unknown=over.error)]
         try:
-            await self._resolve(sql, fetch)
+            chars = await self._resolve(sql, fetch)
         except lineage.LineageUnknown as exc:
             return [StatementLineage(unknown=str(exc))]
-        result = lineage.follow(sql, Catalog(self._relations, self._functions, self._operators, self._tainted))
+        catalog = Catalog(self._relations, self._functions, self._operators, self._tainted)
+        if chars <= INLINE_CHARS:
+            self.parsed_inline += 1
+            result = lineage.follow(sql, catalog)
+        else:
+            self.parsed_in_worker += 1
+            try:
+                result = await pool().run("follow", sql, catalog, owner=self.owner, what=_WHAT)
+            except WorkerFailed as exc:
+                return [StatementLineage(unknown=str(exc))]
         out = []
         stale = False
         for statement in result:
@@ -94,11 +132,16 @@ class LineageStep:
                                                      "the catalog")
             out.append(statement)
             for relation, column, sources in statement.writes:
-                key = (relation, column)
-                self._tainted[key] = self._tainted.get(key, frozenset()) | sources
+                key_column = (relation, column)
+                before = self._tainted.get(key_column, frozenset())
+                if not sources <= before:
+                    self._tainted[key_column] = before | sources
+                    self.generation += 1
             stale = stale or statement.changes_catalog
         if stale:
             self.forget()
+        elif self.generation == key[1]:
+            self._results.put(key, tuple(out))
         return out
 
     def forget(self) -> None:
@@ -106,40 +149,75 @@ class LineageStep:
         self._relations.clear()
         self._functions.clear()
         self._operators.clear()
+        self._results.clear()
+        self.generation += 1
 
-    async def _resolve(self, sql: str, fetch: Fetch) -> None:
+    async def _needs(self, text: str) -> Needs:
+        found = _NEEDS.get(text)
+        if found is None:
+            if len(text) <= INLINE_CHARS:
+                self.parsed_inline += 1
+                try:
+                    found = lineage.catalog_needs(text)
+                except lineage.LineageUnknown as exc:
+                    found = str(exc)
+            else:
+                self.parsed_in_worker += 1
+                try:
+                    found = await pool().run("needs", text, owner=self.owner, what=_WHAT)
+                except WorkerFailed as exc:  # not cached: the next try may have a worker
+                    raise lineage.LineageUnknown(str(exc)) from None
+            _NEEDS.put(text, found)
+        if isinstance(found, str):
+            raise lineage.LineageUnknown(found)
+        return found
+
+    async def _resolve(self, sql: str, fetch: Fetch) -> int:
+        """Looks up what ``sql`` and the views it reaches mention; returns how many characters
+        following it parses (the statement and those view definitions)."""
         pending = [sql]
+        seen = {sql}
+        chars = 0
         for _ in range(lineage.MAX_VIEW_DEPTH + 1):
             relations: set[str] = set()
             functions: set[str] = set()
             operators: set[str] = set()
+            reached: set[str] = set()
             for text in pending:
-                needs = lineage.catalog_needs(text)
+                chars += len(text)
+                needs = await self._needs(text)
+                reached |= needs.relations
                 relations |= {n for n in needs.relations if n not in self._relations}
                 functions |= {n for n in needs.functions if "." not in n and n not in self._functions}
                 operators |= {n for n in needs.operators if "." not in n and n not in self._operators}
-            if not relations and not functions and not operators:
-                return
+            if relations or functions or operators:
+                await self._look_up(relations, functions, operators, fetch)
             pending = []
-            self.lookups += 1
-            if relations:
-                found = {row[0]: row for row in await fetch(relations_query(sorted(relations)))}
-                for name in relations:
-                    row = found.get(name)
-                    if row is None or row[2] is None:
-                        self._relations[name] = None
-                        continue
-                    relation = Relation(f"{row[1]}.{row[2]}", row[3], tuple(json.loads(row[5] or "[]")), row[4])
-                    self._relations[name] = relation
-                    if relation.definition and row[1] not in lineage.SYSTEM_SCHEMAS:
-                        pending.append(relation.definition)
-            if functions:
-                found = {row[0]: row[1] in ("t", "true", True) for row in await fetch(functions_query(sorted(functions)))}
-                for name in functions:
-                    self._functions[name] = found.get(name, False)
-            if operators:
-                found = {row[0]: row[1] in ("t", "true", True) for row in await fetch(operators_query(sorted(operators)))}
-                for name in operators:
-                    self._operators[name] = found.get(name, False)
+            for name in sorted(reached):
+                relation = self._relations.get(name)
+                if (relation is not None and relation.definition and relation.definition not in seen
+                        and relation.name.split(".", 1)[0] not in lineage.SYSTEM_SCHEMAS):
+                    seen.add(relation.definition)
+                    pending.append(relation.definition)
+            if not pending:
+                return chars
         raise lineage.LineageUnknown(f"views nest deeper than {lineage.MAX_VIEW_DEPTH} levels")
 
+    async def _look_up(self, relations: set[str], functions: set[str], operators: set[str], fetch: Fetch) -> None:
+        self.lookups += 1
+        if relations:
+            found = {row[0]: row for row in await fetch(relations_query(sorted(relations)))}
+            for name in relations:
+                row = found.get(name)
+                if row is None or row[2] is None:
+                    self._relations[name] = None
+                    continue
+                self._relations[name] = Relation(f"{row[1]}.{row[2]}", row[3], tuple(json.loads(row[5] or "[]")), row[4])
+        if functions:
+            found = {row[0]: row[1] in ("t", "true", True) for row in await fetch(functions_query(sorted(functions)))}
+            for name in functions:
+                self._functions[name] = found.get(name, False)
+        if operators:
+            found = {row[0]: row[1] in ("t", "true", True) for row in await fetch(operators_query(sorted(operators)))}
+            for name in operators:
+                self._operators[name] = found.get(name, False)
