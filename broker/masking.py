@@ -25,6 +25,11 @@ logger = logging.getLogger("jitgate.broker.masking")
 
 
 MIN_HMAC_KEY_BYTES = 32
+# Free text up to this many characters is masked on the event loop (the slowest detector input
+# found, "@@@...", costs about 3 ms at this size on a 2-core machine); longer text (an error that
+# echoes a client's 100 KB literal) is masked in a worker process (broker/sql_worker.py).
+FREE_TEXT_INLINE = 2048
+WITHHELD = "[withheld by jitgate: this text could not be masked in time]"
 
 
 def load_hmac_key(settings, backends) -> bytes:
@@ -56,12 +61,28 @@ class SessionMasker:
         self._backends = backends
         self._tables: dict[int, str] = {}
         self._columns: dict[tuple[int, int], str] = {}
+        self.owner = owner
         self.lineage = LineageStep(owner)  # the worker pool is fair between users
         # Lineage matters only where a column rule could be escaped by an expression.
         self.follows_lineage = masker.has_column_rules
 
     def mask_text(self, text: str) -> str:
         return self.masker.mask_text(text)
+
+    async def mask_text_off_loop(self, text: str) -> str:
+        """mask_text that holds the event loop for a few ms at most; fails closed (WITHHELD)."""
+        if len(text) <= FREE_TEXT_INLINE:
+            return self.masker.mask_text(text)
+        from broker.sql_worker import WorkerFailed, pool  # noqa: PLC0415
+        from jitgate.masking.masker import MAX_FREE_TEXT  # noqa: PLC0415
+
+        try:
+            # Cut as mask_text would (one more character keeps its truncation marker).
+            return await pool().run("mask_text", *self.masker.spec, text[: MAX_FREE_TEXT + 1], owner=self.owner,
+                                    what="text to mask")
+        except WorkerFailed as exc:
+            log(logger, logging.WARNING, "free text withheld: masking it failed", chars=len(text), reason=str(exc))
+            return WITHHELD
 
     def plan(self, fields, lineage=None):
         """A RowPlan for these fields, using the catalog names already resolved."""

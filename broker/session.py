@@ -93,6 +93,8 @@ class Session:
     # Metric children of this session's labels: a labels() lookup per statement costs more than the count.
     _counters: dict = field(default_factory=dict)
     _timer: object = None
+    # Long statements masked for the recording in a worker process, before record_statement needs them.
+    _masked_for_record: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, *, principal, target_name, policy, client, kind, settings, backends, session_id=None, live=None):
@@ -127,6 +129,7 @@ class Session:
             from broker.sql_worker import classify_in_session as _classify_in_session  # noqa: PLC0415
 
         classification = await _classify_in_session(sql, self.prepared, owner=self.principal.username)
+        await self._mask_for_record_off_loop(sql)
         verdict = self._decide(*_reasons(classification), what="statement")
         verdict.writes_rows, verdict.unmeasurable = classification.writes_rows, classification.unmeasurable
         return verdict
@@ -245,8 +248,24 @@ class Session:
     def mask_for_record(self, text: str) -> str:
         masker = self.record_masker or self.masker
         if masker is not None and getattr(masker, "active", False):
-            return masker.mask_text(text)
+            done = self._masked_for_record.get(text)
+            return done if done is not None else masker.mask_text(text)
         return text
+
+    async def _mask_for_record_off_loop(self, text: str) -> None:
+        """A long statement's masked text for the recording, made in a worker (issue 21: masking
+        100 KB of hostile text costs tens of ms, which would hold every session on the loop)."""
+        masker = self.record_masker or self.masker
+        off_loop = getattr(masker, "mask_text_off_loop", None)
+        if off_loop is None or not getattr(masker, "active", False) or text in self._masked_for_record:
+            return
+        from broker.masking import FREE_TEXT_INLINE  # noqa: PLC0415 - broker-only
+
+        if len(text) <= FREE_TEXT_INLINE:
+            return
+        self._masked_for_record[text] = await off_loop(text)
+        while len(self._masked_for_record) > 4:  # the statements in flight, not a history
+            del self._masked_for_record[next(iter(self._masked_for_record))]
 
     def record_result(self, statement_id: int, *, started: float, rows: int | None, tag: str | None, error: str | None) -> None:
         if self._timer is None:

@@ -55,6 +55,9 @@ class WorkerFailed(Exception):
     """A worker request did not answer (time limit, crash, no worker); the message says why."""
 
 
+_REAPING: set = set()
+
+
 class _Worker:
     def __init__(self, process: asyncio.subprocess.Process):
         self.process = process
@@ -87,7 +90,9 @@ class _Worker:
     def kill(self) -> None:
         if self.process.returncode is None:
             self.process.kill()
-            asyncio.ensure_future(self.process.wait())  # reap it
+        _REAPING.add(asyncio.ensure_future(self.process.wait()))  # reap it (ClassifierPool.aclose waits)
+        for done in [f for f in _REAPING if f.done()]:
+            _REAPING.discard(done)
 
 
 class BoundedCache:
@@ -171,7 +176,7 @@ class ClassifierPool:
             worker = self._idle.pop() if self._idle else await _Worker.start()
         except (EOFError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError) as exc:
             log(logger, logging.ERROR, "SQL worker did not start", error=type(exc).__name__)
-            raise WorkerFailed(f"the gateway could not start a parser worker for this {what}") from None
+            raise WorkerFailed(f"the gateway could not start a worker process for this {what}") from None
         self.busy.add(worker)
         try:
             answer = await asyncio.wait_for(worker.ask(op, *args), self.time_limit)
@@ -179,13 +184,13 @@ class ClassifierPool:
             worker.kill()
             self.killed += 1
             log(logger, logging.WARNING, "SQL worker overran its time limit; worker stopped", op=op,
-                chars=len(args[0]), limit_s=self.time_limit)
-            raise WorkerFailed(f"parsing this {len(args[0])}-character {what} took longer than {self.time_limit:g} s, "
+                chars=len(args[-1]), limit_s=self.time_limit)
+            raise WorkerFailed(f"handling this {len(args[-1])}-character {what} took longer than {self.time_limit:g} s, "
                                "so the gateway stopped; simplify or split it") from None
         except (EOFError, asyncio.IncompleteReadError, ConnectionError, pickle.PickleError) as exc:
             worker.kill()
             log(logger, logging.ERROR, "SQL worker failed", op=op, error=type(exc).__name__)
-            raise WorkerFailed(f"the gateway's parser worker failed on this {what}") from None
+            raise WorkerFailed(f"the gateway's worker process failed on this {what}") from None
         except BaseException:
             worker.kill()
             raise
@@ -214,7 +219,9 @@ class ClassifierPool:
         workers, self._idle = self._idle, []
         for worker in workers:
             worker.kill()
-            await worker.process.wait()
+        reaping = [f for f in _REAPING if f.get_loop() is asyncio.get_running_loop()]
+        await asyncio.gather(*reaping, return_exceptions=True)
+        _REAPING.difference_update(reaping)
 
 
 def _unclassified(sql: str, reason: str) -> Classification:
@@ -241,6 +248,10 @@ async def classify_in_session(sql: str, prepared: dict, owner: object = None) ->
     return await pool().classify(sql, prepared, owner)
 
 
+# In a worker: the maskers it rebuilt, per (config, key) (a few targets; bounded all the same).
+_MASKERS = BoundedCache(16, 16 * 1024 * 1024)
+
+
 def _answer(op: str, args: tuple):
     if op == "classify":
         sql, prepared = args
@@ -258,6 +269,16 @@ def _answer(op: str, args: tuple):
             return "the statement nests too deeply to follow"
     if op == "follow":
         return lineage.follow(*args)
+    if op == "mask_text":  # (masker spec, text): free text too long to mask on the event loop
+        config, key, text = args
+        masker = _MASKERS.get((config, key))
+        if masker is None:
+            from jitgate.masking import Masker  # noqa: PLC0415 - only workers that mask need it
+            from jitgate.policy import MaskingConfig  # noqa: PLC0415
+
+            masker = Masker(MaskingConfig.model_validate_json(config), key)
+            _MASKERS.put((config, key), masker)
+        return masker.mask_text(text)
     raise ValueError(f"unknown worker op {op!r}")
 
 

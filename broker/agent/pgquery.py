@@ -271,14 +271,17 @@ class Upstream:
         code = error.get("C", "") if error is not None else "00000"  # notices: as an error of no class 42
         hide_quoted = active and hasattr(inner, "quotes_may_hold_values") and inner.quotes_may_hold_values(code, lineage)
 
-        def clean(text: str) -> str:
+        async def clean(text: str) -> str:
             if not (active and text):
                 return text
             # A statement that reads masked columns: PostgreSQL may quote a derived value in its error.
-            return masker.mask_text(inner.redact_quoted(text) if hide_quoted else text)
+            text = inner.redact_quoted(text) if hide_quoted else text
+            off_loop = getattr(masker, "mask_text_off_loop", None)
+            return await off_loop(text) if off_loop is not None else masker.mask_text(text)
 
         if error is not None:
-            raise StatementFailed(error.get("C", ""), clean(error.get("M", "")), clean(error.get("D", "")), clean(error.get("H", "")))
+            raise StatementFailed(error.get("C", ""), await clean(error.get("M", "")), await clean(error.get("D", "")),
+                                  await clean(error.get("H", "")))
         plan = None
         if active and fields:
             plan = await self._plan(masker, fields, lineage)
@@ -309,7 +312,7 @@ class Upstream:
             masked_columns=[r["column"] for r in report],
             masking=report,
             row_bytes=kept_bytes,
-            notices=[clean(n) for n in notices],
+            notices=[await clean(n) for n in notices],
         )
 
     async def _plan(self, masker, fields, lineage=None):

@@ -799,7 +799,7 @@ class PgConnection:
                     else:
                         if masker is not None:
                             fields = statement_error_fields(self, fields)
-                            replacement = self._mask_fields("E", fields)
+                            replacement = await self._mask_fields("E", fields)
                         if pending:
                             pending[0].error = f"{fields.get('C', '')}: {fields.get('M', '')}"
                             if not pending[0].simple:
@@ -857,7 +857,7 @@ class PgConnection:
                         if parts is None:
                             parts = []
                         parts.append(data[last:start])
-                        parts.append(self._mask_fields("N", statement_error_fields(self, codec.parse_fields(data[start + 5 : end]))))
+                        parts.append(await self._mask_fields("N", statement_error_fields(self, codec.parse_fields(data[start + 5 : end]))))
                         last = end
             if rows_from != len(data) and masker is not None and not measuring:
                 parts, last = await self._data_rows(data, rows_from, len(data), parts, last)
@@ -927,9 +927,9 @@ class PgConnection:
             head.planned = True
         return head.plan
 
-    def _mask_fields(self, kind: str, fields: dict[str, str]) -> bytes:
+    async def _mask_fields(self, kind: str, fields: dict[str, str]) -> bytes:
         masker = self.session.masker
-        masked = {k: (masker.mask_text(v) if k in ("M", "D", "H", "W", "q") else v) for k, v in fields.items()}
+        masked = {k: (await masker.mask_text_off_loop(v) if k in ("M", "D", "H", "W", "q") else v) for k, v in fields.items()}
         return codec.build_fields(kind, masked)
 
     def _finish(self, entry: Pending) -> None:

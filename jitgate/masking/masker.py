@@ -78,6 +78,8 @@ class Masker:
     """The masking engine of one target. Pure: no I/O, safe to share between sessions."""
 
     def __init__(self, config: MaskingConfig, hmac_key: bytes):
+        # What a worker process rebuilds this masker from (broker/sql_worker.py: long free text).
+        self.spec = (config.model_dump_json(), hmac_key)
         self._rules: tuple[MaskingRule, ...] = tuple(config.rules)
         self._hasher = Hasher(hmac_key) if self._rules else None
         self._column_rules = tuple(r for r in self._rules if r.columns and not r.detectors)

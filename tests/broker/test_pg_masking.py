@@ -283,3 +283,28 @@ def test_unmasked_row_runs_pass_whole_and_masked_ones_do_not(stack, broker_dsn):
     counted = [e["rows"] for e in events if e["type"] == "result"]
     assert 2500 in counted and 15 in counted, counted
     assert "ada@example.com" not in recording
+
+
+def test_long_error_text_and_long_statement_are_masked_off_the_loop(stack, broker_dsn):
+    """Issue 21: an error that echoes a 60 KB literal, and the 60 KB statement in the recording, are
+    masked in a worker process (over broker/masking.FREE_TEXT_INLINE) and still masked."""
+    from broker.masking import FREE_TEXT_INLINE
+
+    padding = "@" * (60_000)  # the slowest detector input found
+    literal = f"grace@example.com {padding} 4111 1111 1111 1111"
+    assert len(literal) > FREE_TEXT_INLINE
+    with psycopg.connect(broker_dsn()) as conn:
+        session_id = conn.info.parameter_status("jitgate_session_id")
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation) as err:
+            conn.execute(f"SELECT '{literal}'::int")
+        message = str(err.value)
+        assert padding[:1000] in message  # the text came back...
+        assert "grace@example.com" not in message and "4111 1111 1111 1111" not in message  # ...masked
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session goes on
+    wait_sealed(stack, session_id)
+    from jitgate.backends import open_backends
+    from jitgate.settings import Settings
+
+    recording = open_backends(Settings.from_env(stack.env)).recordings.get_object(session_id, "recording.jsonl").decode()
+    assert padding[:1000] in recording and "::int" in recording
+    assert "grace@example.com" not in recording and "4111 1111 1111 1111" not in recording

@@ -197,7 +197,7 @@ def test_overrun_and_killed_worker_make_the_lineage_unknown(workers):
             [busy] = pool.busy
             os.kill(busy.process.pid, signal.SIGKILL)
             [killed] = await task
-            assert killed.unknown and "parser worker failed" in killed.unknown
+            assert killed.unknown and "worker process failed" in killed.unknown
             # The pool recovers: a fresh worker answers the next long statement.
             [after] = await LineageStep("carol").follow(LONG, RecordedCatalog())
             assert EMAIL in after.columns[0].sources
@@ -227,5 +227,55 @@ def test_one_user_with_many_long_statements_does_not_starve_another(workers):
             await pool.aclose()
         # mallory's five were queued first; alice's comes back second, not sixth.
         assert order.index("alice") == 1, order
+
+    asyncio.run(run())
+
+
+def _session_masker():
+    from broker.masking import SessionMasker
+    from jitgate.masking import Masker
+    from jitgate.policy import MaskingConfig
+    from tests.masking.helpers import KEY
+
+    config = MaskingConfig.model_validate({"rules": [{"columns": ["email"]}, {"detectors": ["email", "card"]}]})
+    return SessionMasker(Masker(config, KEY), None, None, owner="alice")
+
+
+def test_long_free_text_is_masked_in_a_worker_like_on_the_loop(monkeypatch):
+    from broker import masking
+
+    masker = _session_masker()
+    text = "bob@example.com " + "@" * 70_000 + " 4111 1111 1111 1111"
+    assert len(text) > masking.FREE_TEXT_INLINE
+
+    async def run():
+        pool = sql_worker.ClassifierPool(workers=1, time_limit=600)
+        monkeypatch.setattr(sql_worker, "pool", lambda: pool)
+        try:
+            masked = await masker.mask_text_off_loop(text)
+            assert pool.served == 1  # masked in the worker...
+            assert masked == masker.mask_text(text)  # ...exactly as on the loop (truncation included)
+            assert "bob@example.com" not in masked
+            short = await masker.mask_text_off_loop("mail bob@example.com")
+            assert pool.served == 1 and "bob@example.com" not in short  # short text stays on the loop
+        finally:
+            await pool.aclose()
+
+    asyncio.run(run())
+
+
+def test_free_text_that_cannot_be_masked_in_time_is_withheld(monkeypatch):
+    from broker import masking
+
+    masker = _session_masker()
+
+    async def run():
+        pool = sql_worker.ClassifierPool(workers=1, time_limit=0.001)
+        monkeypatch.setattr(sql_worker, "pool", lambda: pool)
+        try:
+            masked = await masker.mask_text_off_loop("bob@example.com " + "@" * 70_000)
+            assert masked == masking.WITHHELD and pool.killed == 1
+        finally:
+            await pool.aclose()
 
     asyncio.run(run())
