@@ -2,13 +2,17 @@
 
     python bench/bench_stall.py --label before        # writes bench/results/<date>-stall-before.{md,json}
     python bench/bench_stall.py --label after --compare bench/results/<date>-stall-before.json
+    python bench/bench_stall.py --label final --seconds 20 --profile bench/results/<date>-stall-final-pyspy.txt
 
 One local stack (the tree this script is in: broker, functions, PostgreSQL, dev issuer). Two
 signed-in clients on the demo target (column masking rules and every detector): the victim runs
 `select 1` back to back for the whole run; the attacker sends each input of issue 21 in turn,
-``--repeat`` times, waiting for each answer (an error is the expected answer). For each input the
-victim's latencies while the attacker's statement was in flight give p50/p99/max; ``idle`` is the
-victim alone. The attacker's own time per statement is reported too.
+back to back for ``--seconds`` (and at least ``--repeat`` times), waiting for each answer (an
+error is the expected answer). For each input the victim's latencies while the attacker's
+statements were in flight give p50/p99/max (hundreds of samples per row, so p99 is not just the
+max); ``idle`` is the victim alone for as long. The attacker's own time per statement is reported
+too. ``--profile`` records the broker with py-spy (``--gil``: only samples holding the GIL, i.e.
+what holds the event loop) for the whole run. The stack's temporary home is deleted at the end.
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +47,10 @@ ATTACKS = [
     ("classifier: select +1+1... (6000 times)", "select " + "+1" * 6000),
     ("error text: private-key BEGIN lines x 3000 (100 KB)", "select '" + PEM * 3000 + "'::int"),
     ("classifier: operator chain '+\\ufffd' x 8000 (16 KB)", "select " + "+\ufffd" * 8000),
+    # Found after the first round: the slowest input per byte for the free-text detectors.
+    ("error text: '@' x 60000 (slowest detector input)", "select '" + "@" * 60000 + "'::int"),
+    ("error text: digit groups '4-' x 30000 (card detector)", "select '" + "4-" * 30000 + "'::int"),
+    ("lineage: 6000-term expression over a masked column", "select email" + "||'x'" * 6000 + " from customers"),
 ]
 
 
@@ -71,8 +81,11 @@ class Victim(threading.Thread):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--label", required=True, help="before / after: names the result files")
-    parser.add_argument("--repeat", type=int, default=3, help="times each attack statement is sent")
-    parser.add_argument("--idle-seconds", type=float, default=3.0)
+    parser.add_argument("--repeat", type=int, default=1, help="times each attack statement is sent at least")
+    parser.add_argument("--seconds", type=float, default=15.0, help="each attack is sent back to back for this long "
+                        "(and the victim measured alone for as long)")
+    parser.add_argument("--profile", type=Path, help="record the broker with py-spy --gil into this file (raw "
+                        "collapsed stacks)")
     parser.add_argument("--compare", type=Path, help="an earlier run's .json to print beside this one")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--only", help="run only the attacks whose label contains this; rows of an earlier "
@@ -80,9 +93,16 @@ def main() -> None:
     opts = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="jitgate-bench-stall-"))
+    load_start = os.getloadavg()
     stack = start_stack(home)
     results = []
+    profiler = None
     try:
+        if opts.profile:
+            broker = next(p for p in stack.procs if p.name == "broker")
+            opts.profile.parent.mkdir(parents=True, exist_ok=True)
+            profiler = subprocess.Popen(["py-spy", "record", "--pid", str(broker.popen.pid), "--gil", "--rate", "250",
+                                         "-f", "raw", "-o", str(opts.profile)], stdout=subprocess.DEVNULL)
         def dsn(user: str) -> str:
             token = dev_token(stack.issuer.issuer, user, ["sre"])
             return (f"host=127.0.0.1 port={stack.broker_port} dbname=demo user={user} password={token} "
@@ -93,7 +113,7 @@ def main() -> None:
         victim.start()
         time.sleep(0.5)
         start = time.perf_counter()
-        time.sleep(opts.idle_seconds)
+        time.sleep(opts.seconds)
         idle = victim.window(start, time.perf_counter())
         results.append({"input": "idle (victim alone)", "victim_queries": len(idle),
                          "p50_ms": percentile(idle, 0.5) * 1000, "p99_ms": percentile(idle, 0.99) * 1000,
@@ -104,7 +124,8 @@ def main() -> None:
             lat: list[float] = []
             spent: list[float] = []
             answer = ""
-            for _ in range(opts.repeat):
+            began = time.perf_counter()
+            while len(spent) < opts.repeat or time.perf_counter() - began < opts.seconds:
                 start = time.perf_counter()
                 try:
                     attacker.execute(sql).fetchall()
@@ -126,7 +147,11 @@ def main() -> None:
         victim.stop.set()
         victim.join(timeout=120)
     finally:
+        if profiler is not None:
+            profiler.send_signal(2)  # py-spy writes its file on SIGINT
+            profiler.wait(60)
         stack.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
     out = Path(__file__).resolve().parent / "results"
     stem = out / f"{datetime.date.today()}-stall-{opts.label}"
@@ -142,8 +167,10 @@ def main() -> None:
     load = os.getloadavg()
     lines = [f"# Stall benchmark ({opts.label}), {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
              f"Machine: {os.cpu_count()} CPUs, {cpu}; Python {platform.python_version()}; load average at the end "
-             f"{load[0]:.1f} (a shared machine: compare ratios, not absolute times). Each attack sent {opts.repeat} times; "
-             "victim = another signed-in client's `select 1` through the same broker, back to back.", ""]
+             f"{load[0]:.1f}, at the start {load_start[0]:.1f} (a shared machine: compare ratios, not absolute times). "
+             f"Each attack sent back to back for {opts.seconds:g} s (at least {opts.repeat} times); "
+             "victim = another signed-in client's `select 1` through the same broker, back to back.", "",
+             f"Command: `python3 bench/bench_stall.py {' '.join(sys.argv[1:])}`", ""]
     head = "| attacker input | victim p50 ms | victim p99 ms | victim max ms | queries | attacker s/statement | attacker's answer |"
     if earlier:
         head = head.replace("| victim p50 ms", f"| victim p99 ms ({json.loads(opts.compare.read_text())['label']}) | victim p50 ms")
@@ -158,7 +185,7 @@ def main() -> None:
     if not opts.no_write:
         out.mkdir(exist_ok=True)
         stem.with_suffix(".md").write_text(table)
-        stem.with_suffix(".json").write_text(json.dumps({"label": opts.label, "repeat": opts.repeat, "results": results}, indent=2) + "\n")
+        stem.with_suffix(".json").write_text(json.dumps({"label": opts.label, "repeat": opts.repeat, "seconds": opts.seconds, "command": " ".join(sys.argv), "load_start": load_start[0], "load_end": load[0], "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

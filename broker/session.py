@@ -129,7 +129,7 @@ class Session:
             from broker.sql_worker import classify_in_session as _classify_in_session  # noqa: PLC0415
 
         classification = await _classify_in_session(sql, self.prepared, owner=self.principal.username)
-        await self._mask_for_record_off_loop(sql)
+        await self.mask_for_record_off_loop(sql)
         verdict = self._decide(*_reasons(classification), what="statement")
         verdict.writes_rows, verdict.unmeasurable = classification.writes_rows, classification.unmeasurable
         return verdict
@@ -252,9 +252,9 @@ class Session:
             return done if done is not None else masker.mask_text(text)
         return text
 
-    async def _mask_for_record_off_loop(self, text: str) -> None:
-        """A long statement's masked text for the recording, made in a worker (issue 21: masking
-        100 KB of hostile text costs tens of ms, which would hold every session on the loop)."""
+    async def mask_for_record_off_loop(self, text: str) -> None:
+        """Masks long text for the recording in a worker ahead of record_statement/record_result
+        (issue 21: masking 100 KB of hostile text costs tens of ms on the loop, holding every session)."""
         masker = self.record_masker or self.masker
         off_loop = getattr(masker, "mask_text_off_loop", None)
         if off_loop is None or not getattr(masker, "active", False) or text in self._masked_for_record:
@@ -264,7 +264,7 @@ class Session:
         if len(text) <= FREE_TEXT_INLINE:
             return
         self._masked_for_record[text] = await off_loop(text)
-        while len(self._masked_for_record) > 4:  # the statements in flight, not a history
+        while len(self._masked_for_record) > 8:  # the statements and errors in flight, not a history
             del self._masked_for_record[next(iter(self._masked_for_record))]
 
     def record_result(self, statement_id: int, *, started: float, rows: int | None, tag: str | None, error: str | None) -> None:

@@ -488,6 +488,7 @@ class AgentService:
             session.record_result(statement_id, started=started, rows=None, tag=None, error=str(exc))
             raise self._timeout(session, str(exc)) from None
         except pgquery.StatementFailed as exc:
+            await session.mask_for_record_off_loop(f"{exc.sqlstate}: {exc.message}")
             session.record_result(statement_id, started=started, rows=None, tag=None, error=f"{exc.sqlstate}: {exc.message}")
             if exc.sqlstate == "57014":
                 raise self._timeout(session, exc.message) from None

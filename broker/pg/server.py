@@ -802,6 +802,7 @@ class PgConnection:
                             replacement = await self._mask_fields("E", fields)
                         if pending:
                             pending[0].error = f"{fields.get('C', '')}: {fields.get('M', '')}"
+                            await self.session.mask_for_record_off_loop(pending[0].error)
                             if not pending[0].simple:
                                 self._finish(pending.popleft())
                     if replacement is not None:
