@@ -88,6 +88,7 @@ def main() -> None:
                         "collapsed stacks)")
     parser.add_argument("--compare", type=Path, help="an earlier run's .json to print beside this one")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--keep-home", action="store_true", help="keep the stack's temporary home (logs) at the end")
     parser.add_argument("--only", help="run only the attacks whose label contains this; rows of an earlier "
                         "result file of the same label are kept for the others")
     opts = parser.parse_args()
@@ -151,7 +152,10 @@ def main() -> None:
             profiler.send_signal(2)  # py-spy writes its file on SIGINT
             profiler.wait(60)
         stack.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        if opts.keep_home:
+            print(f"stack home kept: {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
     out = Path(__file__).resolve().parent / "results"
     stem = out / f"{datetime.date.today()}-stall-{opts.label}"

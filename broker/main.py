@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from broker import metrics
+from broker import metrics, sql_worker
 from broker.authz import AuthorizeClient
 from broker.pg.server import PgBroker
 from broker.recorder import SpoolUploader
@@ -118,6 +118,7 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
     log(logger, logging.INFO if masking_rows.implementation == "compiled" else logging.WARNING,
         f"masking: {masking_rows.core_status()}")
     log(logger, logging.INFO, "broker ready", **info, backends=backends.name)
+    warming = asyncio.ensure_future(sql_worker.pool().warm())  # noqa: F841 - kept alive until the broker exits
     if ready_file:
         with open(ready_file, "w") as fh:
             json.dump(info, fh)

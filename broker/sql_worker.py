@@ -30,6 +30,7 @@ import os
 import pickle
 import struct
 import sys
+import time
 
 from jitgate.guardrails.sql import (
     _UNCLASSIFIED,
@@ -48,11 +49,16 @@ TIME_LIMIT = float(os.environ.get("JITGATE_SQL_CLASSIFY_SECONDS", "5"))
 WORKERS = 2
 STARTUP_LIMIT = 60.0
 _READY = b"R"
+_ANSWERED, _FAILED = b"A", b"F"  # first byte of each answer
 _LENGTH = struct.Struct("!I")
 
 
 class WorkerFailed(Exception):
     """A worker request did not answer (time limit, crash, no worker); the message says why."""
+
+
+class _Failure(str):
+    """A worker's answer when its op raised (the broker turns it into WorkerFailed)."""
 
 
 _REAPING: set = set()
@@ -67,8 +73,10 @@ class _Worker:
     async def start(cls) -> "_Worker":
         """A new worker, once it has imported the parser (which takes seconds on a loaded machine
         and must not count against a statement's time limit)."""
+        began = time.perf_counter()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "broker.sql_worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        spawned = time.perf_counter()
         worker = cls(process)
         try:
             if await asyncio.wait_for(process.stdout.readexactly(1), STARTUP_LIMIT) != _READY:
@@ -76,6 +84,8 @@ class _Worker:
         except BaseException:
             worker.kill()
             raise
+        log(logger, logging.INFO, "SQL worker started", pid=process.pid, spawn_ms=round((spawned - began) * 1000, 1),
+            ready_ms=round((time.perf_counter() - began) * 1000, 1))
         return worker
 
     async def ask(self, op: str, *args):
@@ -83,9 +93,11 @@ class _Worker:
         self.process.stdin.write(_LENGTH.pack(len(request)) + request)
         await self.process.stdin.drain()
         (size,) = _LENGTH.unpack(await self.process.stdout.readexactly(_LENGTH.size))
-        answer = pickle.loads(await self.process.stdout.readexactly(size))  # noqa: S301 - our own child
+        answer = await self.process.stdout.readexactly(size)
         self.served += 1
-        return answer
+        if answer[:1] == _FAILED:
+            return _Failure(answer[1:].decode())
+        return pickle.loads(answer[1:])  # noqa: S301 - our own child
 
     def kill(self) -> None:
         if self.process.returncode is None:
@@ -198,6 +210,9 @@ class ClassifierPool:
             self.busy.discard(worker)
         self.served += 1
         self._idle.append(worker)
+        if isinstance(answer, _Failure):
+            log(logger, logging.ERROR, "SQL worker could not answer", op=op, error=str(answer))
+            raise WorkerFailed(f"the gateway's worker process failed on this {what} ({answer})")
         return answer
 
     async def classify(self, sql: str, prepared: dict, owner: object = None) -> Classification:
@@ -214,6 +229,15 @@ class ClassifierPool:
         if cacheable and result.error is None:
             self._cache.put(sql, result)
         return result
+
+    async def warm(self) -> None:
+        """Starts one worker ahead of the first long statement (its start, not a statement, waits
+        for the parser's import)."""
+        try:
+            self._idle.append(await _Worker.start())
+        except (EOFError, asyncio.IncompleteReadError, asyncio.TimeoutError, OSError) as exc:
+            log(logger, logging.WARNING, "SQL worker did not start ahead; it will be started on demand",
+                error=type(exc).__name__)
 
     async def aclose(self) -> None:
         workers, self._idle = self._idle, []
@@ -248,6 +272,19 @@ async def classify_in_session(sql: str, prepared: dict, owner: object = None) ->
     return await pool().classify(sql, prepared, owner)
 
 
+def copy_statements(sql: str) -> list:
+    """(index, CopyStmt) of each ``COPY ... TO STDOUT`` of ``sql`` (for masking_step.copy_plan_for)."""
+    from pglast import ast, parse_sql  # noqa: PLC0415
+    from pglast.parser import ParseError  # noqa: PLC0415
+
+    try:
+        statements = parse_sql(sql)
+    except ParseError:
+        return []  # unparsable: PostgreSQL refuses it too
+    return [(i, raw.stmt) for i, raw in enumerate(statements)
+            if isinstance(raw.stmt, ast.CopyStmt) and not raw.stmt.is_from and raw.stmt.filename is None]
+
+
 # In a worker: the maskers it rebuilt, per (config, key) (a few targets; bounded all the same).
 _MASKERS = BoundedCache(16, 16 * 1024 * 1024)
 
@@ -269,6 +306,8 @@ def _answer(op: str, args: tuple):
             return "the statement nests too deeply to follow"
     if op == "follow":
         return lineage.follow(*args)
+    if op == "copy_statements":
+        return copy_statements(*args)
     if op == "mask_text":  # (masker spec, text): free text too long to mask on the event loop
         config, key, text = args
         masker = _MASKERS.get((config, key))
@@ -292,7 +331,10 @@ def _serve() -> None:
             return
         (size,) = _LENGTH.unpack(head)
         op, args = pickle.loads(stdin.read(size))  # noqa: S301 - from the broker that started us
-        answer = pickle.dumps(_answer(op, args), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            answer = _ANSWERED + pickle.dumps(_answer(op, args), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - e.g. RecursionError pickling a deep tree: say so, stay up
+            answer = _FAILED + type(exc).__name__.encode()
         stdout.write(_LENGTH.pack(len(answer)) + answer)
         stdout.flush()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from broker.sql_worker import WorkerFailed, copy_statements, pool
 from jitgate.logs import log
 from jitgate.masking import MaskingRefused
 
@@ -158,18 +159,12 @@ async def copy_plan_for(connection, sql: str, lineages: list):
     """
     if "copy" not in sql.lower():
         return None, None
-    from pglast import ast, parse_sql
-    from pglast.parser import ParseError
-
     try:
-        statements = parse_sql(sql)
-    except ParseError:
-        return None, None  # unparsable: PostgreSQL refuses it too
+        statements = await _copy_statements(connection, sql)
+    except WorkerFailed as exc:  # fail closed: a COPY in it would go unmasked
+        return None, f"the gateway could not read this statement's COPY options ({exc})"
     masker = connection.session.masker
-    for index, raw in enumerate(statements):
-        stmt = raw.stmt
-        if not isinstance(stmt, ast.CopyStmt) or stmt.is_from or stmt.filename is not None:
-            continue
+    for index, stmt in statements:
         lineage = lineages[index] if index < len(lineages) else None
         try:
             options = copy_options(stmt)
@@ -179,6 +174,17 @@ async def copy_plan_for(connection, sql: str, lineages: list):
             return None, str(exc)
         return plan, None
     return None, None
+
+
+async def _copy_statements(connection, sql: str) -> list:
+    """(index, CopyStmt) of each ``COPY ... TO STDOUT``; long text is parsed in a worker process
+    (issue 21: a parse of a hostile statement costs tens of ms, holding every session)."""
+    from broker.pg.lineage_step import INLINE_CHARS
+
+    if len(sql) <= INLINE_CHARS:
+        return copy_statements(sql)
+    return await pool().run("copy_statements", sql, owner=connection.session.principal.username,
+                            what="statement's COPY options")
 
 
 async def _sensitive_predicate(connection, sql: str, verdict, lineages: list):

@@ -95,6 +95,10 @@ def test_copy_to_stdout_is_masked_with_and_without_a_column_list(broker_dsn):
     # A query: its lineage decides, as for SELECT.
     derived = _copy_out(broker_dsn(), "COPY (SELECT id, reverse(email) FROM customers ORDER BY id) TO STDOUT").decode()
     assert derived.splitlines()[0] == "1\t[redacted]"
+    # A long one (over lineage_step.INLINE_CHARS): its COPY options and lineage are read in a worker process.
+    padding = "/* " + "padding " * 60 + "*/"
+    long = _copy_out(broker_dsn(), f"COPY (SELECT id, reverse(email) {padding} FROM customers ORDER BY id) TO STDOUT").decode()
+    assert long.splitlines()[0] == "1\t[redacted]"
 
 
 def test_binary_copy_is_masked(broker_dsn):

@@ -279,3 +279,17 @@ def test_free_text_that_cannot_be_masked_in_time_is_withheld(monkeypatch):
             await pool.aclose()
 
     asyncio.run(run())
+
+
+def test_a_worker_op_that_raises_answers_a_failure_and_the_worker_stays_up():
+    async def run():
+        pool = sql_worker.ClassifierPool(workers=1, time_limit=600)
+        try:
+            with pytest.raises(sql_worker.WorkerFailed, match="ValueError"):
+                await pool.run("no such op", "text")
+            assert await pool.run("copy_statements", "COPY t TO STDOUT; SELECT 1") != []
+            assert pool.killed == 0 and pool.served == 2 and len(pool._idle) == 1  # the same worker answered
+        finally:
+            await pool.aclose()
+
+    asyncio.run(run())
