@@ -17,6 +17,7 @@ what holds the event loop) for the whole run. The stack's temporary home is dele
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -76,6 +77,23 @@ class Victim(threading.Thread):
     def window(self, start: float, end: float) -> list[float]:
         # Every query that overlapped the window, including one stuck across its end.
         return [lat for t, lat in self.samples if t >= start and t - lat <= end]
+
+
+def profile_summary(path: Path, top: int = 15) -> list[str]:
+    """The frames that held the GIL most (own samples), from py-spy's raw collapsed stacks."""
+    own: collections.Counter = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        own[stack.split(";")[-1]] += int(count)
+    out = [f"Broker profile (`py-spy record --gil`, {total} samples holding the GIL over the whole run; raw stacks in "
+           f"`{path.name}`). Top frames by own samples:", "", "| samples | share | frame |", "|---|---|---|"]
+    for frame, count in own.most_common(top):
+        out.append(f"| {count} | {100 * count / max(total, 1):.1f}% | `{frame}` |")
+    return out
 
 
 def main() -> None:
@@ -184,6 +202,8 @@ def main() -> None:
         attacker_s = f"{r['attacker_s']:.2f}" if r["attacker_s"] is not None else "-"
         lines.append(f"| {r['input']} {before}| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
                      f"{r['victim_queries']} | {attacker_s} | {r['attacker_answer'].replace('|', '/')} |")
+    if opts.profile and opts.profile.exists():
+        lines += ["", *profile_summary(opts.profile)]
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     if not opts.no_write:

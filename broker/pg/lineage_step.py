@@ -95,7 +95,7 @@ class LineageStep:
         self._operators: dict[str, bool] = {}
         self._tainted: dict[tuple, frozenset] = {}
         self.generation = 0  # changes whenever a cached result could differ
-        self._results = BoundedCache(256, 1024 * 1024)
+        self._results = BoundedCache(128, 256 * 1024)  # per session: small, sessions are many
         self.lookups = 0  # catalog round trips, for tests
         self.parsed_inline = 0  # texts parsed on the event loop (tests)
         self.parsed_in_worker = 0  # parses sent to a worker (tests)
