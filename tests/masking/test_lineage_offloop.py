@@ -26,6 +26,12 @@ WORST_SHAPES = ["SELECT 1" + "-1" * 600, "SELECT " + "1," * 600, "SELECT 1" + "|
                 "SELECT " + "(" * 300 + "1" + ")" * 300, "SELECT 1;" * 100, "SELECT " + "(SELECT " * 100]
 
 
+@pytest.fixture(autouse=True)
+def fresh_needs_cache():
+    """What a text mentions is cached for the whole process: each test starts without it."""
+    lineage_step._NEEDS.clear()
+
+
 @pytest.fixture
 def workers(monkeypatch):
     """A private worker pool for the lineage step (each test closes it inside its event loop)."""
