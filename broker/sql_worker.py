@@ -28,6 +28,7 @@ import collections
 import logging
 import os
 import pickle
+import signal
 import struct
 import sys
 import time
@@ -322,6 +323,10 @@ def _answer(op: str, args: tuple):
 
 
 def _serve() -> None:
+    # A signal to the broker's process group (Ctrl-C, a drain's SIGTERM) must not end the worker
+    # under sessions that are finishing: it ends when the broker closes its pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     stdout.write(_READY)  # the parser is imported: statements may come
     stdout.flush()
