@@ -327,6 +327,9 @@ def _serve() -> None:
     # under sessions that are finishing: it ends when the broker closes its pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Hostile input makes this process busy for up to the time limit: on a small machine the
+    # broker's event loop (every session) must win the CPU over it.
+    os.nice(10)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     stdout.write(_READY)  # the parser is imported: statements may come
     stdout.flush()
