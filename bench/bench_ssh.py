@@ -340,6 +340,7 @@ def main() -> int:
         out = RESULTS_DIR / f"{today}-ssh-profile-{args.profile}.md"
         out.write_text("\n".join(sections) + "\n")
         print(f"wrote {out}")
+    shutil.rmtree(work, ignore_errors=True)  # the stack's home, sshd keys, profiles: nothing left in /tmp
     return 0
 
 
