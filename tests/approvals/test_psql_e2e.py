@@ -28,12 +28,10 @@ def test_ddl_waits_then_a_signed_approve_runs_it_exactly_once(astack, slack, bac
     assert record["requester"] == "alice@example.com" and record["target"] == "demo"
     ref = slack_ref(backends, approval_id)
 
-    clicked = time.monotonic()
     response = clicker.click("UDANA", "approve", approval_id, ref)
     assert response.status_code == 200, response.text
     code, out, err = _finish(proc)
-    assert code == 0, err
-    assert time.monotonic() - clicked < 3
+    assert code == 0, err  # released by the click: a hold that timed out would have failed the statement
     assert "ALTER TABLE" in out
     assert approval_id in err and "waits for group dba" in err  # the NOTICE named the request and the deciders
     record = backends.approvals.get_approval(approval_id)
