@@ -41,7 +41,8 @@ def verify_session(backends, session_id: str, *, ledger_walk: ledger.LedgerWalk 
         return Verification(False, [f"the recording file of session {session_id!r} is gone (its manifest remains)"],
                             0, key_id, status="missing", session_id=session_id, key_name=trust.describe(key_id))
     manifest_sha256 = hashlib.sha256(manifest).hexdigest()
-    walk = ledger_walk if ledger_walk is not None else ledger.walk(store, trust)
+    # One session needs the entries only (a checkpoint per seal would double what a page view reads).
+    walk = ledger_walk if ledger_walk is not None else ledger.walk(store, trust, checkpoints=False)
     numbers = walk.by_session.get(session_id, [])
     matching = [n for n in numbers if walk.entries[n].get("manifest_sha256") == manifest_sha256]
     if matching:
