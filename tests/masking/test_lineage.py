@@ -77,6 +77,14 @@ def test_star_expands_from_the_catalog():
     ("EXECUTE p", "EXECUTE"),
     ("SELECT * FROM pg_stats", "sample values"),
     ("SELECT FROM WHERE", "does not parse"),
+    # built-ins that read data named by a value: SQL text, a table, a cursor, a large object
+    ("SELECT query_to_xml('SELECT email FROM customers', true, false, '')", "reads data named by its arguments"),
+    ("SELECT table_to_xml('customers', true, false, '')", "reads data named by its arguments"),
+    ("SELECT pg_catalog.TABLE_TO_XML('customers', true, false, '')", "reads data named by its arguments"),
+    ("SELECT cursor_to_xml('c', 10, false, true, '')", "reads data named by its arguments"),
+    ("SELECT * FROM ts_stat('SELECT to_tsvector(email) FROM customers')", "reads data named by its arguments"),
+    ("SELECT upper(database_to_xml(true, false, ''))", "reads data named by its arguments"),
+    ("SELECT id FROM customers WHERE lo_get(id) IS NULL", "reads data named by its arguments"),
 ])
 def test_unknown_lineage_says_why(sql, why):
     assert why in one(sql).unknown
