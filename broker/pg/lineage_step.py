@@ -26,7 +26,7 @@ import json
 from typing import Awaitable, Callable
 
 from broker.sql_worker import BoundedCache, WorkerFailed, pool
-from jitgate.guardrails.sql import too_long
+from jitgate.guardrails.sql import statement_shape, too_long
 from jitgate.masking import lineage
 from jitgate.masking.lineage import Catalog, Needs, Relation, StatementLineage
 
@@ -36,6 +36,9 @@ UNFOLLOWED = StatementLineage(unknown="the gateway did not follow the statement 
 # Text parsed on the event loop at most (worst case found: about 5 ms on a loaded 2-core machine,
 # for "SELECT 1-1-1..."; tests/masking/test_lineage_offloop.py bounds its parse tree by its length).
 INLINE_CHARS = 256
+# Texts up to this length are keyed by their shape (constants as $n), as the classifier keys them
+# (broker/sql_worker.INLINE_CHARS: it normalizes them on the loop already).
+SHAPE_CHARS = 512
 # Needs (or the reason there are none) per text: pure, so shared by every session.
 _NEEDS = BoundedCache(4096, 4 * 1024 * 1024)
 _WHAT = "statement's column lineage"
@@ -102,7 +105,13 @@ class LineageStep:
 
     async def follow(self, sql: str, fetch: Fetch) -> list[StatementLineage]:
         """One lineage per statement of ``sql`` (an unknown one says why)."""
-        key = (sql, self.generation)
+        generation = self.generation
+        # Lineage reads names (relations, columns, functions, operators), never a constant's value
+        # (built-ins that read data named by a value are unknown by their name), so statements
+        # that differ only in their constants share a result: pgbench's "... WHERE aid = 17" and
+        # "... aid = 42" cost one parse. Short texts only: the classifier normalized them already.
+        shape = statement_shape(sql) if len(sql) <= SHAPE_CHARS else None
+        key = (shape, generation, "shape") if shape is not None else (sql, generation)
         cached = self._results.get(key)
         if cached is not None:
             return list(cached)
@@ -140,7 +149,7 @@ class LineageStep:
             stale = stale or statement.changes_catalog
         if stale:
             self.forget()
-        elif self.generation == key[1]:
+        elif self.generation == generation:
             self._results.put(key, tuple(out))
         return out
 

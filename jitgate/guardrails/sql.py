@@ -1105,14 +1105,25 @@ _SHAPE_CACHE: collections.OrderedDict[str, Classification] = collections.Ordered
 _SHAPE_CACHE_SIZE = 4096
 
 
-def _classify_by_shape(sql: str) -> Classification:
-    # A NUL would cut the C string the normalizer reads (the key would describe only
-    # the text before it), and the tool statements are matched on their literals.
-    if "\x00" in sql or _KNOWN_TOOL_MARKER in sql:
-        return _classify_uncached(sql)
+@functools.lru_cache(maxsize=256)
+def statement_shape(sql: str) -> str | None:
+    """PostgreSQL's normalization of ``sql`` (pg_query_normalize: constants become $n, every
+    identifier stays as written), to key caches of what depends on a statement's structure and
+    not on its constants; None where it cannot (a NUL would cut the C string the normalizer
+    reads, so the key would describe only the text before it; a text that does not parse).
+    Remembered for the last texts: the classifier and the lineage step ask for the same one."""
+    if "\x00" in sql:
+        return None
     try:
-        shape = pg_normalize(sql)
-    except Exception:  # noqa: BLE001 - the full path reports the parse error
+        return pg_normalize(sql)
+    except Exception:  # noqa: BLE001 - the callers' full paths report the parse error
+        return None
+
+
+def _classify_by_shape(sql: str) -> Classification:
+    # The tool statements are matched on their literals.
+    shape = None if _KNOWN_TOOL_MARKER in sql else statement_shape(sql)
+    if shape is None:
         return _classify_uncached(sql)
     hit = _SHAPE_CACHE.get(shape)
     if hit is not None:

@@ -174,3 +174,40 @@ def test_sensitive_names_only_columns_under_column_rules():
     predicate = one("SELECT id FROM customers WHERE email LIKE 'a%' AND notes <> '' ORDER BY full_name").predicate_sources
     assert m.sensitive(predicate) == ["public.customers.email"]
     assert m.sensitive(one("SELECT id FROM customers WHERE id = 1").predicate_sources) == []
+
+
+def test_statements_that_differ_only_in_constants_share_one_parse():
+    """The per-session result cache is keyed by the statement's shape (constants as $n), not its
+    text: a new literal costs a dictionary lookup. What differs in a name still gets its own answer."""
+    step = LineageStep()
+    fetch = RecordedCatalog()
+
+    def run(sql):
+        return asyncio.run(step.follow(sql, fetch))
+
+    first = run("SELECT email, id FROM customers WHERE id = 17 AND full_name <> 'x'")
+    parsed = step.parsed_inline
+    again = run("SELECT email, id FROM customers WHERE id = 42 AND full_name <> 'a@b.example'")
+    assert step.parsed_inline == parsed  # a hit: not parsed again
+    assert [(c.name, c.sources, c.direct) for c in again[0].columns] == [(c.name, c.sources, c.direct)
+                                                                         for c in first[0].columns]
+    assert EMAIL in again[0].columns[0].sources and again[0].columns[0].direct
+    # Another column, alias, function or relation is another shape: followed on its own.
+    for sql, index, source in [
+        ("SELECT full_name, id FROM customers WHERE id = 42 AND full_name <> 'x'", 0, None),
+        ("SELECT email AS id, id AS email FROM customers WHERE id = 42 AND full_name <> 'x'", 1, None),
+        ("SELECT reverse(email), id FROM customers WHERE id = 42 AND full_name <> 'x'", 0, EMAIL),
+        ("SELECT table_to_xml('customers', true, false, ''), 1", None, None),
+    ]:
+        before = step.parsed_inline
+        [statement] = run(sql)
+        assert step.parsed_inline > before, sql
+        if index is None:
+            assert statement.unknown and "reads data named by its arguments" in statement.unknown
+        elif source is None:
+            assert EMAIL not in statement.columns[index].sources, sql
+        else:
+            assert source in statement.columns[index].sources and not statement.columns[index].direct, sql
+    # A table named by a constant stays unknown whatever the constant: the shape hit carries it.
+    [other] = run("SELECT table_to_xml('orders', true, false, ''), 2")
+    assert other.unknown and "reads data named by its arguments" in other.unknown
