@@ -642,14 +642,17 @@ def ensure_compiled() -> str:
 
     if codec._framing is None or rows._rowcore is None:
         say("building the compiled framing and row core in place (python setup.py build_ext --inplace)")
-        result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=REPO,
+        result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=REPO,
                                 capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             say(f"  could not build them; the broker runs the pure-Python reference: {result.stderr[-500:]}")
-    names = []
-    for module, label in (("broker.pg._framing", "message framing"), ("jitgate.masking._rowcore", "row masking core")):
-        found = importlib.util.find_spec(module) is not None
-        names.append(f"{label} {'compiled' if found else 'pure Python'}")
+    # What the broker (a new process) will load: built, and not older than its source (jitgate/native.py).
+    probe = subprocess.run([sys.executable, "-c", "from broker.pg import codec; from jitgate.masking import rows; "
+                            "print(codec._framing is not None, rows._rowcore is not None)"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    loaded = (probe.stdout.split() + ["False", "False"])[:2]
+    names = [f"{label} {'compiled' if found == 'True' else 'pure Python'}"
+             for label, found in zip(("message framing", "row masking core"), loaded)]
     return ", ".join(names)
 
 

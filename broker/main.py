@@ -14,6 +14,7 @@ from aiohttp import web
 
 from broker import metrics, sql_worker
 from broker.authz import AuthorizeClient
+from broker.pg import codec as pg_codec
 from broker.pg.server import PgBroker
 from broker.recorder import SpoolUploader
 from broker.tls import ensure_dev_certificate, server_context
@@ -117,6 +118,9 @@ async def serve(settings: Settings, *, ready_file: str | None = None) -> None:
     # Masking works either way; without the compiled row core it is several times slower.
     log(logger, logging.INFO if masking_rows.implementation == "compiled" else logging.WARNING,
         f"masking: {masking_rows.core_status()}")
+    log(logger, logging.INFO if pg_codec.FRAMING == "compiled" else logging.WARNING,
+        "PostgreSQL message framing: " + ("compiled (broker/pg/_framing.c)" if pg_codec.FRAMING == "compiled" else
+                                          f"pure-Python reference ({pg_codec.FRAMING_MISSING or 'JITGATE_PG_FRAMING=python'})"))
     log(logger, logging.INFO, "broker ready", **info, backends=backends.name)
     warming = asyncio.ensure_future(sql_worker.pool().warm())  # noqa: F841 - kept alive until the broker exits
     if ready_file:

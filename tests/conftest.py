@@ -7,16 +7,15 @@ import time
 
 import pytest
 
-from jitgate.devstack import Stack, dev_token, start_stack
+from tests.rowcore_build import ensure_rowcore
+
+# The masking tests run against both row cores, and the broker the fixtures start runs the compiled
+# one: built (or rebuilt when older than its source) before anything here imports it.
+ensure_rowcore()
+
+from jitgate.devstack import Stack, dev_token, start_stack  # noqa: E402 - after the build above
 
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "jitgate-test")
-
-
-def pytest_sessionstart(session):
-    # The masking tests run against both row cores, and the broker the fixtures start runs the compiled one.
-    from tests.rowcore_build import ensure_rowcore
-
-    ensure_rowcore()
 
 
 # gcp_emulators: the Pub/Sub, Firestore and Cloud Storage emulators, started once per session when needed.

@@ -74,4 +74,16 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "broker.pg._framing",
                                     "PostgreSQL message framing for the relay (reference: broker/pg/codec.py).", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__framing(void) { return PyModule_Create(&module); }
+#ifndef SOURCE_SHA256
+#define SOURCE_SHA256 ""  /* setup.py defines it; jitgate.native refuses a build without it */
+#endif
+
+PyMODINIT_FUNC PyInit__framing(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_SHA256", SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

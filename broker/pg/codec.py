@@ -9,17 +9,16 @@ Reference: https://www.postgresql.org/docs/current/protocol-message-formats.html
 """
 from __future__ import annotations
 
-import importlib
 import os
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from jitgate.native import load_compiled
 
 # The compiled framing loop (broker/pg/_framing.c, built by pip; optional): the same walk as
 # MessageReader._scan below, which stays the reference. JITGATE_PG_FRAMING=python forces it.
-try:
-    _framing = importlib.import_module("broker.pg._framing")
-except ImportError:
-    _framing = None
+_framing, FRAMING_MISSING = load_compiled("broker.pg._framing", Path(__file__).with_name("_framing.c"))
 FRAMING = "python" if _framing is None or os.environ.get("JITGATE_PG_FRAMING") == "python" else "compiled"
 
 SSL_REQUEST_CODE = 80877103

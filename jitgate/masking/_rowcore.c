@@ -1043,6 +1043,10 @@ static PyMethodDef module_methods[] = {
     {NULL},
 };
 
+#ifndef SOURCE_SHA256
+#define SOURCE_SHA256 ""  /* setup.py defines it; jitgate.native refuses a build without it */
+#endif
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "jitgate.masking._rowcore", "Compiled core of RowPlan.mask_row.", -1, module_methods,
 };
@@ -1068,7 +1072,8 @@ PyMODINIT_FUNC PyInit__rowcore(void)
         || PyModule_AddIntConstant(m, "EMAIL_REDACT", EMAIL_REDACT) < 0
         || PyModule_AddIntConstant(m, "EMAIL_PARTIAL", EMAIL_PARTIAL) < 0
         || PyModule_AddIntConstant(m, "EMAIL_HASH", EMAIL_HASH) < 0
-        || PyModule_AddIntConstant(m, "EMAIL_NULL", EMAIL_NULL) < 0) {
+        || PyModule_AddIntConstant(m, "EMAIL_NULL", EMAIL_NULL) < 0
+        || PyModule_AddStringConstant(m, "SOURCE_SHA256", SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;
     }

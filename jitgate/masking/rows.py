@@ -17,22 +17,18 @@ extension, or with ``JITGATE_MASKING_CORE=python``, plans use the reference.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import struct
 from dataclasses import replace
+from pathlib import Path
 from typing import Sequence
 
 from jitgate.masking.columns import MAX_SCANNED_VALUE, ValueMasker
 from jitgate.masking.errors import MalformedRow
+from jitgate.native import load_compiled
 
-try:
-    _rowcore = importlib.import_module("jitgate.masking._rowcore")
-except ImportError as exc:  # not built (a checkout without `pip install`): the reference serves
-    _rowcore = None
-    _ROWCORE_MISSING = f"{exc}"
-else:
-    _ROWCORE_MISSING = ""
+# Not built, or built from an older source: the reference serves (jitgate/native.py).
+_rowcore, _ROWCORE_MISSING = load_compiled("jitgate.masking._rowcore", Path(__file__).with_name("_rowcore.c"))
 
 IMPLEMENTATIONS = ("compiled", "python")
 # Which mask_row new plans use; tests switch it to run the same cases against both.
@@ -44,7 +40,7 @@ def core_status() -> str:
     if implementation == "compiled":
         return "compiled row masking core (jitgate/masking/_rowcore.c)"
     if _rowcore is None:
-        return (f"pure-Python row masking core: the compiled one is not built ({_ROWCORE_MISSING}); "
+        return (f"pure-Python row masking core: the compiled one is not used: {_ROWCORE_MISSING}; "
                 "`pip install -e .` (needs gcc and python3-dev) builds it")
     return "pure-Python row masking core (JITGATE_MASKING_CORE=python)"
 

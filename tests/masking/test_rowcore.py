@@ -6,6 +6,8 @@ corpus for the prefilter (inputs built to slip past it) with the decision each m
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -51,6 +53,9 @@ def _plans(config: str):
         finally:
             rows.implementation = saved
     return plans
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _outcome(plan, payload: bytes):
@@ -191,8 +196,25 @@ def test_values_near_the_scan_cap(row_core, size):
 def test_the_broker_logs_which_core_serves(monkeypatch):
     monkeypatch.setattr(rows, "implementation", "python")
     monkeypatch.setattr(rows, "_rowcore", None)
-    monkeypatch.setattr(rows, "_ROWCORE_MISSING", "No module named 'jitgate.masking._rowcore'")
+    monkeypatch.setattr(rows, "_ROWCORE_MISSING", "it is not built (No module named 'jitgate.masking._rowcore')")
     assert "not built" in rows.core_status() and "pip install" in rows.core_status()
+    monkeypatch.setattr(rows, "_ROWCORE_MISSING", "its build is older than _rowcore.c")
+    assert "older than _rowcore.c" in rows.core_status() and "pip install -e ." in rows.core_status()
+
+
+def test_a_build_older_than_its_source_is_not_used(tmp_path):
+    """A checkout updated after its build: the old module would be called with new arguments, so
+    it is refused (the reference serves) and the reason names the rebuild."""
+    from jitgate.native import load_compiled
+
+    source = tmp_path / "_rowcore.c"
+    source.write_bytes((ROOT / "jitgate/masking/_rowcore.c").read_bytes() + b"\n/* changed after the build */\n")
+    module, why = load_compiled("jitgate.masking._rowcore", source)
+    assert module is None and "older than _rowcore.c" in why
+    module, why = load_compiled("jitgate.masking._rowcore", ROOT / "jitgate/masking/_rowcore.c")
+    assert module is not None and why == ""
+    module, why = load_compiled("jitgate.masking._no_such_core", source)
+    assert module is None and "not built" in why
 
 
 @settings(max_examples=150, deadline=None)
