@@ -255,7 +255,7 @@ def main() -> int:
     lines = [
         f"# SSH through the broker vs plain OpenSSH ({today})",
         "",
-        f"Command: `flock /work/bench.lock {command}` on {platform.node()} ({os.cpu_count()} CPUs, shared; {load}).",
+        f"Command: `{command}` on {platform.node()} ({os.cpu_count()} CPUs, shared; {load}).",
         "OpenSSH client and sshd (Debian), all on 127.0.0.1. direct: client -> sshd. jump: client -> plain sshd",
         "(ProxyJump, `ssh -W`) -> sshd. broker: client -> jitgate broker (sign-in, guardrails, recording) -> sshd.",
         "",
@@ -305,7 +305,7 @@ def main() -> int:
     print()
     print(table)
     result = {
-        "date": today, "command": f"flock /work/bench.lock {command}", "machine": machine_info(),
+        "date": today, "command": command, "machine": machine_info(),
         "load_before": load_before, "load_after": load_after, "mib": args.mib, "runs": args.runs,
         "keystrokes": args.keystrokes, "throughput_mbs": rates, "best_mbs": best, "median_mbs": med,
         "echo_ms": echo, "echo_p50_added_ms": added, "cpu_s_per_run": cpu, "cpu_ms_per_mb": cpu_ms,
@@ -325,7 +325,7 @@ def main() -> int:
         sections = [
             f"# py-spy profile of the broker during bench_ssh.py ({args.profile}, {today})",
             "",
-            f"Command: `flock /work/bench.lock {command}` ({load}). `py-spy record --gil --nonblocking -r 500` on",
+            f"Command: `{command}` ({load}). `py-spy record --gil --nonblocking -r 500` on",
             "the broker process during its runs only: samples of the thread holding the GIL, so what remains is",
             "where the broker's Python CPU goes. 'self' = the function was on top of the stack; 'total' = anywhere",
             "on it.",
