@@ -8,6 +8,7 @@ statement waits for an approver; it carries ``approval_id`` and ``Retry-After``.
 from __future__ import annotations
 
 import json
+import re
 import logging
 
 from starlette.requests import Request
@@ -36,6 +37,9 @@ def _client(request: Request) -> str:
     return f"{request.client.host}:{request.client.port}" if request.client else "?"
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 async def _body(request: Request, allowed: set[str]) -> dict:
     raw = await request.body()
     if len(raw) > MAX_BODY:
@@ -46,6 +50,13 @@ async def _body(request: Request, allowed: set[str]) -> dict:
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
         raise Problem(400, "invalid_json", "Invalid JSON", "the body is not valid JSON",
                       "Send a JSON object with Content-Type: application/json.") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        try:  # a \\ud800 escape alone decodes to a lone surrogate, which is not UTF-8 and cannot be sent on
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise Problem(422, "invalid_argument", "Invalid argument",
+                          "the body holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair)",
+                          "Send text that is valid Unicode.") from None
     if not isinstance(body, dict):
         raise Problem(422, "invalid_argument", "Invalid argument", "the body must be a JSON object",
                       "Send a JSON object, e.g. {\"sql\": \"SELECT 1\"}.")

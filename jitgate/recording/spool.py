@@ -80,11 +80,17 @@ class Spool:
 def encode_event(event: dict) -> bytes:
     """One spool line: compact UTF-8 JSON. orjson on the hot path (a few times faster than
     json.dumps); what it refuses (an int over 64 bits, a non-string key) goes through json,
-    which writes the same JSON. Readers parse lines, and the chain covers the bytes written."""
+    which writes the same JSON. Readers parse lines, and the chain covers the bytes written.
+    A lone surrogate (an agent's JSON may carry "\\ud800") is not UTF-8: it is written escaped
+    (ASCII JSON) instead of failing the session's recording."""
     try:
         return orjson.dumps(event, default=str)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+        try:
+            return text.encode()
+        except UnicodeEncodeError:
+            return json.dumps(event, separators=(",", ":"), default=str).encode()
 
 
 def chain_of(path: Path, session_id: str) -> Chain:

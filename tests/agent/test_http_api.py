@@ -146,3 +146,13 @@ def test_approval_that_times_out(api, token, short_target):
     time.sleep(max(0.0, 4.5 - (time.monotonic() - started)))
     status = client.get(f"/v1/approvals/{approval_id}").json()
     assert status["status"] == "expired" and "ask again" in status["next"]
+
+
+def test_a_lone_surrogate_in_the_statement_gets_a_clear_answer(api):
+    """JSON can carry "\\ud800", which is not UTF-8: a clear 4xx, and the broker keeps serving."""
+    r = api().post("/v1/targets/demo/query", content=b'{"sql": "SELECT \'\\ud800\' AS x"}',
+                   headers={"Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json().get("detail"), r.text
+    ok = api().post("/v1/targets/demo/query", json={"sql": "SELECT 1 AS one"})
+    assert ok.status_code == 200, ok.text

@@ -308,3 +308,14 @@ def test_verifying_one_session_reads_the_ledger_entries_but_no_checkpoint(backen
     assert len(reads) == 3 and not [n for n in reads if n.startswith(ledger.CHECKPOINTS)], reads
     reads.clear()
     assert audit(b).verified_size == 3 and [n for n in reads if n.startswith(ledger.CHECKPOINTS)]
+
+
+def test_an_event_with_a_lone_surrogate_is_recorded_escaped():
+    """An agent's JSON body may carry "\\ud800": the spool line stays valid JSON and UTF-8."""
+    from jitgate.recording.spool import encode_event
+
+    event = {"type": "statement", "sql": "SELECT '\ud800x'", "big": 2 ** 70}
+    line = encode_event(event)
+    line.decode("utf-8")
+    assert json.loads(line) == event
+    assert json.loads(encode_event({"sql": "plain é"})) == {"sql": "plain é"}
