@@ -16,15 +16,19 @@ from pathlib import Path
 
 import asyncpg
 
+from broker.pg.codec import parse_row_description
 from broker.pg.lineage_step import LineageStep
 from jitgate.logs import log
-from jitgate.masking import Masker
+from jitgate.masking import Masker, apply_result_formats
 from jitgate.policy import Target
 
 logger = logging.getLogger("jitgate.broker.masking")
 
 
 MIN_HMAC_KEY_BYTES = 32
+# Masking plans a session keeps (see SessionMasker.plan_for); a session that makes more
+# distinct results than this starts over, so a hostile client cannot grow it without bound.
+PLAN_CACHE_SIZE = 256
 # Free text up to this many characters is masked on the event loop (the slowest detector input
 # found, "@@@...", costs about 3 ms at this size on a 2-core machine); longer text (an error that
 # echoes a client's 100 KB literal) is masked in a worker process (broker/sql_worker.py).
@@ -61,6 +65,9 @@ class SessionMasker:
         self._backends = backends
         self._tables: dict[int, str] = {}
         self._columns: dict[tuple[int, int], str] = {}
+        # Bumped whenever the names above change: a plan cached before does not match after.
+        self._catalog_generation = 0
+        self._plans: dict[tuple, object] = {}
         self.owner = owner
         self.lineage = LineageStep(owner)  # the worker pool is fair between users
         # Lineage matters only where a column rule could be escaped by an expression.
@@ -87,6 +94,38 @@ class SessionMasker:
     def plan(self, fields, lineage=None):
         """A RowPlan for these fields, using the catalog names already resolved."""
         return self.masker.plan(fields, self._tables, self._columns, lineage)
+
+    async def plan_for(self, description: bytes, lineage=None, result_formats: tuple | None = None):
+        """The relay's RowPlan (None: nothing to mask) for the DataRows after the RowDescription
+        whose payload is ``description`` (``result_formats``: a Bind's codes, when the payload
+        answered a Describe of the statement, see ``apply_result_formats``).
+
+        Built once per session for each distinct (payload, formats, lineage, masker, catalog
+        generation): everything ``Masker.plan`` reads. The payload holds every column's name,
+        source table OID and attribute number, type and format; the lineage (compared by value)
+        is what tells ``SELECT lower(email) AS x`` from ``SELECT 'a' AS x``, whose payloads are
+        the same; the catalog names of those OIDs only change with the generation. The plan's
+        ``changed`` set then spans the session's results, which the relay never reads
+        (the agent API, which reports it, plans per query with ``plan``).
+        """
+        masker = self.masker
+        key = (masker, self._catalog_generation, description, result_formats, lineage)
+        try:
+            found = self._plans.get(key, _MISSING)
+        except TypeError:  # a lineage that cannot be hashed: plan it every time
+            key, found = None, _MISSING
+        if found is not _MISSING:
+            return found
+        fields = parse_row_description(description)
+        await self.resolve({f.table_oid for f in fields})
+        if result_formats is not None:
+            fields = apply_result_formats(fields, result_formats)
+        plan = masker.plan(fields, self._tables, self._columns, lineage)
+        if key is not None:  # filed under the catalog it was planned with (resolve may have grown it)
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[(masker, self._catalog_generation, description, result_formats, lineage)] = plan
+        return plan
 
     async def follow(self, sql: str, fetch=None) -> list:
         """The lineage of each statement in ``sql`` (``fetch``: the caller's catalog connection;
@@ -182,6 +221,7 @@ class SessionMasker:
             log(logger, logging.WARNING, "catalog lookup failed", error=type(exc).__name__)
             for oid in missing:
                 self._tables.setdefault(oid, "")
+            self._catalog_generation += 1
             return
         try:
             rows = await conn.fetch(
@@ -197,7 +237,11 @@ class SessionMasker:
             for oid in missing:
                 self._tables.setdefault(oid, "")
         finally:
+            self._catalog_generation += 1
             await conn.close()
+
+
+_MISSING = object()
 
 
 def install(pg, settings, backends) -> None:

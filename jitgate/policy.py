@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import hashlib
 import logging
 import re
@@ -798,10 +799,17 @@ class PolicyHolder:
 
 def column_matches(pattern: str, table: str | None, column: str) -> bool:
     """Masking column patterns: 'email', '*card*', or 'customers.email'."""
+    table_match, column_match = compile_column_pattern(pattern)
+    if table_match is not None and (table is None or table_match(table.lower()) is None):
+        return False
+    return column_match(column.lower()) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_column_pattern(pattern: str):
+    """(table matcher or None, column matcher) of a column pattern, compiled once: each is a
+    regex ``match`` taking a lower-case name, as ``fnmatch.fnmatchcase`` would match it."""
     pattern = pattern.lower()
-    if "." in pattern:
-        want_table, _, want_column = pattern.rpartition(".")
-        return table is not None and fnmatch.fnmatchcase(table.lower(), want_table) and fnmatch.fnmatchcase(
-            column.lower(), want_column
-        )
-    return fnmatch.fnmatchcase(column.lower(), pattern)
+    want_table, dot, want_column = pattern.rpartition(".")
+    compiled = lambda p: re.compile(fnmatch.translate(p)).match  # noqa: E731
+    return (compiled(want_table) if dot else None), compiled(want_column)

@@ -29,7 +29,7 @@ from broker.pg.masking_step import copy_plan_for, follow_for_relay, mask_rows, s
 from broker.pg.measure import UNMEASURABLE_EXECUTE, Batch, RowLimit
 from broker.pg.upstream import UpstreamLoginError, open_upstream
 from broker.session import Session, Verdict, new_backend_key
-from jitgate.masking import MalformedRow, MaskingRefused, apply_result_formats
+from jitgate.masking import MalformedRow, MaskingRefused
 from jitgate.backends import Backends
 from jitgate.guardrails.pinned import PINNED_SETTINGS, startup_refusal, unexpected_report
 from jitgate.logs import log
@@ -183,8 +183,9 @@ class PgConnection:
         self.hold: asyncio.Task | None = None
         # Masking bookkeeping: Describe requests in flight, and what their answers said.
         self.describes: collections.deque[tuple[int, str, str]] = collections.deque()
-        self.statement_fields: dict[str, list] = {}
-        self.portal_fields: dict[str, list] = {}
+        # RowDescription payloads answering a Describe of a statement or portal, by name.
+        self.statement_fields: dict[str, bytes] = {}
+        self.portal_fields: dict[str, bytes] = {}
         self.statement_lineages: dict[str, object] = {}
         self.copy_plan = None
         self._closing_reason: str | None = None
@@ -824,14 +825,14 @@ class PgConnection:
                     self.ready_cycle += 1
                 elif kind == 0x54:  # 'T' RowDescription
                     if masker is not None:
-                        fields = codec.parse_row_description(data[start + 5 : end])
-                        await masker.resolve({f.table_oid for f in fields})
+                        description = bytes(data[start + 5 : end])
                         if self.describes:
                             _, described, name = self.describes.popleft()
-                            (self.statement_fields if described == "S" else self.portal_fields)[name] = fields
+                            codec.parse_row_description(description)  # checked now, planned at Execute
+                            (self.statement_fields if described == "S" else self.portal_fields)[name] = description
                         elif pending and pending[0].simple:
                             head = pending[0]
-                            head.plan, head.planned = masker.plan(fields, head.lineage()), True
+                            head.plan, head.planned = await masker.plan_for(description, head.lineage()), True
                             if head.plan is not None and head.plan.notice:
                                 if parts is None:
                                     parts = []
@@ -915,16 +916,17 @@ class PgConnection:
             return _NULL_ALL
         head = self.pending[0]
         if not head.planned:
-            fields = self.portal_fields.get(head.portal)
-            if fields is None and head.statement in self.statement_fields:
-                fields = apply_result_formats(self.statement_fields[head.statement], head.result_formats)
-            if fields is None:
+            masker = self.session.masker
+            description = self.portal_fields.get(head.portal)
+            if description is not None:  # a portal's RowDescription carries its formats
+                head.plan = await masker.plan_for(description, head.lineage())
+            elif head.statement in self.statement_fields:
+                head.plan = await masker.plan_for(self.statement_fields[head.statement], head.lineage(),
+                                                  result_formats=tuple(head.result_formats))
+            else:
                 log(logger, logging.WARNING, "result columns unknown; masking every value as NULL",
                     session_id=self.session.session_id)
                 head.plan = _NULL_ALL
-            else:
-                await self.session.masker.resolve({f.table_oid for f in fields})
-                head.plan = self.session.masker.plan(fields, head.lineage())
             head.planned = True
         return head.plan
 

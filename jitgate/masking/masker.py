@@ -20,7 +20,6 @@ table name and the ``schema.table`` name.
 from __future__ import annotations
 
 import bisect
-import fnmatch
 import re
 from dataclasses import replace
 from typing import Mapping, Protocol, Sequence
@@ -32,7 +31,7 @@ from jitgate.masking.lineage import StatementLineage
 from jitgate.masking.rows import RowPlan
 from jitgate.masking.scanner import DetectorStrategy, Scanner
 from jitgate.masking.strategies import COLUMN_MARKER, Hasher, render_whole_text
-from jitgate.policy import MaskingConfig, MaskingRule, column_matches
+from jitgate.policy import MaskingConfig, MaskingRule, compile_column_pattern
 
 TEXT_OID = 25
 # Which strategy shows least of a value: a derived value takes the strongest of its sources'.
@@ -422,10 +421,10 @@ class Masker:
     def _rule_may_apply(rule: MaskingRule, table: str | None) -> bool:
         tables = _table_candidates(table)
         for pattern in rule.columns:
-            want_table = pattern.lower().rpartition(".")[0]
-            if not want_table or table is None:
+            if not pattern.rpartition(".")[0] or table is None:
                 return True
-            if any(fnmatch.fnmatchcase(t, want_table) for t in tables if t is not None):
+            table_match = compile_column_pattern(pattern)[0]
+            if any(table_match(t) is not None for t in tables if t is not None):
                 return True
         return False
 
@@ -456,8 +455,19 @@ def _table_candidates(table: str | None) -> list[str | None]:
 
 
 def _matches(patterns: Sequence[str], names: Sequence[str], table: str | None) -> bool:
-    tables = _table_candidates(table)
-    return any(column_matches(p, t, n) for p in patterns for t in tables for n in names)
+    """``column_matches`` for any pattern, table candidate and name, with each name lowered once."""
+    tables = None
+    lowered = [n.lower() for n in names]
+    for pattern in patterns:
+        table_match, column_match = compile_column_pattern(pattern)
+        if table_match is not None:
+            if tables is None:
+                tables = [t for t in _table_candidates(table) if t is not None]
+            if not any(table_match(t) is not None for t in tables):
+                continue
+        if any(column_match(n) is not None for n in lowered):
+            return True
+    return False
 
 
 def _find_all(text: str, needle: str):
