@@ -71,6 +71,8 @@ MAX_FREE_TEXT = 64 * 1024
 # A double-quoted fragment of an error message (linear: no nested quantifiers).
 _QUOTED = re.compile(r'"[^"]*"')
 TRUNCATED_MARKER = "[truncated by jitgate]"
+# Sets of lineage sources whose sensitive columns a Masker keeps (Masker.sensitive).
+SENSITIVE_CACHE_SIZE = 1024
 
 
 class Masker:
@@ -84,6 +86,7 @@ class Masker:
         self._column_rules = tuple(r for r in self._rules if r.columns and not r.detectors)
         self._detector_rules = tuple(r for r in self._rules if r.detectors)
         self._scanners: dict[tuple, Scanner] = {}
+        self._sensitive: dict[frozenset, tuple[str, ...]] = {}
         free_text = _first_strategy_per_detector(self._detector_rules)
         # Free text has no column, so every detector of every rule applies to it.
         self._free_text_scanner = (
@@ -208,9 +211,20 @@ class Masker:
         return _QUOTED.sub('"' + COLUMN_MARKER + '"', text) if '"' in text else text
 
     def sensitive(self, sources) -> list[str]:
-        """The table columns among ``sources`` (lineage Sources) that a column rule masks."""
-        return sorted({f"{table}.{column}" if column else f"{table}.*" for table, column in sources
-                       if any(self._rule_matches(r, table, [column] if column else None) for r in self._column_rules)})
+        """The table columns among ``sources`` (lineage Sources) that a column rule masks.
+
+        Asked for every statement (its predicate sources): the answer depends only on the
+        sources and this masker's rules, so it is kept per set of sources (bounded)."""
+        key = sources if isinstance(sources, frozenset) else frozenset(sources)
+        found = self._sensitive.get(key)
+        if found is None:
+            found = tuple(sorted({f"{table}.{column}" if column else f"{table}.*" for table, column in key
+                                  if any(self._rule_matches(r, table, [column] if column else None)
+                                         for r in self._column_rules)}))
+            if len(self._sensitive) >= SENSITIVE_CACHE_SIZE:
+                self._sensitive.clear()
+            self._sensitive[key] = found
+        return list(found)
 
     def fail_closed_notice(self, reason: str) -> str:
         return _unknown_notice(reason)

@@ -157,3 +157,17 @@ def test_the_cache_is_bounded():
     for n in range(PLAN_CACHE_SIZE * 2):
         _plan(session, _description(field(f"c{n}", TEXT)))
     assert len(session._plans) <= PLAN_CACHE_SIZE
+
+
+def test_sensitive_columns_are_kept_per_set_of_sources_and_not_shared_between_sets():
+    # WHERE email LIKE 'a%' on customers (masked) and on orders (not): each set gets its own answer,
+    # asked in either order and again; a caller changing the list it got changes nothing kept.
+    rules = masker(columns("customers.email"))
+    customers = frozenset({("public.customers", "email")})
+    orders = {("public.orders", "email")}
+    for _ in range(2):
+        assert rules.sensitive(orders) == []
+        got = rules.sensitive(customers)
+        assert got == ["public.customers.email"]
+        got.clear()
+    assert rules.sensitive(frozenset({("public.customers", None)})) == ["public.customers.*"]
