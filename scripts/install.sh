@@ -58,8 +58,10 @@ if [ "$node_major" -lt 18 ]; then
 fi
 
 # The project's virtual environment, rebuilt only when the requirements change.
-# setup.py and the row core's C source: a change rebuilds the compiled masking core (pip install -e .).
-req_files=(requirements.txt requirements-test.txt pyproject.toml setup.py jitgate/masking/_rowcore.c)
+# setup.py and every C source it compiles (the row masking core, the PostgreSQL framing): a change
+# rebuilds them (pip install -e .); a stale build would otherwise fall back to the slower reference.
+mapfile -t c_sources < <(cd "$root" && find jitgate broker -name '*.c' | LC_ALL=C sort)
+req_files=(requirements.txt requirements-test.txt pyproject.toml setup.py "${c_sources[@]}")
 want="$(cat "${req_files[@]}" | sha256sum | cut -d' ' -f1)"
 stamp="$venv/.jitgate-requirements.sha256"
 if [ ! -x "$venv/bin/python" ]; then
