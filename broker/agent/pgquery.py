@@ -42,6 +42,44 @@ class UpstreamUnavailable(Exception):
     """The gateway could not reach or log in to the target (not the caller's fault)."""
 
 
+class ExecuteAnswerOrder:
+    """The order PostgreSQL answers one Parse/Bind/Describe(portal)/Execute/Sync in; anything else is
+    a protocol error, so a hostile or broken target cannot slip in a second result (a second
+    RowDescription or CommandComplete, rows before their description or after the end)."""
+
+    # stage -> {message: next stage}. ErrorResponse, notices, parameter reports and notifications may
+    # come at any point before ReadyForQuery (an error even after CommandComplete: the implicit
+    # commit at Sync can fail); after an error only those and ReadyForQuery.
+    _NEXT = {
+        "start": {"1": "parsed"},
+        "parsed": {"2": "bound"},
+        "bound": {"T": "rows", "n": "no rows"},
+        "rows": {"D": "rows", "C": "ended", "s": "ended"},
+        "no rows": {"C": "ended", "I": "ended", "H": "copy out", "G": "copy in"},
+        # COPY ... TO STDOUT streams CopyData (not returned to the agent) then ends; COPY FROM STDIN
+        # waits for data the API never sends, and fails at Sync.
+        "copy out": {"d": "copy out", "c": "copy done"},
+        "copy done": {"C": "ended"},
+        "copy in": {},
+        "ended": {"Z": "ready"},
+        "failed": {"Z": "ready"},
+    }
+
+    def __init__(self) -> None:
+        self.stage = "start"
+
+    def see(self, kind: str) -> None:
+        if kind in ("N", "S", "A"):
+            return
+        if kind == "E" and self.stage != "ready":
+            self.stage = "failed"
+            return
+        following = self._NEXT.get(self.stage, {}).get(kind)
+        if following is None:
+            raise codec.ProtocolError(f"the target answered one Execute out of order: {kind!r} after stage {self.stage!r}")
+        self.stage = following
+
+
 class StatementFailed(Exception):
     """PostgreSQL refused or aborted the statement; fields are already masked by the caller's masker."""
 
@@ -221,6 +259,7 @@ class Upstream:
         seen_rows = 0
         truncated, truncation, tag, error = False, None, None, None
         notices: list[str] = []
+        order = ExecuteAnswerOrder()
         while True:
             try:
                 # Once cut, no further row is held: the next one ends the read.
@@ -237,6 +276,7 @@ class Upstream:
                 return await self._finish(fields, raw_rows, seen_rows, tag, truncated, truncation, error, notices,
                                           kept_bytes, masker, lineage)
             for kind, payload in batch:
+                order.see(kind)
                 if kind == "D":
                     seen_rows += 1
                     if not truncated and kept_bytes + len(payload) > max_bytes:

@@ -126,3 +126,46 @@ def test_mcp_session_that_switches_to_fewer_groups_is_held_and_masked_as_that_to
                     assert _text(held).startswith("APPROVAL REQUIRED"), _text(held)  # dba's DDL right did not carry over
 
     asyncio.run(run())
+
+
+def _raw_mcp_call(agent_url, tls, bearer: str, raw_call: bytes) -> dict:
+    """One tools/call whose JSON body is sent as given (the SDK's client cannot send a lone surrogate)."""
+    headers = {"Authorization": f"Bearer {bearer}", "Accept": "application/json, text/event-stream",
+               "Content-Type": "application/json"}
+
+    def answer(response) -> dict:
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+            return json.loads(data[-1])
+        return response.json()
+
+    with httpx.Client(verify=tls, timeout=60) as client:
+        init = client.post(agent_url + "/mcp", headers=headers, json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
+        assert init.status_code == 200, init.text
+        headers["mcp-session-id"] = init.headers["mcp-session-id"]
+        client.post(agent_url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return answer(client.post(agent_url + "/mcp", headers=headers, content=raw_call))
+
+
+@pytest.mark.parametrize("raw_arguments", [
+    rb'{"target": "demo", "sql": "SELECT 1 AS x -- \ud800"}',
+    rb'{"target": "demo", "sql": "SELECT $1::text AS x", "params": ["a\udfffb"]}',
+    rb'{"target": "vm", "command": "echo \ud83d"}',
+])
+def test_mcp_lone_surrogate_gets_a_clear_answer(raw_arguments, agent_url, tls, token):
+    """MCP's JSON can carry "\\ud800" (not UTF-8, so it could not be sent on or recorded): the MCP
+    server's parser refuses the call as a JSON-RPC parse error that names the escape, before any tool
+    runs, and the broker goes on (the HTTP API's 422 is in test_http_api.py)."""
+    tool = b"exec" if b"command" in raw_arguments else b"query"
+    reply = _raw_mcp_call(agent_url, tls, token(), b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", '
+                          b'"params": {"name": "' + tool + b'", "arguments": ' + raw_arguments + b"}}")
+    assert reply["error"]["code"] == -32700 and "escape" in reply["error"]["message"], reply
+    assert "result" not in reply
+
+    async def body(session: ClientSession):
+        return await session.call_tool("query", {"target": "demo", "sql": "SELECT 1 AS one"})
+
+    fine = asyncio.run(asyncio.wait_for(_with_session(agent_url, tls, token(), body), 60))
+    assert not fine.is_error and "1 row(s)" in _text(fine), _text(fine)

@@ -9,6 +9,7 @@ its stdin is in the recording. ``ssh -A`` works where agent forwarding is allowe
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import pwd
@@ -79,6 +80,10 @@ def guard(stack, ssh_targets):
     account = pwd.getpwnam(LOGIN_USER)
     home = Path(account.pw_dir)
     canary = home / "canary"
+    # The login account is the machine's, not the run's: a second suite running at the same time on
+    # this machine would remove our canary under us. Hold the account's canary for this module.
+    lock = open(Path("/tmp") / f"jitgate-canary-{LOGIN_USER}.lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     shutil.rmtree(canary, ignore_errors=True)
     canary.mkdir()
     files = {canary / "keep.txt": b"line one\nline two\n", home / "canary-top.txt": b"top\n",
@@ -91,6 +96,7 @@ def guard(stack, ssh_targets):
     yield {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
     shutil.rmtree(canary, ignore_errors=True)
     (home / "canary-top.txt").unlink(missing_ok=True)
+    lock.close()  # releases the lock
 
 
 async def _exec_all(port: int, token: str, target: str, commands: list[str]) -> list[asyncssh.SSHCompletedProcess]:
