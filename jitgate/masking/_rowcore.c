@@ -9,13 +9,16 @@
  *   same keyed states as strategies.Hasher);
  * - DETECT_TEXT: detectors on an unlimited text value. A prefilter that is a necessary
  *   condition of each detector family (the reference's, plus the digit-count gates that
- *   find_all and find_phones apply inside each numeric cluster) rejects most values; a
- *   value where only the email detector can match and that is ASCII has its addresses
- *   found and replaced here; any other value goes to the Python masker of its column;
+ *   find_all and find_phones apply inside each numeric cluster) rejects most values; an
+ *   ASCII value where only emails, cards, SSNs and phone numbers can match has them found
+ *   (the same spans as detectors.find_all, regexes matched in their engine's order) and
+ *   replaced here with each detector's strategy; any other value (an IBAN or secret
+ *   candidate, or non-ASCII text, where the detectors' Unicode classes decide) goes to the
+ *   Python scan of its column;
  * - PYTHON: any other column masker is called as it is.
  *
- * tests/masking/test_rowcore.py runs the masking tests against both, and a property test
- * checks identical bytes on random rows.
+ * tests/masking/test_rowcore.py runs the masking tests against both; property tests check
+ * identical spans and identical bytes on random rows, and bound the steps on 1 MB values.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -320,19 +323,85 @@ static int families_of(const uint8_t *p, Py_ssize_t n, int enabled)
     return found;
 }
 
-/* ---- email (detectors.find_emails on ASCII text) -------------------------------------- */
+/* ---- detections on ASCII text: the spans detectors.find_all gives ---------------------- */
+
+/* Detector kinds, numbered as detectors.DETECTOR_KINDS: the number is the merge priority. */
+#define KIND_SECRET 0
+#define KIND_EMAIL 1
+#define KIND_IBAN 2
+#define KIND_CARD 3
+#define KIND_SSN 4
+#define KIND_PHONE 5
+#define KIND_COUNT 6
+
+static const char *const KIND_NAMES[KIND_COUNT] = {"secret", "email", "iban", "card", "ssn", "phone"};
+
+typedef struct {
+    Py_ssize_t start, end;
+    int kind;
+} Span;
+
+/* One value being scanned: the spans found so far, and a count of the steps taken (the
+ * tests bound it on attacker input: every finder here is linear in the value). */
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t n;
+    Span *spans;
+    Py_ssize_t count, cap;
+    uint64_t ops;
+    /* find_phones' international shape: first end reachable from (offset, groups done), per '+' */
+    int memo_stamp[48][7];
+    int memo_end[48][7];
+    int memo_generation;
+} Scan;
+
+static void scan_init(Scan *sc, const uint8_t *p, Py_ssize_t n)
+{
+    sc->p = p;
+    sc->n = n;
+    sc->spans = NULL;
+    sc->count = sc->cap = 0;
+    sc->ops = 0;
+    sc->memo_generation = 0; /* memo_stamp is cleared on first use */
+}
+
+static int add_span(Scan *sc, Py_ssize_t start, Py_ssize_t end, int kind)
+{
+    if (sc->count == sc->cap) {
+        Py_ssize_t cap = sc->cap ? 2 * sc->cap : 8;
+        Span *grown = PyMem_Realloc(sc->spans, (size_t)cap * sizeof(Span));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        sc->spans = grown;
+        sc->cap = cap;
+    }
+    sc->spans[sc->count].start = start;
+    sc->spans[sc->count].end = end;
+    sc->spans[sc->count].kind = kind;
+    sc->count++;
+    return 0;
+}
+
+static inline int is_word(uint8_t c) { return is_alnum(c) || c == '_'; } /* \w on ASCII */
+static inline int is_sep(uint8_t c) { return c == ' ' || c == '.' || c == '-'; } /* [ .-] */
+
+/* ---- email (detectors.find_emails) ---- */
 
 static inline int email_local_char(uint8_t c) /* [\w.%+-] on ASCII */
 {
-    return is_alnum(c) || c == '_' || c == '.' || c == '%' || c == '+' || c == '-';
+    return is_word(c) || c == '.' || c == '%' || c == '+' || c == '-';
 }
 static inline int label_char(uint8_t c) { return is_alnum(c) || c == '-'; }
 
 /* End of a maximal [A-Za-z0-9-] run from i, before stop. */
-static Py_ssize_t segment_end(const uint8_t *p, Py_ssize_t i, Py_ssize_t stop)
+static Py_ssize_t segment_end(Scan *sc, Py_ssize_t i, Py_ssize_t stop)
 {
-    while (i < stop && label_char(p[i]))
+    Py_ssize_t from = i;
+    while (i < stop && label_char(sc->p[i]))
         i++;
+    sc->ops += (uint64_t)(i - from) + 1;
     return i;
 }
 
@@ -356,10 +425,11 @@ static int valid_tld(const uint8_t *p, Py_ssize_t s, Py_ssize_t e)
  * label character, which neither '.' nor the look-ahead accepts), and the regex engine's
  * greedy order takes the deepest run of labels first, then tries the tld from the last
  * segment back. Returns the end of the match or -1. */
-static Py_ssize_t email_domain(const uint8_t *p, Py_ssize_t s, Py_ssize_t stop)
+static Py_ssize_t email_domain(Scan *sc, Py_ssize_t s, Py_ssize_t stop)
 {
+    const uint8_t *p = sc->p;
     Py_ssize_t seg_start[130], seg_end[130]; /* a 256-character window has at most 129 segments */
-    Py_ssize_t e = segment_end(p, s, stop);
+    Py_ssize_t e = segment_end(sc, s, stop);
     if (!valid_label(p, s, e) || e >= stop || p[e] != '.')
         return -1;
     int count = 0; /* segments after the first, each preceded by a '.' */
@@ -367,7 +437,7 @@ static Py_ssize_t email_domain(const uint8_t *p, Py_ssize_t s, Py_ssize_t stop)
     int depth = 0; /* labels s_1..s_depth each followed by a '.' */
     int deepest_known = 0;
     while (dot < stop && p[dot] == '.' && count < 129) {
-        Py_ssize_t a = dot + 1, b = segment_end(p, a, stop);
+        Py_ssize_t a = dot + 1, b = segment_end(sc, a, stop);
         seg_start[count] = a;
         seg_end[count] = b;
         count++;
@@ -381,64 +451,472 @@ static Py_ssize_t email_domain(const uint8_t *p, Py_ssize_t s, Py_ssize_t stop)
     }
     /* tld at segment depth+1 (if it exists), then depth, ..., 1 */
     for (int j = (count > depth ? depth + 1 : depth); j >= 1; j--) {
+        sc->ops += 1;
         if (valid_tld(p, seg_start[j - 1], seg_end[j - 1]))
             return seg_end[j - 1];
     }
     return -1;
 }
 
-typedef struct {
-    Py_ssize_t start, end;
-} Span;
-
-/* Email spans of an ASCII text, overlaps merged (detectors.find_emails + merge_overlaps). */
-static Py_ssize_t find_emails(const uint8_t *p, Py_ssize_t n, Span **spans_out)
+/* Every email span, as detectors.find_emails gives them (not merged). 0 or -1 (no memory). */
+static int find_emails(Scan *sc)
 {
-    Py_ssize_t cap = 0, count = 0;
-    Span *spans = NULL;
+    const uint8_t *p = sc->p;
+    Py_ssize_t n = sc->n;
     const uint8_t *hit = memchr(p, '@', (size_t)n);
     while (hit != NULL) {
         Py_ssize_t at = hit - p, k = 0;
         while (k < 64 && at - 1 - k >= 0 && email_local_char(p[at - 1 - k]))
             k++;
+        sc->ops += (uint64_t)k + 1;
         Py_ssize_t end = -1;
         if (k > 0) {
             Py_ssize_t stop = at + 1 + 256 < n ? at + 1 + 256 : n;
-            end = email_domain(p, at + 1, stop);
+            end = email_domain(sc, at + 1, stop);
         }
         if (end >= 0) {
-            Py_ssize_t start = at - k;
-            if (count && start < spans[count - 1].end) {
-                if (end > spans[count - 1].end)
-                    spans[count - 1].end = end;
-            } else {
-                if (count == cap) {
-                    cap = cap ? 2 * cap : 4;
-                    Span *grown = PyMem_Realloc(spans, (size_t)cap * sizeof(Span));
-                    if (grown == NULL) {
-                        PyMem_Free(spans);
-                        PyErr_NoMemory();
-                        return -1;
-                    }
-                    spans = grown;
-                }
-                spans[count].start = start;
-                spans[count].end = end;
-                count++;
-            }
+            if (add_span(sc, at - k, end, KIND_EMAIL) < 0)
+                return -1;
             hit = end < n ? memchr(p + end, '@', (size_t)(n - end)) : NULL;
         } else {
             hit = at + 1 < n ? memchr(p + at + 1, '@', (size_t)(n - at - 1)) : NULL;
         }
     }
-    *spans_out = spans;
-    return count;
+    return 0;
 }
 
-#define EMAIL_REDACT 0
-#define EMAIL_PARTIAL 1
-#define EMAIL_HASH 2
-#define EMAIL_NULL 3
+/* ---- payment cards (detectors.find_cards, _cards_in_groups, _is_card_number) ---- */
+
+/* detectors._TIMESTAMP_DIGITS at the start of 8+ digits: yyyymmdd from 1900 to 2099. */
+static int timestamp_prefix(const char *d)
+{
+    if (!((d[0] == '1' && d[1] == '9') || (d[0] == '2' && d[1] == '0')))
+        return 0;
+    int month = (d[4] == '0' && d[5] >= '1') || (d[4] == '1' && d[5] <= '2');
+    int day = (d[6] == '0' && d[7] >= '1') || d[6] == '1' || d[6] == '2' || (d[6] == '3' && d[7] <= '1');
+    return month && day;
+}
+
+static int card_number(const char *d, int len, int separated)
+{
+    if (len < 13 || len > 19 || d[0] < '2' || d[0] > '6')
+        return 0;
+    if (!separated && timestamp_prefix(d))
+        return 0;
+    int total = 0;
+    for (int i = 0; i < len; i++) {
+        int v = d[len - 1 - i] - '0';
+        if (i & 1) {
+            v *= 2;
+            if (v > 9)
+                v -= 9;
+        }
+        total += v;
+    }
+    return total % 10 == 0;
+}
+
+/* The digit groups of [from, to) (digits with single separators between them): group-aligned
+ * windows of 13-19 digits that pass Luhn, longest first, left to right. */
+static int cards_in_groups(Scan *sc, Py_ssize_t from, Py_ssize_t to)
+{
+    const uint8_t *p = sc->p;
+    Py_ssize_t i = from; /* start of group i */
+    while (i < to) {
+        char digits[20];
+        int len = 0;
+        Py_ssize_t best = -1, g = i, first_end = -1;
+        while (g < to) {
+            Py_ssize_t e = g;
+            while (e < to && is_digit(p[e]))
+                e++;
+            sc->ops += (uint64_t)(e - g) + 1;
+            if (first_end < 0)
+                first_end = e;
+            if (len + (e - g) > 19)
+                break;
+            memcpy(digits + len, p + g, (size_t)(e - g));
+            len += (int)(e - g);
+            if (len >= 13 && card_number(digits, len, g > i))
+                best = e; /* keep looking: a longer window wins */
+            g = e + 1;    /* past the separator */
+        }
+        if (best >= 0) {
+            if (add_span(sc, i, best, KIND_CARD) < 0)
+                return -1;
+            i = best + 1;
+        } else {
+            i = first_end + 1;
+        }
+    }
+    return 0;
+}
+
+static int find_cards(Scan *sc, Py_ssize_t start, Py_ssize_t end)
+{
+    const uint8_t *p = sc->p;
+    Py_ssize_t n = sc->n, i = start;
+    while (i < end) {
+        sc->ops++;
+        if (!is_digit(p[i])) {
+            i++;
+            continue;
+        }
+        /* a maximal run of _DIGIT_RUN: [0-9]+(?:[ -][0-9]+)* */
+        Py_ssize_t run_start = i, j = i;
+        while (j < end && is_digit(p[j]))
+            j++;
+        while (j + 1 < end && (p[j] == ' ' || p[j] == '-') && is_digit(p[j + 1])) {
+            j++;
+            while (j < end && is_digit(p[j]))
+                j++;
+        }
+        sc->ops += (uint64_t)(j - i);
+        Py_ssize_t run_end = j;
+        i = j;
+        if (run_end - run_start < 13)
+            continue;
+        Py_ssize_t first = run_start, last = run_end;
+        /* A group glued to a word, a dash or a dot belongs to an identifier or an amount. */
+        if (first > 0 && (is_alnum(p[first - 1]) || p[first - 1] == '_' || p[first - 1] == '.' || p[first - 1] == '-')) {
+            while (first < run_end && is_digit(p[first]))
+                first++;
+            sc->ops += (uint64_t)(first - run_start);
+            first++; /* past the separator; beyond run_end when it was the only group */
+        }
+        if (first >= run_end)
+            continue;
+        if (last < n && (is_word(p[last])
+                         || (last + 1 < n && (p[last] == '.' || p[last] == ',' || p[last] == '-') && is_digit(p[last + 1])))) {
+            while (last > first && is_digit(p[last - 1]))
+                last--;
+            sc->ops += (uint64_t)(run_end - last);
+            last--; /* before the separator; before first when it was the only group */
+        }
+        if (last <= first)
+            continue;
+        if (cards_in_groups(sc, first, last) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- US SSN (detectors._SSN) ---- */
+
+static int ssn_at(const uint8_t *p, Py_ssize_t pos, Py_ssize_t end)
+{
+    if (pos > 0 && (is_word(p[pos - 1]) || p[pos - 1] == '-'))
+        return 0;
+    const uint8_t *d = p + pos;
+    for (int k = 0; k < 11; k++) {
+        if (k == 3 || k == 6) {
+            if (d[k] != '-')
+                return 0;
+        } else if (!is_digit(d[k])) {
+            return 0;
+        }
+    }
+    if ((d[0] == '0' && d[1] == '0' && d[2] == '0') || (d[0] == '6' && d[1] == '6' && d[2] == '6') || d[0] == '9')
+        return 0;
+    if (d[4] == '0' && d[5] == '0')
+        return 0;
+    if (d[7] == '0' && d[8] == '0' && d[9] == '0' && d[10] == '0')
+        return 0;
+    Py_ssize_t q = pos + 11;
+    if (q < end && (is_word(p[q]) || p[q] == '-'))
+        return 0;
+    if (q + 1 < end && p[q] == '.' && is_digit(p[q + 1]))
+        return 0;
+    return 1;
+}
+
+static int find_ssns(Scan *sc, Py_ssize_t start, Py_ssize_t end)
+{
+    Py_ssize_t pos = start;
+    while (pos + 11 <= end) {
+        sc->ops += 2;
+        if (ssn_at(sc->p, pos, end)) {
+            if (add_span(sc, pos, pos + 11, KIND_SSN) < 0)
+                return -1;
+            pos += 11;
+        } else {
+            pos++;
+        }
+    }
+    return 0;
+}
+
+/* ---- phone numbers (detectors._PHONE and find_phones) ----
+ *
+ * The regex is matched as Python's backtracking engine matches it: at each position the
+ * alternatives in order, each quantifier greedy, and the first path whose end passes the
+ * look-ahead wins. Every part is bounded (an international number spans at most 46
+ * characters), and the international shape's repetitions are memoized per '+', so a value
+ * costs linear time however it is built. */
+
+static int phone_end_ok(const uint8_t *p, Py_ssize_t q, Py_ssize_t end) /* (?![\w]|[.,:/-][0-9]) */
+{
+    if (q < end && is_word(p[q]))
+        return 0;
+    if (q + 1 < end && (p[q] == '.' || p[q] == ',' || p[q] == ':' || p[q] == '/' || p[q] == '-') && is_digit(p[q + 1]))
+        return 0;
+    return 1;
+}
+
+static Py_ssize_t digit_run(const uint8_t *p, Py_ssize_t q, Py_ssize_t end, Py_ssize_t most)
+{
+    Py_ssize_t k = 0;
+    while (k < most && q + k < end && is_digit(p[q + k]))
+        k++;
+    return k;
+}
+
+/* (?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6} from q with `done` repetitions matched, then
+ * the look-ahead: the first end in the engine's order, or -1. */
+static Py_ssize_t intl_groups(Scan *sc, Py_ssize_t origin, Py_ssize_t q, int done, Py_ssize_t end)
+{
+    const uint8_t *p = sc->p;
+    int slot = (int)(q - origin);
+    if (slot >= 48) /* unreachable: 1 + 3 + 6 * 7 characters at most */
+        return -1;
+    if (sc->memo_stamp[slot][done] == sc->memo_generation)
+        return sc->memo_end[slot][done] < 0 ? -1 : origin + sc->memo_end[slot][done];
+    sc->ops++;
+    Py_ssize_t found = -1;
+    if (done < 6) {
+        Py_ssize_t starts[2];
+        int choices = 0;
+        if (q < end && is_sep(p[q]))
+            starts[choices++] = q + 1; /* [ .-]? is greedy */
+        starts[choices++] = q;
+        for (int c = 0; c < choices && found < 0; c++) {
+            Py_ssize_t s = starts[c];
+            if (s < end && p[s] == '(') {
+                Py_ssize_t digits = digit_run(p, s + 1, end, 5);
+                if (digits >= 1 && digits <= 4 && s + 1 + digits < end && p[s + 1 + digits] == ')')
+                    found = intl_groups(sc, origin, s + 2 + digits, done + 1, end);
+            } else {
+                for (Py_ssize_t k = digit_run(p, s, end, 5); k >= 1 && found < 0; k--)
+                    found = intl_groups(sc, origin, s + k, done + 1, end);
+            }
+        }
+    }
+    if (found < 0 && done >= 1 && phone_end_ok(p, q, end))
+        found = q;
+    sc->memo_stamp[slot][done] = sc->memo_generation;
+    sc->memo_end[slot][done] = found < 0 ? -1 : (int)(found - origin);
+    return found;
+}
+
+/* \+[0-9]{1,3} then the groups. */
+static Py_ssize_t intl_at(Scan *sc, Py_ssize_t pos, Py_ssize_t end)
+{
+    if (sc->memo_generation == 0 || sc->memo_generation == INT32_MAX) {
+        memset(sc->memo_stamp, 0, sizeof sc->memo_stamp);
+        sc->memo_generation = 0;
+    }
+    sc->memo_generation++;
+    for (Py_ssize_t k = digit_run(sc->p, pos + 1, end, 3); k >= 1; k--) {
+        Py_ssize_t found = intl_groups(sc, pos, pos + 1 + k, 0, end);
+        if (found >= 0)
+            return found;
+    }
+    return -1;
+}
+
+/* [2-9][0-9]{2}[ .-][0-9]{4} then the look-ahead */
+static Py_ssize_t nanp_tail(const uint8_t *p, Py_ssize_t b, Py_ssize_t end)
+{
+    if (b + 8 > end || p[b] < '2' || p[b] > '9' || !is_digit(p[b + 1]) || !is_digit(p[b + 2]) || !is_sep(p[b + 3]))
+        return -1;
+    for (int k = 4; k < 8; k++)
+        if (!is_digit(p[b + k]))
+            return -1;
+    return phone_end_ok(p, b + 8, end) ? b + 8 : -1;
+}
+
+/* (?:1[ .-])?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-]) then the tail. */
+static Py_ssize_t nanp_at(const uint8_t *p, Py_ssize_t pos, Py_ssize_t end)
+{
+    Py_ssize_t starts[2];
+    int choices = 0;
+    if (pos + 1 < end && p[pos] == '1' && is_sep(p[pos + 1]))
+        starts[choices++] = pos + 2;
+    starts[choices++] = pos;
+    for (int c = 0; c < choices; c++) {
+        Py_ssize_t a = starts[c], found;
+        if (a + 4 < end && p[a] == '(' && p[a + 1] >= '2' && p[a + 1] <= '9' && is_digit(p[a + 2]) && is_digit(p[a + 3])
+            && p[a + 4] == ')') {
+            if (a + 5 < end && p[a + 5] == ' ' && (found = nanp_tail(p, a + 6, end)) >= 0)
+                return found;
+            if ((found = nanp_tail(p, a + 5, end)) >= 0)
+                return found;
+        }
+        if (a + 3 < end && p[a] >= '2' && p[a] <= '9' && is_digit(p[a + 1]) && is_digit(p[a + 2]) && is_sep(p[a + 3])
+            && (found = nanp_tail(p, a + 4, end)) >= 0)
+            return found;
+    }
+    return -1;
+}
+
+/* (?:(?P=sep)[0-9]{2,4}){1,3} from q with `done` repetitions, then the look-ahead. */
+static Py_ssize_t trunk_groups(Scan *sc, Py_ssize_t q, uint8_t sep, int done, Py_ssize_t end)
+{
+    const uint8_t *p = sc->p;
+    sc->ops++;
+    if (done < 3 && q < end && p[q] == sep) {
+        for (Py_ssize_t k = digit_run(p, q + 1, end, 4); k >= 2; k--) {
+            Py_ssize_t found = trunk_groups(sc, q + 1 + k, sep, done + 1, end);
+            if (found >= 0)
+                return found;
+        }
+    }
+    return done >= 1 && phone_end_ok(p, q, end) ? q : -1;
+}
+
+/* 0[0-9]{1,4}(?P<sep>[ .-])[0-9]{2,4} then the repetitions. */
+static Py_ssize_t trunk_at(Scan *sc, Py_ssize_t pos, Py_ssize_t end)
+{
+    const uint8_t *p = sc->p;
+    for (Py_ssize_t k = digit_run(p, pos + 1, end, 4); k >= 1; k--) {
+        Py_ssize_t s = pos + 1 + k;
+        if (s >= end || !is_sep(p[s]))
+            continue;
+        for (Py_ssize_t g = digit_run(p, s + 1, end, 4); g >= 2; g--) {
+            Py_ssize_t found = trunk_groups(sc, s + 1 + g, p[s], 0, end);
+            if (found >= 0)
+                return found;
+        }
+    }
+    return -1;
+}
+
+static int find_phones(Scan *sc, Py_ssize_t start, Py_ssize_t end)
+{
+    const uint8_t *p = sc->p;
+    Py_ssize_t pos = start;
+    while (pos < end) {
+        sc->ops++;
+        uint8_t before = pos > 0 ? p[pos - 1] : ' ';
+        if (is_word(before) || before == '+' || before == '.' || before == '/' || before == '-') { /* (?<![\w+./-]) */
+            pos++;
+            continue;
+        }
+        Py_ssize_t found = -1;
+        int digits_min = 10, digits_max = 12;
+        if (p[pos] == '+') {
+            found = intl_at(sc, pos, end);
+            digits_min = 8;
+            digits_max = 15;
+        } else if (p[pos] == '0') {
+            found = trunk_at(sc, pos, end);
+        } else {
+            found = nanp_at(p, pos, end);
+            digits_min = 0;
+            digits_max = 64;
+        }
+        if (found < 0) {
+            pos++;
+            continue;
+        }
+        int digits = 0;
+        for (Py_ssize_t k = pos; k < found; k++)
+            digits += is_digit(p[k]);
+        sc->ops += (uint64_t)(found - pos);
+        if (digits >= digits_min && digits <= digits_max && add_span(sc, pos, found, KIND_PHONE) < 0)
+            return -1;
+        pos = found; /* a match the digit count rejects still ends the search here, as finditer does */
+    }
+    return 0;
+}
+
+/* ---- find_all and merge_overlaps ---- */
+
+static int span_order(const void *a, const void *b) /* by start, then longest first */
+{
+    const Span *x = a, *y = b;
+    if (x->start != y->start)
+        return x->start < y->start ? -1 : 1;
+    if (x->end != y->end)
+        return x->end > y->end ? -1 : 1;
+    return x->kind - y->kind;
+}
+
+/* detectors.merge_overlaps: overlapping spans become one, named after the longest member
+ * (on a tie, the kind with the higher priority). */
+static void merge_spans(Scan *sc)
+{
+    if (sc->count < 2)
+        return;
+    qsort(sc->spans, (size_t)sc->count, sizeof(Span), span_order);
+    Py_ssize_t merged = 0;
+    Span current = sc->spans[0];
+    Py_ssize_t best = current.end - current.start;
+    for (Py_ssize_t i = 1; i < sc->count; i++) {
+        Span s = sc->spans[i];
+        if (s.start < current.end) {
+            if (s.end - s.start > best || (s.end - s.start == best && s.kind < current.kind)) {
+                current.kind = s.kind;
+                best = s.end - s.start;
+            }
+            if (s.end > current.end)
+                current.end = s.end;
+        } else {
+            sc->spans[merged++] = current;
+            current = s;
+            best = s.end - s.start;
+        }
+    }
+    sc->spans[merged++] = current;
+    sc->count = merged;
+}
+
+/* detectors.find_all on ASCII text for the email and numeric kinds in `kinds` (a bit per
+ * KIND_*), the numeric ones only inside numeric clusters, with find_all's gates. Spans merged.
+ * 0 or -1 (no memory). */
+static int detect_ascii(Scan *sc, int kinds)
+{
+    const uint8_t *p = sc->p;
+    Py_ssize_t n = sc->n;
+    if ((kinds & (1 << KIND_EMAIL)) && find_emails(sc) < 0)
+        return -1;
+    if (kinds & ((1 << KIND_CARD) | (1 << KIND_SSN) | (1 << KIND_PHONE))) {
+        Py_ssize_t i = 0;
+        while (i < n) {
+            sc->ops++;
+            if (!cluster_start(p[i])) {
+                i++;
+                continue;
+            }
+            Py_ssize_t j = i + 1;
+            int digits = is_digit(p[i]), dash = 0;
+            while (j < n && cluster_char(p[j])) {
+                digits += is_digit(p[j]);
+                dash |= p[j] == '-';
+                j++;
+            }
+            sc->ops += (uint64_t)(j - i);
+            if (j - i >= 9) { /* _NUMERIC_CLUSTER: [0-9(+][0-9 ().+-]{8,} */
+                /* two characters past the cluster: the detectors' look-aheads see what follows */
+                Py_ssize_t end = j + 2 < n ? j + 2 : n;
+                if (digits >= 13 && (kinds & (1 << KIND_CARD)) && find_cards(sc, i, end) < 0)
+                    return -1;
+                if (digits >= 9 && dash && (kinds & (1 << KIND_SSN)) && find_ssns(sc, i, end) < 0)
+                    return -1;
+                if (digits >= 8 && (kinds & (1 << KIND_PHONE)) && find_phones(sc, i, end) < 0)
+                    return -1;
+            }
+            i = j; /* a later start inside this run reaches no further */
+        }
+    }
+    merge_spans(sc);
+    return 0;
+}
+
+#define STRATEGY_REDACT 0
+#define STRATEGY_PARTIAL 1
+#define STRATEGY_HASH 2
+#define STRATEGY_NULL 3
 
 /* ---- RowCore ------------------------------------------------------------------------- */
 
@@ -452,7 +930,9 @@ typedef struct {
     PyObject *masker;   /* the Python masker of the column (STEP_PYTHON, and DETECT_TEXT's fallback) */
     HmacObject *hmac;   /* STEP_HASH_TEXT, and DETECT_TEXT's hash strategy */
     int families;       /* DETECT_TEXT: FAMILY_* enabled by the column's detectors */
-    int email_strategy; /* DETECT_TEXT: EMAIL_*, or -1 when email detections go to Python */
+    int strategy[KIND_COUNT];  /* DETECT_TEXT: STRATEGY_* per KIND_*, -1 for a detector that is off */
+    int keep_last[KIND_COUNT]; /* DETECT_TEXT: the partial strategy's kept characters per KIND_* */
+    int kinds;                 /* DETECT_TEXT: a bit per KIND_* whose detector is on and done here */
     Py_ssize_t max_scanned;
     PyObject *column_number; /* int, for the changed set */
     PyObject *scan;     /* DETECT_TEXT: scan(value, families) for values C does not settle, or NULL */
@@ -484,7 +964,8 @@ static void RowCore_dealloc(RowCoreObject *self)
 }
 
 /* RowCore(column_count, steps, changed, MalformedRow, value_errors); each step is
- * (column, kind, masker, hmac or None, families, email_strategy, max_scanned, scan or None). */
+ * (column, kind, masker, hmac or None, families, strategies, max_scanned, scan or None), where strategies
+ * is (strategy, keep_last) of the email, card, ssn and phone detectors, flat (strategy -1: off). */
 static int RowCore_init(RowCoreObject *self, PyObject *args, PyObject *kwds)
 {
     PyObject *steps, *changed, *malformed, *value_errors;
@@ -501,9 +982,23 @@ static int RowCore_init(RowCoreObject *self, PyObject *args, PyObject *kwds)
     for (Py_ssize_t i = 0; i < count; i++) {
         Step *step = &self->steps[i];
         PyObject *hmac, *scan;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(steps, i), "niOOiinO", &step->column, &step->kind, &step->masker, &hmac,
-                              &step->families, &step->email_strategy, &step->max_scanned, &scan))
+        int *st = step->strategy, *kl = step->keep_last;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(steps, i), "niOOi(iiiiiiii)nO", &step->column, &step->kind, &step->masker,
+                              &hmac, &step->families, &st[KIND_EMAIL], &kl[KIND_EMAIL], &st[KIND_CARD], &kl[KIND_CARD],
+                              &st[KIND_SSN], &kl[KIND_SSN], &st[KIND_PHONE], &kl[KIND_PHONE], &step->max_scanned, &scan))
             return -1;
+        st[KIND_SECRET] = st[KIND_IBAN] = -1; /* values where these could match go to Python */
+        int hashes = 0;
+        step->kinds = 0;
+        for (int k = 0; k < KIND_COUNT; k++) {
+            if (st[k] < -1 || st[k] > STRATEGY_NULL) {
+                PyErr_SetString(PyExc_ValueError, "a detector's strategy must be -1 or one of STRATEGY_*");
+                return -1;
+            }
+            if (st[k] >= 0)
+                step->kinds |= 1 << k;
+            hashes |= st[k] == STRATEGY_HASH;
+        }
         self->step_count = i + 1;
         Py_INCREF(step->masker);
         if (scan != Py_None) {
@@ -522,7 +1017,7 @@ static int RowCore_init(RowCoreObject *self, PyObject *args, PyObject *kwds)
             PyErr_SetString(PyExc_ValueError, "steps must be in ascending column order, inside the row");
             return -1;
         }
-        if ((step->kind == STEP_HASH_TEXT || (step->kind == STEP_DETECT_TEXT && step->email_strategy == EMAIL_HASH))
+        if ((step->kind == STEP_HASH_TEXT || (step->kind == STEP_DETECT_TEXT && hashes))
             && step->hmac == NULL) {
             PyErr_SetString(PyExc_ValueError, "a hashing step needs its Hmac");
             return -1;
@@ -592,29 +1087,108 @@ static PyObject *call_python(RowCoreObject *self, PyObject *masker, PyObject *va
     return NULL;
 }
 
-/* Emails of an ASCII value replaced by the step's strategy: new bytes, Py_None (null
- * strategy) or NULL with an error. Called only when spans were found. */
-static PyObject *render_emails(const Step *step, const uint8_t *p, Py_ssize_t n, const Span *spans, Py_ssize_t count)
+/* The token of a card, SSN or phone number: over its letters and digits, upper-cased
+ * (strategies.normalized_detection), fed to the HMAC in small chunks (no allocation). */
+static void hmac_token_alnum(const HmacObject *h, const uint8_t *p, Py_ssize_t n, char out[TOKEN_LENGTH])
 {
-    if (step->email_strategy == EMAIL_NULL)
-        Py_RETURN_NONE;
+    static const char hex[] = "0123456789abcdef";
+    HashState s = h->inner;
+    uint8_t chunk[64], inner[32], digest[32];
+    size_t used = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!is_alnum(p[i]))
+            continue;
+        chunk[used++] = (p[i] >= 'a' && p[i] <= 'z') ? (uint8_t)(p[i] - 32) : p[i];
+        if (used == sizeof chunk) {
+            STATE_UPDATE(&s, chunk, used);
+            used = 0;
+        }
+    }
+    STATE_UPDATE(&s, chunk, used);
+    STATE_FINAL(&s, inner);
+    s = h->outer;
+    STATE_UPDATE(&s, inner, 32);
+    STATE_FINAL(&s, digest);
+    out[0] = 'h';
+    out[1] = ':';
+    for (int i = 0; i < 8; i++) {
+        out[2 + 2 * i] = hex[digest[i] >> 4];
+        out[3 + 2 * i] = hex[digest[i] & 15];
+    }
+}
+
+static const char *const MARKERS[KIND_COUNT] = {"[secret]", "[email]", "[iban]", "[card]", "[ssn]", "[phone]"};
+
+/* The last '@' of a span, or -1 (strategies.partial_detection keeps what follows it). */
+static Py_ssize_t last_at(const uint8_t *p, const Span *s)
+{
+    for (Py_ssize_t k = s->end - 1; k >= s->start; k--)
+        if (p[k] == '@')
+            return k;
+    return -1;
+}
+
+/* Size of one detection's replacement (scanner.Scanner._replace, strategies.render_detection). */
+static Py_ssize_t replacement_size(const Step *step, const uint8_t *p, const Span *s)
+{
+    switch (step->strategy[s->kind]) {
+    case STRATEGY_HASH:
+        return TOKEN_LENGTH;
+    case STRATEGY_PARTIAL:
+        if (s->kind == KIND_EMAIL) {
+            Py_ssize_t at = last_at(p, s);
+            return 4 + s->end - (at < 0 ? s->start : at + 1);
+        }
+        return s->end - s->start; /* one '*' per hidden letter or digit */
+    default:
+        return (Py_ssize_t)strlen(MARKERS[s->kind]);
+    }
+}
+
+static void write_replacement(const Step *step, const uint8_t *p, const Span *s, uint8_t *w)
+{
+    switch (step->strategy[s->kind]) {
+    case STRATEGY_HASH:
+        if (s->kind == KIND_EMAIL)
+            hmac_token(step->hmac, p + s->start, (size_t)(s->end - s->start), (char *)w);
+        else
+            hmac_token_alnum(step->hmac, p + s->start, s->end - s->start, (char *)w);
+        return;
+    case STRATEGY_PARTIAL:
+        if (s->kind == KIND_EMAIL) {
+            Py_ssize_t at = last_at(p, s), from = at < 0 ? s->start : at + 1;
+            memcpy(w, "***@", 4);
+            memcpy(w + 4, p + from, (size_t)(s->end - from));
+        } else {
+            Py_ssize_t alnum = 0;
+            for (Py_ssize_t k = s->start; k < s->end; k++)
+                alnum += is_alnum(p[k]);
+            Py_ssize_t keep = alnum / 2 < step->keep_last[s->kind] ? alnum / 2 : step->keep_last[s->kind];
+            Py_ssize_t hide = alnum - keep;
+            for (Py_ssize_t k = s->start; k < s->end; k++) {
+                if (is_alnum(p[k]) && hide > 0) {
+                    *w++ = '*';
+                    hide--;
+                } else {
+                    *w++ = p[k];
+                }
+            }
+        }
+        return;
+    default:
+        memcpy(w, MARKERS[s->kind], strlen(MARKERS[s->kind]));
+    }
+}
+
+/* Every detection of an ASCII value replaced by its kind's strategy: new bytes, Py_None (a
+ * detection whose strategy is null: the value becomes SQL NULL) or NULL with an error. */
+static PyObject *render_spans(const Step *step, const uint8_t *p, Py_ssize_t n, const Span *spans, Py_ssize_t count)
+{
     Py_ssize_t size = n;
     for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t found = spans[i].end - spans[i].start, replacement;
-        if (step->email_strategy == EMAIL_REDACT) {
-            replacement = 7; /* "[email]" */
-        } else if (step->email_strategy == EMAIL_HASH) {
-            replacement = TOKEN_LENGTH;
-        } else { /* "***@" + the domain after the last '@' */
-            const uint8_t *last = NULL;
-            for (Py_ssize_t k = spans[i].end - 1; k >= spans[i].start; k--)
-                if (p[k] == '@') {
-                    last = p + k;
-                    break;
-                }
-            replacement = 4 + (p + spans[i].end - last - 1);
-        }
-        size += replacement - found;
+        if (step->strategy[spans[i].kind] == STRATEGY_NULL)
+            Py_RETURN_NONE;
+        size += replacement_size(step, p, &spans[i]) - (spans[i].end - spans[i].start);
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, size);
     if (out == NULL)
@@ -624,21 +1198,8 @@ static PyObject *render_emails(const Step *step, const uint8_t *p, Py_ssize_t n,
     for (Py_ssize_t i = 0; i < count; i++) {
         memcpy(w, p + last, (size_t)(spans[i].start - last));
         w += spans[i].start - last;
-        if (step->email_strategy == EMAIL_REDACT) {
-            memcpy(w, "[email]", 7);
-            w += 7;
-        } else if (step->email_strategy == EMAIL_HASH) {
-            hmac_token(step->hmac, p + spans[i].start, (size_t)(spans[i].end - spans[i].start), (char *)w);
-            w += TOKEN_LENGTH;
-        } else {
-            Py_ssize_t k = spans[i].end - 1;
-            while (p[k] != '@')
-                k--;
-            memcpy(w, "***@", 4);
-            w += 4;
-            memcpy(w, p + k + 1, (size_t)(spans[i].end - k - 1));
-            w += spans[i].end - k - 1;
-        }
+        write_replacement(step, p, &spans[i], w);
+        w += replacement_size(step, p, &spans[i]);
         last = spans[i].end;
     }
     memcpy(w, p + last, (size_t)(n - last));
@@ -721,22 +1282,26 @@ static PyObject *mask_value(RowCoreObject *self, const Step *step, const uint8_t
             *unchanged = 1;
             return NULL;
         }
-        if (found != FAMILY_EMAIL || step->email_strategy < 0 || !is_ascii(p, n)) {
-            if (step->scan != NULL)
-                return call_scan(self, step, p, n, found, unchanged);
-        } else {
-            Span *spans = NULL;
-            Py_ssize_t count = find_emails(p, n, &spans);
-            if (count < 0)
-                return NULL;
-            if (count == 0) {
-                *unchanged = 1;
-                return NULL;
+        /* ASCII values whose only candidates are emails, cards, SSNs and phone numbers are
+         * masked here; anything else (an IBAN or secret candidate, non-ASCII text, where the
+         * detectors' Unicode classes decide) goes to the column's Python scan. */
+        if (!(found & (FAMILY_IBAN | FAMILY_SECRET)) && is_ascii(p, n)) {
+            int kinds = step->kinds & (((found & FAMILY_EMAIL) ? 1 << KIND_EMAIL : 0)
+                                       | ((found & FAMILY_NUMERIC) ? (1 << KIND_CARD | 1 << KIND_SSN | 1 << KIND_PHONE) : 0));
+            Scan sc;
+            scan_init(&sc, p, n);
+            PyObject *out = NULL;
+            if (detect_ascii(&sc, kinds) == 0) {
+                if (sc.count == 0)
+                    *unchanged = 1;
+                else
+                    out = render_spans(step, p, n, sc.spans, sc.count);
             }
-            PyObject *out = render_emails(step, p, n, spans, count);
-            PyMem_Free(spans);
+            PyMem_Free(sc.spans);
             return out;
         }
+        if (step->scan != NULL)
+            return call_scan(self, step, p, n, found, unchanged);
     }
     PyObject *value = PyBytes_FromStringAndSize((const char *)p, n);
     if (value == NULL)
@@ -1014,32 +1579,43 @@ static PyObject *py_families(PyObject *module, PyObject *args)
     return PyLong_FromLong(found);
 }
 
-static PyObject *py_find_emails(PyObject *module, PyObject *arg)
+/* detect(data, kinds) -> (spans, ops): the merged spans detect_ascii finds in ASCII bytes for
+ * the kinds named (a bit per KIND_*), and the steps it took. */
+static PyObject *py_detect(PyObject *module, PyObject *args)
 {
     Py_buffer data;
-    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+    int kinds;
+    if (!PyArg_ParseTuple(args, "y*i", &data, &kinds))
         return NULL;
-    Span *spans = NULL;
-    Py_ssize_t count = find_emails(data.buf, data.len, &spans);
-    PyBuffer_Release(&data);
-    if (count < 0)
+    if (!is_ascii(data.buf, data.len)) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "detect: the C detectors read ASCII text only");
         return NULL;
-    PyObject *out = PyList_New(count);
-    for (Py_ssize_t i = 0; out != NULL && i < count; i++) {
-        PyObject *item = Py_BuildValue("(nns)", spans[i].start, spans[i].end, "email");
-        if (item == NULL) {
-            Py_CLEAR(out);
-            break;
-        }
-        PyList_SET_ITEM(out, i, item);
     }
-    PyMem_Free(spans);
-    return out;
+    Scan sc;
+    scan_init(&sc, data.buf, data.len);
+    PyObject *out = NULL;
+    if (detect_ascii(&sc, kinds) == 0) {
+        out = PyList_New(sc.count);
+        for (Py_ssize_t i = 0; out != NULL && i < sc.count; i++) {
+            PyObject *item = Py_BuildValue("(nns)", sc.spans[i].start, sc.spans[i].end, KIND_NAMES[sc.spans[i].kind]);
+            if (item == NULL) {
+                Py_CLEAR(out);
+                break;
+            }
+            PyList_SET_ITEM(out, i, item);
+        }
+    }
+    PyMem_Free(sc.spans);
+    PyBuffer_Release(&data);
+    if (out == NULL)
+        return NULL;
+    return Py_BuildValue("(NK)", out, (unsigned long long)sc.ops);
 }
 
 static PyMethodDef module_methods[] = {
     {"families", py_families, METH_VARARGS, "FAMILY_* bits that could match in these bytes."},
-    {"find_emails", py_find_emails, METH_O, "Merged email spans of ASCII bytes."},
+    {"detect", py_detect, METH_VARARGS, "(merged spans, steps taken) of the C detectors on ASCII bytes."},
     {NULL},
 };
 
@@ -1069,10 +1645,14 @@ PyMODINIT_FUNC PyInit__rowcore(void)
         || PyModule_AddIntConstant(m, "STEP_PYTHON", STEP_PYTHON) < 0
         || PyModule_AddIntConstant(m, "STEP_HASH_TEXT", STEP_HASH_TEXT) < 0
         || PyModule_AddIntConstant(m, "STEP_DETECT_TEXT", STEP_DETECT_TEXT) < 0
-        || PyModule_AddIntConstant(m, "EMAIL_REDACT", EMAIL_REDACT) < 0
-        || PyModule_AddIntConstant(m, "EMAIL_PARTIAL", EMAIL_PARTIAL) < 0
-        || PyModule_AddIntConstant(m, "EMAIL_HASH", EMAIL_HASH) < 0
-        || PyModule_AddIntConstant(m, "EMAIL_NULL", EMAIL_NULL) < 0
+        || PyModule_AddIntConstant(m, "STRATEGY_REDACT", STRATEGY_REDACT) < 0
+        || PyModule_AddIntConstant(m, "STRATEGY_PARTIAL", STRATEGY_PARTIAL) < 0
+        || PyModule_AddIntConstant(m, "STRATEGY_HASH", STRATEGY_HASH) < 0
+        || PyModule_AddIntConstant(m, "STRATEGY_NULL", STRATEGY_NULL) < 0
+        || PyModule_AddIntConstant(m, "KIND_EMAIL", KIND_EMAIL) < 0
+        || PyModule_AddIntConstant(m, "KIND_CARD", KIND_CARD) < 0
+        || PyModule_AddIntConstant(m, "KIND_SSN", KIND_SSN) < 0
+        || PyModule_AddIntConstant(m, "KIND_PHONE", KIND_PHONE) < 0
         || PyModule_AddStringConstant(m, "SOURCE_SHA256", SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;

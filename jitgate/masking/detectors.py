@@ -50,6 +50,9 @@ import bisect
 import re
 from typing import Callable, Iterable
 
+# jitgate/masking/_rowcore.c finds emails, cards, SSNs and phone numbers in ASCII values the
+# way this module does, span for span: a change here needs the same change there
+# (tests/masking/test_rowcore.py compares them on random and hostile text).
 DETECTOR_KINDS = ("secret", "email", "iban", "card", "ssn", "phone")
 # When two detections overlap, the union is masked as one span and named after
 # its longest member; on a tie this order decides (most damaging leak first).

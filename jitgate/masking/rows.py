@@ -180,7 +180,9 @@ class RowPlan:
         return b"D" + _I32.pack(len(body) + 4) + body
 
 
-_EMAIL_STRATEGIES = {"redact": 0, "partial": 1, "hash": 2, "null": 3}
+_STRATEGIES = {"redact": 0, "partial": 1, "hash": 2, "null": 3}
+# The detectors the compiled core runs itself (on ASCII values), in the order of its step tuple.
+_COMPILED_DETECTORS = ("email", "card", "ssn", "phone")
 
 
 def _compiled_core(column_count: int, steps: tuple, changed: set):
@@ -189,7 +191,8 @@ def _compiled_core(column_count: int, steps: tuple, changed: set):
     core_steps = []
     for column, masker in steps:
         how = getattr(masker, "compiled", None)
-        kind, hmac, families, email_strategy, scan = _rowcore.STEP_PYTHON, None, 0, -1, None
+        kind, hmac, families, scan = _rowcore.STEP_PYTHON, None, 0, None
+        strategies = (-1, 0) * len(_COMPILED_DETECTORS)
         if how is not None and how[0] == "hash_text":
             kind, hmac = _rowcore.STEP_HASH_TEXT, how[1].compiled(_rowcore)
         elif how is not None and how[0] == "detect_text":
@@ -198,12 +201,13 @@ def _compiled_core(column_count: int, steps: tuple, changed: set):
             prefilter = scanner.prefilter
             families = ((_rowcore.FAMILY_EMAIL if prefilter.email else 0) | (_rowcore.FAMILY_NUMERIC if prefilter.numeric else 0)
                         | (_rowcore.FAMILY_IBAN if prefilter.iban else 0) | (_rowcore.FAMILY_SECRET if prefilter.secret else 0))
-            choice = scanner.strategy_of("email")
-            if choice is not None:
-                email_strategy = _EMAIL_STRATEGIES[choice.strategy]
-                if choice.strategy == "hash":
-                    hmac = scanner.hasher.compiled(_rowcore)
-        core_steps.append((column, kind, masker, hmac, families, email_strategy, MAX_SCANNED_VALUE, scan))
+            # Each detector's strategy as Scanner.mask applies it (strategy_of: null may read as redact).
+            choices = [scanner.strategy_of(detector) for detector in _COMPILED_DETECTORS]
+            strategies = tuple(value for choice in choices
+                               for value in ((-1, 0) if choice is None else (_STRATEGIES[choice.strategy], choice.keep_last)))
+            if any(choice is not None and choice.strategy == "hash" for choice in choices):
+                hmac = scanner.hasher.compiled(_rowcore)
+        core_steps.append((column, kind, masker, hmac, families, strategies, MAX_SCANNED_VALUE, scan))
     return _rowcore.RowCore(column_count, tuple(core_steps), changed, MalformedRow, _VALUE_ERRORS)
 
 
