@@ -65,3 +65,26 @@ def test_text_over_the_cap_is_never_sent_to_a_worker(monkeypatch):
     result = asyncio.run(run())
     assert result.classes == {"unclassified"} and "limit" in result.error
     assert started == []
+
+
+def test_a_worker_is_niced_and_reaped_and_leaves_no_child_behind():
+    """Workers run below the broker's priority (they lower it before importing the parser, which
+    competes with every session), and a killed worker is reaped, not left a zombie."""
+    import os
+
+    async def run():
+        pool = sql_worker.ClassifierPool(workers=1, time_limit=1.0)
+        try:
+            await pool.warm()
+            [worker] = pool._idle
+            pid = worker.process.pid
+            assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + 10
+            result = await pool.classify(OPERATOR_CHAIN, {})  # overruns: this worker is killed
+            assert result.classes == {"unclassified"} and pool.killed == 1
+        finally:
+            await pool.aclose()
+        return pid
+
+    pid = asyncio.run(run())
+    with open("/proc/self/task/%d/children" % os.getpid()) as fh:
+        assert str(pid) not in fh.read().split()  # reaped: no zombie child left
