@@ -95,6 +95,15 @@ class SessionMasker:
         """A RowPlan for these fields, using the catalog names already resolved."""
         return self.masker.plan(fields, self._tables, self._columns, lineage)
 
+    def known_plan(self, description: bytes, lineage=None, result_formats: tuple | None = None):
+        """What ``plan_for`` would return from its cache, or NOT_PLANNED (the relay's hot path
+        then needs no await)."""
+        try:
+            return self._plans.get((self.masker, self._catalog_generation, description, result_formats, lineage),
+                                   NOT_PLANNED)
+        except TypeError:
+            return NOT_PLANNED
+
     async def plan_for(self, description: bytes, lineage=None, result_formats: tuple | None = None):
         """The relay's RowPlan (None: nothing to mask) for the DataRows after the RowDescription
         whose payload is ``description`` (``result_formats``: a Bind's codes, when the payload
@@ -111,10 +120,10 @@ class SessionMasker:
         masker = self.masker
         key = (masker, self._catalog_generation, description, result_formats, lineage)
         try:
-            found = self._plans.get(key, _MISSING)
+            found = self._plans.get(key, NOT_PLANNED)
         except TypeError:  # a lineage that cannot be hashed: plan it every time
-            key, found = None, _MISSING
-        if found is not _MISSING:
+            key, found = None, NOT_PLANNED
+        if found is not NOT_PLANNED:
             return found
         fields = parse_row_description(description)
         await self.resolve({f.table_oid for f in fields})
@@ -241,7 +250,7 @@ class SessionMasker:
             await conn.close()
 
 
-_MISSING = object()
+NOT_PLANNED = object()  # known_plan: no plan kept for these
 
 
 def install(pg, settings, backends) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from broker import metrics
 from broker.authz import AuthorizeClient, Refused
 from broker.pg import codec
+from broker.masking import NOT_PLANNED
 from broker.pg.lineage_step import UNFOLLOWED
 from broker.pg.masking_step import copy_plan_for, follow_for_relay, mask_rows, statement_error_fields, stream_large_row
 from broker.pg.measure import UNMEASURABLE_EXECUTE, Batch, RowLimit
@@ -705,7 +706,8 @@ class PgConnection:
             if out:
                 session.recorder.flush()  # spooled before it goes upstream
                 writer.write(out)
-                await writer.drain()
+                if must_drain(writer):
+                    await writer.drain()
 
     def _refuse_measured(self, out: bytearray, why: str) -> bytearray:
         """Replace the batch's row-writing Execute by a failing marker: it cannot be measured."""
@@ -731,6 +733,7 @@ class PgConnection:
         session = self.session
         pending = self.pending
         masker = session.masker
+        max_message = self.broker.settings.pg_max_message
         streaming = 0  # bytes left of a large DataRow passed through without being held
         while True:
             chunk = await reader.read(READ_SIZE)
@@ -759,7 +762,7 @@ class PgConnection:
             last = 0
             rows_from = 0  # where the DataRows not listed in spans may start
             for kind, start, end in spans:
-                if start != rows_from and masker is not None and not measuring:
+                if start != rows_from and masker is not None and not measuring and not self._rows_pass(data, rows_from, start):
                     parts, last = await self._data_rows(data, rows_from, start, parts, last)
                 rows_from = end
                 if kind == 0x44:  # 'D' DataRow (listed during a measurement only)
@@ -832,7 +835,11 @@ class PgConnection:
                             (self.statement_fields if described == "S" else self.portal_fields)[name] = description
                         elif pending and pending[0].simple:
                             head = pending[0]
-                            head.plan, head.planned = await masker.plan_for(description, head.lineage()), True
+                            lineage = head.lineage()
+                            plan = masker.known_plan(description, lineage)
+                            if plan is NOT_PLANNED:
+                                plan = await masker.plan_for(description, lineage)
+                            head.plan, head.planned = plan, True
                             if head.plan is not None and head.plan.notice:
                                 if parts is None:
                                     parts = []
@@ -861,7 +868,7 @@ class PgConnection:
                         parts.append(data[last:start])
                         parts.append(await self._mask_fields("N", statement_error_fields(self, codec.parse_fields(data[start + 5 : end]))))
                         last = end
-            if rows_from != len(data) and masker is not None and not measuring:
+            if rows_from != len(data) and masker is not None and not measuring and not self._rows_pass(data, rows_from, len(data)):
                 parts, last = await self._data_rows(data, rows_from, len(data), parts, last)
             session.recorder.flush()
             if parts is not None:
@@ -874,10 +881,25 @@ class PgConnection:
             self.flushed_cycle = self.ready_cycle
             self.answered.set()
             if self.measurement is not None:  # a large row is never passed on before the count
-                streaming = self.measurement.swallow_large_row(framer, self.broker.settings.pg_max_message)
+                streaming = self.measurement.swallow_large_row(framer, max_message)
             else:
-                streaming = await stream_large_row(self, framer)
-            await writer.drain()
+                large = framer.head()
+                streaming = await stream_large_row(self, framer) if large and large[0] == 0x44 and large[1] > max_message else 0
+            if streaming or must_drain(writer):
+                await writer.drain()
+
+    def _rows_pass(self, data: bytes, begin: int, stop: int) -> bool:
+        """The common case of ``_data_rows`` without an await: the statement at the head of the
+        queue is planned and its plan masks nothing. Its rows pass on as they are: counted from
+        its CommandComplete (simple) or here (an Execute's: a PortalSuspended carries no count)."""
+        head = self.pending[0] if self.pending else None
+        if head is None or not head.planned or head.plan is not None:
+            return False
+        if head.simple:
+            head.uncounted = True
+        else:
+            head.rows += codec.count_messages(data, begin, stop)
+        return True
 
     async def _data_rows(self, data: bytes, begin: int, stop: int, parts: list | None, last: int, *,
                          counted: bool = False) -> tuple[list | None, int]:
@@ -945,6 +967,17 @@ class PgConnection:
         if error is None and not entry.tags and not entry.simple:
             error = "not executed: an earlier message in the same batch failed"
         self.session.record_result(entry.statement_id, started=entry.started, rows=rows, tag=tag, error=error)
+
+
+def must_drain(writer: asyncio.StreamWriter) -> bool:
+    """Would ``writer.drain()`` wait or raise? Only when its transport is over the high-water
+    mark (the protocol paused writing), is closing, or the stream's reader failed; otherwise
+    drain() returns at once and the relay skips its two coroutines per write. Backpressure is
+    unchanged: a paused transport is always drained (tests/broker/test_relay_drain.py checks
+    these asyncio internals still mean that)."""
+    reader = writer._reader
+    return (writer._protocol._paused or writer.transport.is_closing()
+            or (reader is not None and reader._exception is not None))
 
 
 class _NullAllPlan:
