@@ -140,18 +140,31 @@ class MessageReader:
     re-encoding them.
     """
 
-    __slots__ = ("_buf", "max_message")
+    __slots__ = ("_buf", "_whole", "max_message")
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE):
         self._buf = bytearray()
+        # A chunk fed while nothing was buffered, kept as it is: when it holds whole messages
+        # only (a relay's usual read), ``spans`` hands it back without copying it twice.
+        self._whole: bytes | None = None
         self.max_message = max_message
 
     def feed(self, data: bytes) -> None:
+        if self._whole is None and not self._buf and type(data) is bytes:
+            self._whole = data
+            return
+        self._settle()
         self._buf += data
+
+    def _settle(self) -> None:
+        """Move a kept chunk into the buffer (every method but ``spans`` reads the buffer)."""
+        if self._whole is not None:
+            self._buf += self._whole
+            self._whole = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (len(self._whole) if self._whole is not None else 0)
 
     def spans(self, skip: int = -1) -> tuple[bytes, list[tuple[int, int, int]]]:
         """Take every complete message: (bytes, [(type byte, start, end), ...]).
@@ -161,15 +174,23 @@ class MessageReader:
         are framed and checked but not listed (the relay skips DataRows this way
         when it has nothing to do with them).
         """
-        buf = self._buf
+        whole = self._whole
+        buf = whole if whole is not None else self._buf
         pos, out, bad = (_framing.scan(buf, skip, self.max_message) if FRAMING == "compiled"
                          else _scan(buf, skip, self.max_message))
         if bad is not None:
+            self._settle()
             if bad < 4:
                 raise ProtocolError(f"invalid message length {bad} for message type {chr(buf[pos])!r}")
             raise ProtocolError(
                 f"message of {bad} bytes exceeds the limit of {self.max_message} bytes (setting JITGATE_PG_MAX_MESSAGE)"
             )
+        if whole is not None:
+            self._whole = None
+            if pos == len(whole):
+                return whole, out
+            self._buf += memoryview(whole)[pos:]
+            return whole[:pos], out
         if pos == 0:
             return b"", out
         data = bytes(buf[:pos])
@@ -179,6 +200,7 @@ class MessageReader:
     def head(self) -> tuple[int, int] | None:
         """(type byte, total bytes incl. the type byte) of the first buffered message, once its
         header is in: a caller can refuse or stream a large message before it is all buffered."""
+        self._settle()
         if len(self._buf) < 5:
             return None
         (length,) = _I32.unpack_from(self._buf, 1)
@@ -187,6 +209,7 @@ class MessageReader:
     def take(self, size: int | None = None) -> bytes:
         """Remove and return up to ``size`` buffered bytes (a message being streamed through);
         every buffered byte, an incomplete message too, when ``size`` is None."""
+        self._settle()
         size = len(self._buf) if size is None else size
         data = bytes(self._buf[:size])
         del self._buf[:size]

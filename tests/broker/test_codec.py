@@ -174,3 +174,36 @@ def test_fuzz_compiled_framing_matches_the_reference(messages, skip, limit):
     for cut in (len(raw), len(raw) // 2):
         buf = bytearray(raw[:cut])
         assert codec._framing.scan(buf, skip, limit) == codec._scan(buf, skip, limit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(b"DCZT"), st.binary(max_size=40)), min_size=1, max_size=12),
+       st.lists(st.integers(0, 60), max_size=12), st.sampled_from([-1, 0x44]), st.booleans())
+def test_reader_chunking_gives_the_same_messages_however_the_stream_is_cut(messages, cuts, skip, peek):
+    """A chunk fed while nothing is buffered is kept as it is (no copy when it holds whole messages
+    only): whatever the cuts, the reader returns exactly the complete messages, in order, with the
+    incomplete tail kept; head/buffered/take in between see the same bytes."""
+    stream = b"".join(codec.message(chr(kind), body) for kind, body in messages)
+    want = [(kind, codec.message(chr(kind), body)) for kind, body in messages]
+    reader = codec.MessageReader(max_message=10_000)
+    got, returned, pos = [], b"", 0
+    for cut in cuts + [len(stream)]:
+        chunk = stream[pos : pos + cut] if cut < len(stream) else stream[pos:]
+        pos += len(chunk)
+        reader.feed(chunk)
+        if peek:
+            assert reader.buffered == pos - len(returned)
+            head = reader.head()
+            rest = stream[len(returned):pos]
+            assert head == (None if len(rest) < 5 else (rest[0], struct.unpack("!i", rest[1:5])[0] + 1))
+        data, spans = reader.spans(skip)
+        returned += data
+        assert returned == stream[: len(returned)] and reader.buffered == pos - len(returned)
+        assert all(data[start] == kind for kind, start, _ in spans)
+        got += [(kind, data[start:end]) for kind, start, end in spans]
+        if pos == len(stream):
+            break
+    assert returned == stream and reader.buffered == 0
+    assert got == [m for m in want if m[0] != skip]
+    reader.feed(stream[:3])
+    assert reader.take() == stream[:3] and reader.buffered == 0
