@@ -376,8 +376,7 @@ class FunctionCall:
 
 
 def parse_query(payload: bytes) -> Query:
-    c = _Cursor(payload, "Query")
-    return Query(c.cstr())
+    return Query(_first_cstr(payload, "Query"))
 
 
 def parse_parse(payload: bytes) -> Parse:
@@ -390,7 +389,63 @@ def parse_parse(payload: bytes) -> Parse:
     return Parse(name, sql, tuple(c.u32() for _ in range(n)))
 
 
+# What reading a malformed payload straight through can raise (UnicodeDecodeError is a ValueError).
+_UNREADABLE = (ValueError, struct.error, IndexError)
+
+
+def _first_cstr(payload: bytes, what: str) -> str:
+    """The NUL-terminated UTF-8 string at the start of ``payload``, as ``_Cursor.cstr`` reads it."""
+    end = payload.find(b"\x00")
+    if end >= 0:
+        try:
+            return payload[:end].decode()
+        except UnicodeDecodeError:
+            pass
+    return _Cursor(payload, what).cstr()  # says what is wrong
+
+
 def parse_bind(payload: bytes) -> Bind:
+    """Every extended-protocol statement sends a Bind: a well-formed one is read straight
+    through; anything that reading trips on is parsed again by ``_parse_bind_checked``
+    (the reference), which raises the ProtocolError that says what is wrong."""
+    try:
+        end = payload.index(0)
+        portal = payload[:end].decode()
+        pos = end + 1
+        end = payload.index(0, pos)
+        statement = payload[pos:end].decode()
+        pos = end + 1
+        (nf,) = _I16.unpack_from(payload, pos)
+        if nf < 0:
+            raise ValueError
+        formats = struct.unpack_from(f"!{nf}h", payload, pos + 2) if nf else ()
+        pos += 2 + 2 * nf
+        (np_,) = _I16.unpack_from(payload, pos)
+        pos += 2
+        if np_ < 0 or (nf > 1 and nf != np_):
+            raise ValueError
+        size = len(payload)
+        params = []
+        for _ in range(np_):
+            (length,) = _I32.unpack_from(payload, pos)
+            pos += 4
+            if length == -1:
+                params.append(None)
+            elif 0 <= length <= size - pos:
+                params.append(payload[pos : pos + length])
+                pos += length
+            else:
+                raise ValueError
+        (nr,) = _I16.unpack_from(payload, pos)
+        if nr < 0:
+            raise ValueError
+        results = struct.unpack_from(f"!{nr}h", payload, pos + 2) if nr else ()
+    except _UNREADABLE:
+        return _parse_bind_checked(payload)
+    return Bind(portal, statement, formats, tuple(params), results)
+
+
+def _parse_bind_checked(payload: bytes) -> Bind:
     c = _Cursor(payload, "Bind")
     portal = c.cstr()
     statement = c.cstr()
@@ -675,7 +730,7 @@ def build_data_row(values: list[bytes | None]) -> bytes:
 
 
 def parse_command_complete(payload: bytes) -> str:
-    return _Cursor(payload, "CommandComplete").cstr()
+    return _first_cstr(payload, "CommandComplete")
 
 
 # PostgreSQL counts rows in a uint64: at most 20 decimal digits.

@@ -546,7 +546,7 @@ class PgConnection:
             out, self.held_out = bytearray(self.held_out), b""
             for kind, start, end in spans:
                 if kind == 0x51:  # 'Q'
-                    sql = codec.parse_query(memoryview(data)[start + 5 : end].tobytes()).sql
+                    sql = codec.parse_query(data[start + 5 : end]).sql
                     verdict = self.row_limit.unmeasurable(await session.decide_sql_async(sql))
                     if verdict.action == "approve":
                         session.recorder.flush()  # spooled before it goes upstream

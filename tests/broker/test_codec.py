@@ -207,3 +207,48 @@ def test_reader_chunking_gives_the_same_messages_however_the_stream_is_cut(messa
     assert got == [m for m in want if m[0] != skip]
     reader.feed(stream[:3])
     assert reader.take() == stream[:3] and reader.buffered == 0
+
+
+def _bind_payload(portal, statement, formats, params, results):
+    out = portal + b"\x00" + statement + b"\x00" + struct.pack("!h", len(formats))
+    out += b"".join(struct.pack("!h", f) for f in formats) + struct.pack("!h", len(params))
+    for p in params:
+        out += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
+    return out + struct.pack("!h", len(results)) + b"".join(struct.pack("!h", r) for r in results)
+
+
+def _outcome(parse, payload):
+    try:
+        return parse(payload)
+    except codec.ProtocolError as exc:
+        return ("refused", str(exc))
+
+
+_names = st.sampled_from([b"", b"p1", b"caf\xc3\xa9", b"\xff\xfe"])
+_formats = st.lists(st.integers(-2, 2), max_size=3)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_names, _names, _formats, st.lists(st.one_of(st.none(), st.binary(max_size=6)), max_size=3), _formats,
+       st.integers(0, 40), st.binary(max_size=4), st.sampled_from(["keep", "cut", "append", "corrupt"]))
+def test_bind_fast_read_agrees_with_the_checked_reference(portal, statement, formats, params, results, at, extra, how):
+    """parse_bind reads a well-formed Bind straight through; on any payload, well-formed, cut,
+    padded or corrupted, it gives what the checked reference gives: the same Bind or the same
+    ProtocolError."""
+    payload = _bind_payload(portal, statement, formats, params, results)
+    if how == "cut":
+        payload = payload[: at % (len(payload) + 1)]
+    elif how == "append":
+        payload += extra
+    elif how == "corrupt" and payload:
+        i = at % len(payload)
+        payload = payload[:i] + (extra or b"\xff")[:1] + payload[i + 1 :]
+    assert _outcome(codec.parse_bind, payload) == _outcome(codec._parse_bind_checked, payload)
+
+
+@given(st.binary(max_size=12))
+def test_first_string_read_agrees_with_the_cursor(payload):
+    def reference(p):
+        return codec.Query(codec._Cursor(p, "Query").cstr())
+
+    assert _outcome(codec.parse_query, payload) == _outcome(reference, payload)
