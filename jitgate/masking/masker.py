@@ -38,6 +38,14 @@ TEXT_OID = 25
 STRATEGY_STRENGTH = {"partial": 0, "hash": 1, "redact": 2, "null": 3}
 
 
+# Another session's statement text, literals included (`... WHERE email = 'ada@...'`), which
+# PostgreSQL shows to every session of the same role in pg_stat_activity: every session through a
+# target uses the target's held role, so without this rule any identity could read what another
+# (even one in clear_groups) is sending right now. On targets with column rules, where values are
+# masked by where they come from, it is masked like a column rule's column.
+OTHER_SESSIONS_STATEMENTS = MaskingRule(columns=["pg_stat_activity.query"], strategy="redact")
+
+
 def derived_strategy(strategy: str) -> str:
     """A derived value cannot be partially masked meaningfully: partial becomes redact."""
     return "redact" if strategy == "partial" else strategy
@@ -84,6 +92,10 @@ class Masker:
         self._rules: tuple[MaskingRule, ...] = tuple(config.rules)
         self._hasher = Hasher(hmac_key) if self._rules else None
         self._column_rules = tuple(r for r in self._rules if r.columns and not r.detectors)
+        # Decides a whole result when its lineage is unknown: the policy's own rules only.
+        self._strongest_rule = self._strongest(self._column_rules) if self._column_rules else None
+        if self._column_rules:
+            self._column_rules += (OTHER_SESSIONS_STATEMENTS,)
         self._detector_rules = tuple(r for r in self._rules if r.detectors)
         self._scanners: dict[tuple, Scanner] = {}
         self._sensitive: dict[frozenset, tuple[str, ...]] = {}
@@ -134,7 +146,7 @@ class Masker:
         for index, field in enumerate(fields):
             binary = column_maskers.check_format(field.format, field.name)
             if unknown is not None:
-                rule = self._strongest(self._column_rules)
+                rule = self._strongest_rule
                 strategy = derived_strategy(rule.strategy)
                 steps.append((index, column_maskers.whole_value_masker(
                     field.type_oid, field.type_modifier, binary, strategy, rule.keep_last, self._hasher)))

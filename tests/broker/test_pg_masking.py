@@ -312,3 +312,26 @@ def test_long_error_text_and_long_statement_are_masked_off_the_loop(stack, broke
     recording = open_backends(Settings.from_env(stack.env)).recordings.get_object(session_id, "recording.jsonl").decode()
     assert padding[:1000] in recording and "::int" in recording
     assert "grace@example.com" not in recording and "4111 1111 1111 1111" not in recording
+
+
+OTHER_LITERAL = "jitgate-other-session-literal-3141"
+
+
+@pytest.mark.parametrize("reader_sql", [
+    "SELECT pid, state, query FROM pg_stat_activity",
+    "SELECT a.query AS q FROM pg_catalog.pg_stat_activity a",  # qualified, renamed
+    "SELECT left(query, 500) FROM pg_stat_activity",  # derived
+    "SELECT s.* FROM pg_stat_get_activity(NULL) s",  # the function behind the view
+])
+def test_another_sessions_statement_text_is_masked(broker_dsn, reader_sql):
+    """Every session through a target shares the target's held role, and PostgreSQL shows a role's
+    sessions each other's last statement: a masked identity must not read, in pg_stat_activity, the
+    literals another identity (here one in clear_groups) sent."""
+    with psycopg.connect(broker_dsn(groups=CLEAR_GROUPS), autocommit=True) as other:
+        other.execute(f"SELECT '{OTHER_LITERAL}' AS x").fetchall()  # its session stays, idle, showing it
+        seen = _psql(broker_dsn(groups=CLEAR_GROUPS), "SELECT query FROM pg_stat_activity")
+        assert OTHER_LITERAL in seen  # a clear identity sees it: the statement is there to be read
+        out = _psql(broker_dsn(), reader_sql)
+    assert OTHER_LITERAL not in out
+    assert "pg_stat_activity" not in out  # the whole text is masked, not only what a detector knows
+    assert out.strip(), "the reader got no rows"
