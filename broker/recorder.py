@@ -144,8 +144,12 @@ class Recorder:
         self._maybe_upload()
 
     def event(self, event_type: str, **fields) -> dict:
+        return self.event_fields(event_type, fields)
+
+    def event_fields(self, event_type: str, fields: dict) -> dict:
+        """``event`` with the fields as a dict (the per-statement path builds one anyway)."""
         defer = self.batching and event_type in ("statement", "result")
-        event = self.spool.append(event_type, defer=defer, **fields)
+        event = self.spool.append_fields(event_type, fields, defer)
         if self._timer is None and not self.spool.closed:
             # No event waits on this disk longer than the interval (plus one upload).
             self._timer = asyncio.get_running_loop().call_later(self.settings.spool_upload_seconds, self._on_timer)

@@ -64,6 +64,10 @@ def _reasons(result) -> tuple[frozenset[str], tuple[str, ...]]:
 
 
 _classify_in_session = None  # broker.sql_worker.classify_in_session, imported on first use
+_FREE_TEXT_INLINE = None  # broker.masking.FREE_TEXT_INLINE, imported with it
+# Decisions remembered per session: (classes, reasons, what) -> the verdict's fields. The decision is a
+# function of those and of the session's target and groups, which a session never changes.
+DECISION_CACHE_ENTRIES = 256
 
 # An approval step: (session, statement text, verdict) -> final verdict. Installed by the approvals work.
 ApprovalStep = Callable[["Session", str, Verdict], Awaitable[Verdict]]
@@ -95,6 +99,9 @@ class Session:
     _timer: object = None
     # Long statements masked for the recording in a worker process, before record_statement needs them.
     _masked_for_record: dict = field(default_factory=dict)
+    # Predicate sources -> the masked columns among them (broker/pg/masking_step._sensitive_columns).
+    sensitive_columns: dict = field(default_factory=dict)
+    _decisions: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, *, principal, target_name, policy, client, kind, settings, backends, session_id=None, live=None):
@@ -124,12 +131,14 @@ class Session:
 
     async def decide_sql_async(self, sql: str) -> Verdict:
         """decide_sql for the event loop: long text is classified in a worker process with a time limit."""
-        global _classify_in_session
+        global _classify_in_session, _FREE_TEXT_INLINE
         if _classify_in_session is None:  # broker-only, keeps the import light
+            from broker.masking import FREE_TEXT_INLINE as _FREE_TEXT_INLINE  # noqa: PLC0415
             from broker.sql_worker import classify_in_session as _classify_in_session  # noqa: PLC0415
 
         classification = await _classify_in_session(sql, self.prepared, owner=self.principal.username)
-        await self.mask_for_record_off_loop(sql)
+        if len(sql) > _FREE_TEXT_INLINE:  # (shorter text is masked inline by record_statement)
+            await self.mask_for_record_off_loop(sql)
         verdict = self._decide(*_reasons(classification), what="statement")
         verdict.writes_rows, verdict.unmeasurable = classification.writes_rows, classification.unmeasurable
         return verdict
@@ -149,8 +158,21 @@ class Session:
         return await asyncio.to_thread(self.decide_command, command)
 
     def _decide(self, classes: frozenset[str], reasons: tuple[str, ...], what: str) -> Verdict:
-        action, why = self.target.decide(classes, self.principal.groups)
-        return self._verdict(action, why, classes, reasons, what)
+        decisions = self._decisions
+        if decisions.get(None) is not self.target:  # (a session keeps its target; checked all the same)
+            decisions.clear()
+            decisions[None] = self.target
+        key = (classes, reasons, what)
+        known = decisions.get(key)
+        if known is None:
+            action, why = self.target.decide(classes, self.principal.groups)
+            known = self._verdict(action, why, classes, reasons, what)
+            if len(decisions) > DECISION_CACHE_ENTRIES:
+                decisions.clear()
+                decisions[None] = self.target
+            decisions[key] = known
+        # A Verdict of its own: callers add to it (writes_rows, approval ids).
+        return Verdict(known.action, known.classes, known.reasons, known.message)
 
     def _verdict(self, action: str, why: list[str], classes, reasons: tuple[str, ...], what: str) -> Verdict:
         message = ""
@@ -233,7 +255,7 @@ class Session:
             fields["approval_id"] = verdict.approval_id
         if verdict.action == "deny":
             fields["reason"] = verdict.message
-        self.recorder.event("statement", **fields)
+        self.recorder.event_fields("statement", fields)
         return sid
 
     def _param_for_record(self, param):
@@ -272,14 +294,13 @@ class Session:
             self._timer = metrics.STATEMENT_SECONDS.labels(self.kind)
         seconds = time.perf_counter() - started
         self._timer.observe(seconds)
-        self.recorder.event(
-            "result",
-            id=statement_id,
-            duration_ms=round(seconds * 1000, 3),
-            rows=rows,
-            tag=tag,
-            error=self.mask_for_record(error) if error else None,
-        )
+        self.recorder.event_fields("result", {
+            "id": statement_id,
+            "duration_ms": int(seconds * 1e6 + 0.5) / 1000,  # round(seconds * 1000, 3), cheaper
+            "rows": rows,
+            "tag": tag,
+            "error": self.mask_for_record(error) if error else None,
+        })
 
     async def close(self, reason: str) -> None:
         metrics.SESSIONS_ACTIVE.dec()

@@ -194,7 +194,10 @@ async def _sensitive_predicate(connection, sql: str, verdict, lineages: list):
     from broker.session import Verdict
 
     session = connection.session
-    columns = session.masker.masker.sensitive(frozenset().union(*(s.predicate_sources for s in lineages)))
+    sources = frozenset().union(*(s.predicate_sources for s in lineages))
+    if not sources:
+        return verdict
+    columns = _sensitive_columns(session, sources)
     if not columns:
         return verdict
     classes = tuple(sorted(set(verdict.classes) | {"sensitive_predicate"}))
@@ -208,3 +211,21 @@ async def _sensitive_predicate(connection, sql: str, verdict, lineages: list):
     if action == "deny":
         return Verdict("deny", classes, reasons, message)
     return await connection.hold_for(sql, Verdict("approve", classes, reasons, message))
+
+
+# Per session: the masked columns among a statement's predicate sources. The answer depends only on
+# those sources and the session's column rules (fixed for the session), and a statement shape seen
+# before brings the same sources again: matching every rule pattern against them each time cost more
+# than the rest of the decision.
+SENSITIVE_CACHE_ENTRIES = 256
+
+
+def _sensitive_columns(session, sources: frozenset) -> tuple[str, ...]:
+    cache = session.sensitive_columns
+    columns = cache.get(sources)
+    if columns is None:
+        columns = tuple(session.masker.masker.sensitive(sources))
+        if len(cache) >= SENSITIVE_CACHE_ENTRIES:
+            cache.clear()  # a bound, not a history: the shapes in use come back at once
+        cache[sources] = columns
+    return columns

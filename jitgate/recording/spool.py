@@ -40,7 +40,13 @@ class Spool:
         """Append one event. ``defer`` keeps it in memory until the next ``flush`` (or the
         next non-deferred event): the PostgreSQL relay flushes right before it forwards
         the bytes the events describe, so one write serves a whole pipelined batch."""
-        event = {"seq": self._seq, "ts": round(time.time(), 6), "type": event_type, **fields}
+        return self.append_fields(event_type, fields, defer)
+
+    def append_fields(self, event_type: str, fields: dict, defer: bool = False) -> dict:
+        """``append`` with the fields as a dict (the per-statement path builds one anyway)."""
+        # Microseconds, as round(time.time(), 6) wrote them, at a quarter of its cost.
+        event = {"seq": self._seq, "ts": time.time_ns() // 1000 / 1e6, "type": event_type}
+        event.update(fields)
         self._seq += 1
         self._pending.append(encode_event(event))
         if not defer:
@@ -48,15 +54,21 @@ class Spool:
         return event
 
     def flush(self) -> None:
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return
-        for line in self._pending:
+        if len(pending) == 1:  # the usual case: one statement or one result per read
+            line = pending[0]
             self.chain.add(line)
-        self._pending.append(b"")
-        data = b"\n".join(self._pending)
+            data = line + b"\n"
+        else:
+            for line in pending:
+                self.chain.add(line)
+            pending.append(b"")
+            data = b"\n".join(pending)
         self._fh.write(data)
         self.written += len(data)
-        self._pending.clear()
+        pending.clear()
         now = time.monotonic()
         if now - self._last_sync >= self._fsync_interval:
             os.fsync(self._fh.fileno())

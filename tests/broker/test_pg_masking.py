@@ -253,6 +253,14 @@ def test_sensitive_predicate_is_recorded_and_its_policy_action_applies(stack, br
             conn.execute("SELECT id FROM customers WHERE email > 'm' ORDER BY card_number").fetchall()
         assert "sensitive_predicate" in str(err.value) and "customers.email" in str(err.value)
         assert _psql(broker_dsn(), "SELECT count(*) FROM customers WHERE id < 3").strip() == "2"
+        # The masked columns of a predicate are remembered per session (issue 18): the same shape with
+        # other constants, after a plain lookup in between, is refused every time, not only the first.
+        with psycopg.connect(broker_dsn(), autocommit=True) as conn:
+            for literal in ("m", "a", "z"):
+                with pytest.raises(psycopg.Error) as again:
+                    conn.execute(f"SELECT id FROM customers WHERE email > '{literal}'").fetchall()
+                assert "sensitive_predicate" in str(again.value), again.value
+                assert conn.execute("SELECT count(*) FROM customers WHERE id < 3").fetchone() == (2,)
 
 
 def test_unmasked_row_runs_pass_whole_and_masked_ones_do_not(stack, broker_dsn):
