@@ -2,10 +2,11 @@
 
 One file per session (``<spool>/<session_id>.jsonl``). Each event is written and
 flushed to the OS before the statement goes upstream, so a killed broker loses
-nothing that ran; fsync is batched (``fsync_interval``) because a disk flush per
-statement would cap throughput at the disk's sync rate. The spool keeps the head of
-the session's chain over the exact lines it wrote (jitgate.recording.seal), which
-the broker signs when it closes the session. Chunks are uploaded by the recorder;
+nothing that ran; fsync is batched (``fsync_interval``, on a thread; ``close`` syncs
+on the caller) because a disk flush per statement would cap throughput at the disk's
+sync rate. The spool keeps the head of the session's chain over the exact lines it
+wrote (jitgate.recording.seal), which the broker signs when it closes the session.
+Chunks are uploaded by the recorder;
 the file is deleted only after the broker reads back a seal covering its last event,
 and an orphaned spool found at startup is sealed as a crashed session.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -32,6 +34,7 @@ class Spool:
         self._pending: list[bytes] = []
         self._fsync_interval = fsync_interval
         self._last_sync = time.monotonic()
+        self._syncing: Future | None = None
         self.closed = False
         self.chain = Chain(session_id)
         self.written = 0  # bytes in the file
@@ -71,8 +74,19 @@ class Spool:
         pending.clear()
         now = time.monotonic()
         if now - self._last_sync >= self._fsync_interval:
-            os.fsync(self._fh.fileno())
+            self._sync_in_background()
             self._last_sync = now
+
+    def _sync_in_background(self) -> None:
+        """The periodic fsync on a thread, so the event loop does not wait for the disk (the write
+        above already put the lines in the OS, before anything they describe goes on). It syncs a
+        duplicate of the file descriptor: ``close`` may close the spool's own meanwhile. A failed
+        fsync is raised by the next flush, as an fsync on this thread would have raised it."""
+        if self._syncing is not None:
+            if not self._syncing.done():
+                return  # the disk is slow: the next interval tries again
+            self._syncing.result()  # raises what the last fsync raised
+        self._syncing = _fsync_dup(self._fh.fileno())
 
     def carry_on(self, previous: "Spool", chain: Chain) -> None:
         """This spool continues ``previous`` (a continuation after a seal its broker did not ask
@@ -87,6 +101,28 @@ class Spool:
             os.fsync(self._fh.fileno())
             self._fh.close()
             self.closed = True
+
+
+_fsyncer: ThreadPoolExecutor | None = None  # one thread for every spool's periodic fsync
+
+
+def _fsync_dup(fd: int) -> Future:
+    global _fsyncer
+    if _fsyncer is None:
+        _fsyncer = ThreadPoolExecutor(1, thread_name_prefix="spool-fsync")
+    dup = os.dup(fd)
+
+    def sync() -> None:
+        try:
+            os.fsync(dup)
+        finally:
+            os.close(dup)
+
+    try:
+        return _fsyncer.submit(sync)
+    except BaseException:
+        os.close(dup)
+        raise
 
 
 def encode_event(event: dict) -> bytes:

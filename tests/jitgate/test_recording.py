@@ -319,3 +319,41 @@ def test_an_event_with_a_lone_surrogate_is_recorded_escaped():
     line.decode("utf-8")
     assert json.loads(line) == event
     assert json.loads(encode_event({"sql": "plain é"})) == {"sql": "plain é"}
+
+
+def test_the_periodic_fsync_runs_on_a_thread_and_close_syncs_in_place(tmp_path, monkeypatch):
+    """Issue 18: the spool's periodic fsync no longer holds the event loop. It syncs the spool's
+    own file (a duplicate descriptor, so a close meanwhile cannot make it sync another file or
+    fail), close() still syncs before it returns, and a failed fsync still fails the next flush."""
+    import os
+    import threading
+    import time
+
+    synced = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        time.sleep(0.05)
+        synced.append((threading.current_thread().name, os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    spool = Spool(tmp_path, "synced", fsync_interval=0.0)
+    inode = spool.path.stat().st_ino
+    spool.append("statement", id=1, sql="SELECT 1", decision="allow")
+    assert spool.path.read_bytes().count(b"\n") == 1  # written before the flush returns; synced later
+    background = spool._syncing
+    spool.close()  # while the background fsync still runs
+    background.result(timeout=10)
+    assert len(synced) == 2 and {ino for _, ino in synced} == {inode}
+    assert {name for name, _ in synced} == {threading.current_thread().name, "spool-fsync_0"}
+
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    spool = Spool(tmp_path, "failing", fsync_interval=0.0)
+    spool.append("statement", id=1, sql="SELECT 1", decision="allow")
+    assert isinstance(spool._syncing.exception(timeout=10), OSError)
+    with pytest.raises(OSError, match="Input/output error"):
+        spool.append("statement", id=2, sql="SELECT 2", decision="allow")
