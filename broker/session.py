@@ -102,6 +102,8 @@ class Session:
     # Predicate sources -> the masked columns among them (broker/pg/masking_step._sensitive_columns).
     sensitive_columns: dict = field(default_factory=dict)
     _decisions: dict = field(default_factory=dict)
+    # (text, as recorded, its SHA-256) of the last statement recorded.
+    _recorded_text: tuple = (None, None, None)
 
     @classmethod
     def open(cls, *, principal, target_name, policy, client, kind, settings, backends, session_id=None, live=None):
@@ -195,6 +197,7 @@ class Session:
             return
         masker = factory(self.target, self.principal)
         self.record_masker = masker
+        self._recorded_text = (None, None, None)  # recorded before masking was on: not reused
         if not self.target.sees_clear_text(self.principal.groups):
             self.masker = masker
 
@@ -236,18 +239,23 @@ class Session:
         sid = statement_id if statement_id is not None else self.statements
         counter = self._counters.get(verdict.action)
         if counter is None:
-            counter = self._counters[verdict.action] = metrics.STATEMENTS.labels(self.kind, self.target_name, verdict.action)
-        counter.inc()
+            counter = self._counters[verdict.action] = metrics.STATEMENTS.decisions(self.kind, self.target_name, verdict.action)
+        counter[0] += 1
         if verdict.action != "allow" or verdict.approval_id:
             for klass in verdict.classes:
                 metrics.GUARDRAIL_HITS.labels(self.target_name, klass).inc()
+        recorded = self._recorded_text
+        if recorded[0] is not sql and recorded[0] != sql:
+            # An extended-protocol statement is recorded at each Execute with the same text: masked
+            # and hashed once. (The session's masker does not change; masking is deterministic.)
+            recorded = self._recorded_text = (sql, self.mask_for_record(sql), hashlib.sha256(sql.encode()).hexdigest())
         fields = {
             "id": sid,
-            "sql": self.mask_for_record(sql),
+            "sql": recorded[1],
             "protocol": protocol,
             "classes": list(verdict.classes),
             "decision": verdict.action,
-            "sha256": hashlib.sha256(sql.encode()).hexdigest(),
+            "sha256": recorded[2],
         }
         if params:
             fields["params"] = [self._param_for_record(p) for p in params]
@@ -291,9 +299,9 @@ class Session:
 
     def record_result(self, statement_id: int, *, started: float, rows: int | None, tag: str | None, error: str | None) -> None:
         if self._timer is None:
-            self._timer = metrics.STATEMENT_SECONDS.labels(self.kind)
+            self._timer = metrics.STATEMENTS.seconds(self.kind)
         seconds = time.perf_counter() - started
-        self._timer.observe(seconds)
+        metrics.StatementTally.observe(self._timer, seconds)
         self.recorder.event_fields("result", {
             "id": statement_id,
             "duration_ms": int(seconds * 1e6 + 0.5) / 1000,  # round(seconds * 1000, 3), cheaper

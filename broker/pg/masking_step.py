@@ -191,15 +191,18 @@ async def _sensitive_predicate(connection, sql: str, verdict, lineages: list):
     """Guardrail class ``sensitive_predicate``: the statement filters, joins, sorts or groups on a
     masked column, so its results can reveal what masking hides (``WHERE email LIKE 'a%'``).
     The class joins the verdict (and so the recording); its policy action applies."""
-    from broker.session import Verdict
-
     session = connection.session
-    sources = frozenset().union(*(s.predicate_sources for s in lineages))
+    if len(lineages) == 1:  # the usual case: one statement
+        sources = lineages[0].predicate_sources
+    else:
+        sources = frozenset().union(*(s.predicate_sources for s in lineages))
     if not sources:
         return verdict
     columns = _sensitive_columns(session, sources)
     if not columns:
         return verdict
+    from broker.session import Verdict
+
     classes = tuple(sorted(set(verdict.classes) | {"sensitive_predicate"}))
     reasons = verdict.reasons + (f"predicate on masked column(s) {', '.join(columns)}",)
     action = session.target.action_for("sensitive_predicate", session.principal.groups)

@@ -31,3 +31,29 @@ def test_metrics_count_statements_and_refusals(stack, broker_dsn):
     assert any(name == "jitgate_statement_seconds_count" for name, _ in after)
     labels = {value for _, items in after for _, value in items}
     assert "alice@example.com" not in labels and "SELECT 1" not in labels
+
+
+def test_the_statement_tally_exposes_what_a_counter_and_histogram_would():
+    """broker/metrics.StatementTally replaces a prometheus Counter and Histogram on the per-statement
+    path (issue 18): a scrape must read the same samples (bucket edges included) as from those."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from broker.metrics import StatementTally
+
+    tally, registry = StatementTally(), CollectorRegistry()
+    counter = Counter("jitgate_statements_total", "c", ["kind", "target", "decision"], registry=registry)
+    histogram = Histogram("jitgate_statement_seconds", "h", ["kind"], buckets=StatementTally.BUCKETS, registry=registry)
+    for i, seconds in enumerate([0.0, 0.0004, 0.0005, 0.00051, 0.003, 1, 1.5, 60, 61, 1e9]):
+        decision = ("allow", "deny")[i % 2]
+        tally.decisions("postgres", "demo", decision)[0] += 1
+        counter.labels("postgres", "demo", decision).inc()
+        for kind in ("postgres", "ssh"):
+            StatementTally.observe(tally.seconds(kind), seconds)
+            histogram.labels(kind).observe(seconds)
+
+    def samples(families):
+        return sorted((s.name, tuple(sorted(s.labels.items())), s.value) for family in families for s in family.samples
+                      if not s.name.endswith("_created"))
+
+    assert samples(tally.collect()) == samples(registry.collect())
+    assert len(samples(tally.collect())) == 2 + 2 * (len(StatementTally.BUCKETS) + 3)

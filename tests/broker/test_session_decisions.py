@@ -190,3 +190,38 @@ def test_spool_times_keep_their_format(tmp_path):
         assert round(event["ts"], 6) == event["ts"]
         if event["type"] == "result":
             assert round(event["duration_ms"], 3) == event["duration_ms"] and event["duration_ms"] > 0
+
+
+def test_a_statement_recorded_again_is_masked_every_time(tmp_path):
+    """The recording holds no masked value in clear when the same text is recorded again (an
+    extended-protocol statement at every Execute), nor when masking came on after it was recorded
+    once; values in comments, dollar quotes and quoted identifiers are masked like plain literals."""
+    from broker.masking import SessionMasker
+    from jitgate.masking import Masker
+    from jitgate.policy import MaskingConfig
+
+    session = _session(tmp_path)
+    config = MaskingConfig.model_validate({"rules": [{"detectors": ["email", "card"], "strategy": "redact"}]})
+    texts = [
+        "SELECT * FROM accounts WHERE owner = 'bob@example.com'",
+        "SELECT 1 /* card 4111 1111 1111 1111 */",
+        "SELECT $x$bob@example.com$x$",
+        'SELECT "bob@example.com" FROM accounts',  # an identifier that looks like a value
+    ]
+
+    async def record():
+        verdict = session.decide_sql(texts[0])
+        session.record_statement(texts[0], protocol="simple", verdict=verdict)  # before masking is on
+        session.use_masking(lambda target, principal: SessionMasker(Masker(config, b"k" * 32), target, None))
+        for _ in range(2):
+            for text in texts:
+                session.record_statement(text, protocol="extended", verdict=verdict, params=["bob@example.com"])
+        session.recorder.flush()
+
+    _LOOP.run_until_complete(record())
+    lines = session.recorder.spool.path.read_text().splitlines()
+    statements = [json.loads(line) for line in lines if '"type":"statement"' in line]
+    assert len(statements) == 1 + 2 * len(texts)
+    after = "\n".join(lines[[i for i, line in enumerate(lines) if '"type":"statement"' in line][1]:])
+    assert "bob@example.com" not in after and "4111 1111 1111 1111" not in after
+    assert all(e["sha256"] == statements[1 + i % len(texts)]["sha256"] for i, e in enumerate(statements[1:]))
