@@ -527,7 +527,7 @@ class Bench:
             raw = self.scratch / "profile.raw"
             raw.unlink(missing_ok=True)
             spy = subprocess.Popen([pyspy, "record", "-p", str(self.broker_pid), "-f", "raw", "-o", str(raw), "-r", "200",
-                                    "--nonblocking", "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--nonblocking", "--gil", "--threads"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 time.sleep(1.0)
                 pgbench(ep, args, timeout=d + 600)
@@ -604,7 +604,8 @@ def summarize_pyspy(raw: Path, top: int = 25) -> str:
     """Self and inclusive sample shares per function from py-spy's collapsed-stack output."""
     self_counts: dict[str, int] = {}
     total_counts: dict[str, int] = {}
-    samples = 0
+    threads: dict[str, int] = {}
+    samples = cut_short = 0
     try:
         lines = raw.read_text(errors="replace").splitlines()
     except OSError:
@@ -616,16 +617,23 @@ def summarize_pyspy(raw: Path, top: int = 25) -> str:
         n = int(count)
         samples += n
         frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        thread = next((f.partition(": ")[2] or f for f in frames if f.startswith("thread ")), "?")
+        threads[thread] = threads.get(thread, 0) + n
         frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
         if not frames:
             continue
+        if not frames[0].startswith(("_run_module_as_main", "_bootstrap ")):
+            cut_short += n  # sampled mid-change (--nonblocking): the frames below these were not read
         self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + n
         for f in set(frames):
             total_counts[f] = total_counts.get(f, 0) + n
     if not samples:
         return "(no samples)"
     short = lambda f: f.replace(str(REPO) + "/", "").replace(sys.prefix + "/lib/", "")  # noqa: E731
-    out = [f"{samples} samples", "", "| self % | function |", "|---:|---|"]
+    by_thread = ", ".join(f"{name} {100 * n / samples:.1f}%" for name, n in sorted(threads.items(), key=lambda kv: -kv[1]))
+    out = [f"{samples} samples; by thread: {by_thread}; stacks cut short by --nonblocking sampling (counted "
+           f"under the frames that were read): {100 * cut_short / samples:.1f}%", "",
+           "| self % | function |", "|---:|---|"]
     for f, n in sorted(self_counts.items(), key=lambda kv: -kv[1])[:top]:
         out.append(f"| {100 * n / samples:.1f} | `{short(f)}` |")
     out += ["", "| total % | function |", "|---:|---|"]
