@@ -9,12 +9,11 @@
  *   same keyed states as strategies.Hasher);
  * - DETECT_TEXT: detectors on an unlimited text value. A prefilter that is a necessary
  *   condition of each detector family (the reference's, plus the digit-count gates that
- *   find_all and find_phones apply inside each numeric cluster) rejects most values; an
- *   ASCII value where only emails, cards, SSNs and phone numbers can match has them found
- *   (the same spans as detectors.find_all, regexes matched in their engine's order) and
- *   replaced here with each detector's strategy; any other value (an IBAN or secret
- *   candidate, or non-ASCII text, where the detectors' Unicode classes decide) goes to the
- *   Python scan of its column;
+ *   find_all and find_phones apply inside each numeric cluster) rejects most values; a
+ *   value where only emails, cards, SSNs and phone numbers can match has them found (the
+ *   same spans as detectors.find_all, regexes matched in their engine's order, Unicode
+ *   classes where Python's decide) and replaced here with each detector's strategy; any
+ *   other value (an IBAN or secret candidate) goes to the Python scan of its column;
  * - PYTHON: any other column masker is called as it is.
  *
  * tests/masking/test_rowcore.py runs the masking tests against both; property tests check
@@ -384,7 +383,75 @@ static int add_span(Scan *sc, Py_ssize_t start, Py_ssize_t end, int kind)
     return 0;
 }
 
-static inline int is_word(uint8_t c) { return is_alnum(c) || c == '_'; } /* \w on ASCII */
+/* ---- text as the detectors see it: characters, not bytes ----
+ *
+ * The detectors run on the value decoded with surrogateescape, and outside ASCII only three
+ * things about a character matter to them: str.isdigit(), str.isalnum() (= the regex class
+ * \w without '_'), or neither. A value that is not ASCII is scanned as one byte per
+ * character: ASCII characters as themselves, every other character as one of the classes
+ * below (a byte that is not UTF-8 is one character of CLASS_OTHER, as its lone surrogate is
+ * in Python), so positions, windows and look-arounds count characters as Python's do. */
+#define CLASS_DIGIT 0x80 /* not ASCII: isdigit() (so also isalnum() and \w) */
+#define CLASS_ALNUM 0x81 /* not ASCII: isalnum() and \w, not isdigit() */
+#define CLASS_OTHER 0x82 /* not ASCII: neither */
+
+static inline int is_alnum_u(uint8_t c) { return is_alnum(c) || c == CLASS_DIGIT || c == CLASS_ALNUM; } /* str.isalnum */
+static inline int is_digit_u(uint8_t c) { return is_digit(c) || c == CLASS_DIGIT; }                  /* str.isdigit */
+static inline int is_word(uint8_t c) { return is_alnum_u(c) || c == '_'; }                           /* \w */
+
+/* Length of the valid UTF-8 sequence at p (no overlong forms, no surrogates, at most
+ * U+10FFFF) and its character, or 0: then Python's decoder escapes this one byte (every byte
+ * of an invalid part becomes its own surrogate, and no valid sequence starts on a
+ * continuation byte, so deciding byte by byte gives the same characters). */
+static int utf8_sequence(const uint8_t *p, Py_ssize_t left, Py_UCS4 *cp)
+{
+    uint8_t b = p[0];
+    if (b >= 0xC2 && b <= 0xDF) {
+        if (left < 2 || (p[1] & 0xC0) != 0x80)
+            return 0;
+        *cp = (Py_UCS4)(b & 0x1F) << 6 | (p[1] & 0x3F);
+        return 2;
+    }
+    if (b >= 0xE0 && b <= 0xEF) {
+        uint8_t low = b == 0xE0 ? 0xA0 : 0x80, high = b == 0xED ? 0x9F : 0xBF;
+        if (left < 3 || p[1] < low || p[1] > high || (p[2] & 0xC0) != 0x80)
+            return 0;
+        *cp = (Py_UCS4)(b & 0x0F) << 12 | (Py_UCS4)(p[1] & 0x3F) << 6 | (p[2] & 0x3F);
+        return 3;
+    }
+    if (b >= 0xF0 && b <= 0xF4) {
+        uint8_t low = b == 0xF0 ? 0x90 : 0x80, high = b == 0xF4 ? 0x8F : 0xBF;
+        if (left < 4 || p[1] < low || p[1] > high || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
+            return 0;
+        *cp = (Py_UCS4)(b & 0x07) << 18 | (Py_UCS4)(p[1] & 0x3F) << 12 | (Py_UCS4)(p[2] & 0x3F) << 6 | (p[3] & 0x3F);
+        return 4;
+    }
+    return 0;
+}
+
+/* One byte per character of p (see above) into classes, and each character's byte offset
+ * into offsets (plus the end at offsets[count]). Returns the character count. */
+static Py_ssize_t classify(const uint8_t *p, Py_ssize_t n, uint8_t *classes, uint32_t *offsets)
+{
+    Py_ssize_t count = 0, i = 0;
+    while (i < n) {
+        Py_UCS4 cp;
+        int length = 1;
+        offsets[count] = (uint32_t)i;
+        if (p[i] < 0x80) {
+            classes[count] = p[i];
+        } else if ((length = utf8_sequence(p + i, n - i, &cp)) == 0) {
+            classes[count] = CLASS_OTHER;
+            length = 1;
+        } else {
+            classes[count] = Py_UNICODE_ISDIGIT(cp) ? CLASS_DIGIT : Py_UNICODE_ISALNUM(cp) ? CLASS_ALNUM : CLASS_OTHER;
+        }
+        count++;
+        i += length;
+    }
+    offsets[count] = (uint32_t)n;
+    return count;
+}
 static inline int is_sep(uint8_t c) { return c == ' ' || c == '.' || c == '-'; } /* [ .-] */
 
 /* ---- email (detectors.find_emails) ---- */
@@ -578,7 +645,7 @@ static int find_cards(Scan *sc, Py_ssize_t start, Py_ssize_t end)
             continue;
         Py_ssize_t first = run_start, last = run_end;
         /* A group glued to a word, a dash or a dot belongs to an identifier or an amount. */
-        if (first > 0 && (is_alnum(p[first - 1]) || p[first - 1] == '_' || p[first - 1] == '.' || p[first - 1] == '-')) {
+        if (first > 0 && (is_alnum_u(p[first - 1]) || p[first - 1] == '_' || p[first - 1] == '.' || p[first - 1] == '-')) {
             while (first < run_end && is_digit(p[first]))
                 first++;
             sc->ops += (uint64_t)(first - run_start);
@@ -587,7 +654,7 @@ static int find_cards(Scan *sc, Py_ssize_t start, Py_ssize_t end)
         if (first >= run_end)
             continue;
         if (last < n && (is_word(p[last])
-                         || (last + 1 < n && (p[last] == '.' || p[last] == ',' || p[last] == '-') && is_digit(p[last + 1])))) {
+                         || (last + 1 < n && (p[last] == '.' || p[last] == ',' || p[last] == '-') && is_digit_u(p[last + 1])))) {
             while (last > first && is_digit(p[last - 1]))
                 last--;
             sc->ops += (uint64_t)(run_end - last);
@@ -832,6 +899,46 @@ static int find_phones(Scan *sc, Py_ssize_t start, Py_ssize_t end)
 
 /* ---- find_all and merge_overlaps ---- */
 
+/* A value's text as the finders read it: the bytes themselves when ASCII, else one class
+ * byte per character, with each character's byte offset (free with text_free). */
+typedef struct {
+    const uint8_t *chars;
+    Py_ssize_t count;
+    uint8_t *classes;  /* NULL for ASCII */
+    uint32_t *offsets; /* NULL for ASCII */
+} Text;
+
+static void text_free(Text *t)
+{
+    PyMem_Free(t->classes);
+    PyMem_Free(t->offsets);
+}
+
+/* 0, or -1 with an error (no memory, or a value past 4 GB). */
+static int text_of(Text *t, const uint8_t *p, Py_ssize_t n, int ascii)
+{
+    t->chars = p;
+    t->count = n;
+    t->classes = NULL;
+    t->offsets = NULL;
+    if (ascii)
+        return 0;
+    if ((uint64_t)n >= UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "a value to scan must be under 4 GB");
+        return -1;
+    }
+    t->classes = PyMem_Malloc((size_t)n + 1);
+    t->offsets = PyMem_Malloc(((size_t)n + 1) * sizeof(uint32_t));
+    if (t->classes == NULL || t->offsets == NULL) {
+        text_free(t);
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->count = classify(p, n, t->classes, t->offsets);
+    t->chars = t->classes;
+    return 0;
+}
+
 static int span_order(const void *a, const void *b) /* by start, then longest first */
 {
     const Span *x = a, *y = b;
@@ -871,10 +978,10 @@ static void merge_spans(Scan *sc)
     sc->count = merged;
 }
 
-/* detectors.find_all on ASCII text for the email and numeric kinds in `kinds` (a bit per
- * KIND_*), the numeric ones only inside numeric clusters, with find_all's gates. Spans merged.
- * 0 or -1 (no memory). */
-static int detect_ascii(Scan *sc, int kinds)
+/* detectors.find_all on a text (ASCII, or its characters' classes) for the email and numeric
+ * kinds in `kinds` (a bit per KIND_*), the numeric ones only inside numeric clusters, with
+ * find_all's gates. Spans merged. 0 or -1 (no memory). */
+static int detect_spans(Scan *sc, int kinds)
 {
     const uint8_t *p = sc->p;
     Py_ssize_t n = sc->n;
@@ -1266,6 +1373,51 @@ static PyObject *call_scan(RowCoreObject *self, const Step *step, const uint8_t 
     return masked;
 }
 
+/* The email, card, SSN and phone detections of a value (`found`: its prefilter families)
+ * replaced: a new reference (bytes or Py_None), NULL with an error, or *unchanged = 1. A
+ * detection the C rendering cannot reproduce (partial or hash of a card, SSN or phone span
+ * that took in characters outside ASCII from an overlapping email) sends the value to the
+ * Python scan instead. */
+static PyObject *mask_detections(RowCoreObject *self, const Step *step, const uint8_t *p, Py_ssize_t n, int found,
+                                 int *unchanged)
+{
+    int kinds = step->kinds & (((found & FAMILY_EMAIL) ? 1 << KIND_EMAIL : 0)
+                               | ((found & FAMILY_NUMERIC) ? (1 << KIND_CARD | 1 << KIND_SSN | 1 << KIND_PHONE) : 0));
+    Text text;
+    if (text_of(&text, p, n, is_ascii(p, n)) < 0)
+        return NULL;
+    Scan sc;
+    scan_init(&sc, text.chars, text.count);
+    PyObject *out = NULL;
+    int python = 0;
+    if (detect_spans(&sc, kinds) < 0)
+        goto done;
+    if (sc.count == 0) {
+        *unchanged = 1;
+        goto done;
+    }
+    if (text.offsets != NULL) {
+        for (Py_ssize_t i = 0; i < sc.count; i++) {
+            Span *s = &sc.spans[i];
+            s->start = text.offsets[s->start];
+            s->end = text.offsets[s->end];
+            int rendered_from_text = step->strategy[s->kind] == STRATEGY_PARTIAL || step->strategy[s->kind] == STRATEGY_HASH;
+            if (s->kind != KIND_EMAIL && rendered_from_text && !is_ascii(p + s->start, s->end - s->start))
+                python = 1;
+        }
+    }
+    if (python && step->scan != NULL)
+        out = call_scan(self, step, p, n, found, unchanged);
+    else if (python)
+        PyErr_SetString(PyExc_RuntimeError, "a detection needs the Python scan, and the step has none");
+    else
+        out = render_spans(step, p, n, sc.spans, sc.count);
+done:
+    PyMem_Free(sc.spans);
+    text_free(&text);
+    return out;
+}
+
 /* The masked value of one non-NULL column: a new reference (bytes or Py_None), NULL with an
  * error, or *unchanged = 1 (and NULL returned without an error) when the value stays as it is. */
 static PyObject *mask_value(RowCoreObject *self, const Step *step, const uint8_t *p, Py_ssize_t n, int *unchanged)
@@ -1282,24 +1434,10 @@ static PyObject *mask_value(RowCoreObject *self, const Step *step, const uint8_t
             *unchanged = 1;
             return NULL;
         }
-        /* ASCII values whose only candidates are emails, cards, SSNs and phone numbers are
-         * masked here; anything else (an IBAN or secret candidate, non-ASCII text, where the
-         * detectors' Unicode classes decide) goes to the column's Python scan. */
-        if (!(found & (FAMILY_IBAN | FAMILY_SECRET)) && is_ascii(p, n)) {
-            int kinds = step->kinds & (((found & FAMILY_EMAIL) ? 1 << KIND_EMAIL : 0)
-                                       | ((found & FAMILY_NUMERIC) ? (1 << KIND_CARD | 1 << KIND_SSN | 1 << KIND_PHONE) : 0));
-            Scan sc;
-            scan_init(&sc, p, n);
-            PyObject *out = NULL;
-            if (detect_ascii(&sc, kinds) == 0) {
-                if (sc.count == 0)
-                    *unchanged = 1;
-                else
-                    out = render_spans(step, p, n, sc.spans, sc.count);
-            }
-            PyMem_Free(sc.spans);
-            return out;
-        }
+        /* Values whose only candidates are emails, cards, SSNs and phone numbers are masked
+         * here; the others (an IBAN or secret candidate) go to the column's Python scan. */
+        if (!(found & (FAMILY_IBAN | FAMILY_SECRET)))
+            return mask_detections(self, step, p, n, found, unchanged);
         if (step->scan != NULL)
             return call_scan(self, step, p, n, found, unchanged);
     }
@@ -1579,23 +1717,24 @@ static PyObject *py_families(PyObject *module, PyObject *args)
     return PyLong_FromLong(found);
 }
 
-/* detect(data, kinds) -> (spans, ops): the merged spans detect_ascii finds in ASCII bytes for
- * the kinds named (a bit per KIND_*), and the steps it took. */
+/* detect(data, kinds) -> (spans, ops): the merged spans the C finders give for the kinds named
+ * (a bit per KIND_*), in characters of the text decoded with surrogateescape (as
+ * detectors.find_all gives them), and the steps they took. */
 static PyObject *py_detect(PyObject *module, PyObject *args)
 {
     Py_buffer data;
     int kinds;
     if (!PyArg_ParseTuple(args, "y*i", &data, &kinds))
         return NULL;
-    if (!is_ascii(data.buf, data.len)) {
+    Text text;
+    if (text_of(&text, data.buf, data.len, is_ascii(data.buf, data.len)) < 0) {
         PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_ValueError, "detect: the C detectors read ASCII text only");
         return NULL;
     }
     Scan sc;
-    scan_init(&sc, data.buf, data.len);
+    scan_init(&sc, text.chars, text.count);
     PyObject *out = NULL;
-    if (detect_ascii(&sc, kinds) == 0) {
+    if (detect_spans(&sc, kinds) == 0) {
         out = PyList_New(sc.count);
         for (Py_ssize_t i = 0; out != NULL && i < sc.count; i++) {
             PyObject *item = Py_BuildValue("(nns)", sc.spans[i].start, sc.spans[i].end, KIND_NAMES[sc.spans[i].kind]);
@@ -1607,6 +1746,7 @@ static PyObject *py_detect(PyObject *module, PyObject *args)
         }
     }
     PyMem_Free(sc.spans);
+    text_free(&text);
     PyBuffer_Release(&data);
     if (out == NULL)
         return NULL;
@@ -1615,7 +1755,7 @@ static PyObject *py_detect(PyObject *module, PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"families", py_families, METH_VARARGS, "FAMILY_* bits that could match in these bytes."},
-    {"detect", py_detect, METH_VARARGS, "(merged spans, steps taken) of the C detectors on ASCII bytes."},
+    {"detect", py_detect, METH_VARARGS, "(merged spans in characters, steps taken) of the C detectors."},
     {NULL},
 };
 

@@ -96,8 +96,16 @@ _ASCII = st.lists(st.sampled_from(list("abcXYZ019_.%+-@ ,;\x00") + ["@ex.com", "
 _KIND_BITS = {kind: getattr(core, f"KIND_{kind.upper()}") for kind in ("email", "card", "ssn", "phone")}
 
 
-def _c_spans(text: str, kinds) -> list:
-    return core.detect(text.encode(), sum(1 << _KIND_BITS[kind] for kind in kinds))[0]
+def _c_spans(text: str | bytes, kinds) -> list:
+    """The C finders' merged spans, in characters of the text (bytes: decoded with surrogateescape)."""
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+    return core.detect(raw, sum(1 << _KIND_BITS[kind] for kind in kinds))[0]
+
+
+def _python_spans(text: str | bytes, kinds) -> list:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    return detectors.find_all(text, frozenset(kinds), (True, True, True, True))
 
 
 @settings(max_examples=500, deadline=None)
@@ -350,9 +358,9 @@ def test_the_relay_entry_point_masks_a_run_on_and_off_the_loop(row_core):
 
 # --- the card, SSN and phone detectors in C ---------------------------------------------------
 #
-# The compiled core finds emails, cards, SSNs and phone numbers in ASCII values itself and masks
-# them with each detector's strategy; values with IBAN or secret candidates, and non-ASCII values
-# (where the detectors' Unicode classes decide), go to the Python scan. The Python detectors are
+# The compiled core finds emails, cards, SSNs and phone numbers itself (in characters, with
+# Python's Unicode classes where they decide) and masks them with each detector's strategy;
+# values with IBAN or secret candidates go to the Python scan. The Python detectors are
 # the spec: these tests check the C finders span for span against detectors.find_all, whole rows
 # byte for byte against the reference core, and the attacker's corpus with its exact outputs.
 
@@ -377,9 +385,28 @@ _MIXED_NUMERIC = st.lists(st.sampled_from(_NUMERIC_PIECES + _UNICODE_PIECES), ma
 
 
 @settings(max_examples=1500, deadline=None)
-@given(_ASCII_NUMERIC, st.sets(st.sampled_from(_NUMERIC_KINDS), min_size=1))
+@given(st.one_of(_ASCII_NUMERIC, _MIXED_NUMERIC), st.sets(st.sampled_from(_NUMERIC_KINDS), min_size=1))
 def test_the_c_detectors_find_what_the_python_ones_find(text, kinds):
-    assert _c_spans(text, kinds) == detectors.find_all(text, frozenset(kinds), (True, True, True, True))
+    assert _c_spans(text, kinds) == _python_spans(text, kinds)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60).map(lambda junk: junk.translate(bytes.maketrans(b"abcdefghij", b"0123456789"))))
+def test_the_c_detectors_read_any_bytes_as_python_decodes_them(raw):
+    """Bytes that are not UTF-8 (cut, overlong, surrogates, past U+10FFFF) count as Python's
+    surrogateescape counts them: positions in characters agree."""
+    assert _c_spans(raw, _NUMERIC_KINDS) == _python_spans(raw, _NUMERIC_KINDS)
+
+
+def test_every_character_beside_a_number_is_classed_as_python_classes_it():
+    """Every code point outside ASCII (all of 0x80-0x2fff, every 17th above) before and after a
+    card, an SSN, a phone number, after a card's decimal point and inside an email's local part:
+    where str.isalnum, str.isdigit and the regex class \\w decide, the C finders agree."""
+    points = list(range(0x80, 0x3000)) + [c for c in range(0x3000, 0x110000, 17) if not 0xD800 <= c <= 0xDFFF]
+    for template in ("{c}4111111111111111{c}1 ", "{c}123-45-6789{c} ", "{c}+14155550100{c} ", "4111111111111111.{c} ",
+                     "{c}{c}@b.co "):
+        text = "".join(template.format(c=chr(c)) for c in points)
+        assert _c_spans(text, _NUMERIC_KINDS) == _python_spans(text, _NUMERIC_KINDS), template
 
 
 def test_the_c_detectors_on_seeded_dense_text(row_core):
@@ -389,7 +416,7 @@ def test_the_c_detectors_on_seeded_dense_text(row_core):
 
     rng = random.Random(f"dense-{row_core}")
     alphabets = ["0123456789 -.()+", "4111111111111111 -", "0001234566666999-----. x", "0123456789" * 4 + " -.()+,:/_a@x",
-                 "0+1 (2)3.4-5"]
+                 "0+1 (2)3.4-5", "0123456789 -+.@\uff14\u0664\xa0\u200d\u0301é\udcff"]
     found = 0
     for case in range(6000):
         if case % 2:
@@ -397,7 +424,7 @@ def test_the_c_detectors_on_seeded_dense_text(row_core):
         else:
             alphabet = alphabets[case // 2 % len(alphabets)]
             text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 48)))
-        expected = detectors.find_all(text, frozenset(_NUMERIC_KINDS), (True, True, True, True))
+        expected = _python_spans(text, _NUMERIC_KINDS)
         assert _c_spans(text, _NUMERIC_KINDS) == expected, text
         found += bool(expected)
     assert found > 800  # the generator reaches every detector, not only their rejections
@@ -451,33 +478,49 @@ def test_both_cores_mask_numbers_alike_seeded(row_core):
     assert changed > 1000
 
 
-def test_ascii_numbers_are_masked_without_python(monkeypatch):
-    """The speed of the path: an ASCII value with cards, SSNs, phone numbers and emails never
-    reaches the Python scan; a non-ASCII one, or one with an IBAN or secret candidate, does."""
+def test_numbers_are_masked_without_python(monkeypatch):
+    """The speed of the path: a value with cards, SSNs, phone numbers and emails, ASCII or not,
+    never reaches the Python scan; one with an IBAN or secret candidate does, and so does a
+    partial phone span that took in a non-ASCII email (its '*'s count characters)."""
     from jitgate.masking.columns import detector_masker
     from jitgate.masking.scanner import DetectorStrategy, Scanner
     from jitgate.masking.strategies import Hasher
 
-    scanner = Scanner({kind: DetectorStrategy("redact", 4) for kind in ALL_DETECTORS}, Hasher(b"k" * 16))
-    column_masker = detector_masker(TEXT, -1, False, scanner)
-    label, _, scan = column_masker.compiled
+    monkeypatch.setattr(rows, "implementation", "compiled")  # on both of the fixture's runs
     calls = []
 
-    def counting_scan(raw, families):
-        calls.append(raw)
-        return scan(raw, families)
+    def counting_plan(strategy: str):
+        scanner = Scanner({kind: DetectorStrategy(strategy, 4) for kind in ALL_DETECTORS}, Hasher(b"k" * 16))
+        column_masker = detector_masker(TEXT, -1, False, scanner)
+        label, _, scan = column_masker.compiled
 
-    column_masker.compiled = (label, scanner, counting_scan)
-    monkeypatch.setattr(rows, "implementation", "compiled")  # on both of the fixture's runs
-    plan = rows.RowPlan(1, [(0, column_masker)])
-    assert plan._core is not None
-    ascii_values = [b"call +1 415 555 0100 or mail u1@example.org", b"card 4111-1111-1111-1111, ssn 123-45-6789",
-                    b"(415) 555-0100 / 020 7946 0958 / +44 20 7946 0958", b"order ORD-1 shipped 2024-03-01, no issues"]
-    for value in ascii_values:
-        assert plan.mask_row(build_data_row([value])[5:]) == plan.mask_row_reference(build_data_row([value])[5:])
+        def counting_scan(raw, families):
+            calls.append(raw)
+            return scan(raw, families)
+
+        column_masker.compiled = (label, scanner, counting_scan)
+        plan = rows.RowPlan(1, [(0, column_masker)])
+        assert plan._core is not None
+        return plan
+
+    def same(plan, value):
+        payload = build_data_row([value])[5:]
+        assert plan.mask_row(payload) == plan.mask_row_reference(payload)
+
+    redact, partial = counting_plan("redact"), counting_plan("partial")
+    phone_into_accented_email = "+1 415 555 0100.é@b.co".encode()  # one span, named phone
+    for value in [b"call +1 415 555 0100 or mail u1@example.org", b"card 4111-1111-1111-1111, ssn 123-45-6789",
+                  b"(415) 555-0100 / 020 7946 0958 / +44 20 7946 0958", b"order ORD-1 shipped 2024-03-01, no issues",
+                  "café +1 415 555 0100, jöhn@example.com".encode(), "４１１１ 4111 1111 1111 1111\xa0".encode(),
+                  b"\xff4111111111111111\xff"]:
+        same(redact, value)
+        same(partial, value)
+    same(redact, phone_into_accented_email)
     assert calls == []
-    for value in ["café +1 415 555 0100".encode(), b"DE89370400440532013000 4111111111111111", b"AKIAABCDEFGHIJKLMNOP +14155550100"]:
-        assert plan.mask_row(build_data_row([value])[5:]) == plan.mask_row_reference(build_data_row([value])[5:])
+    for value in [b"DE89370400440532013000 4111111111111111", b"AKIAABCDEFGHIJKLMNOP +14155550100"]:
+        same(redact, value)
+    assert len(calls) == 2
+    same(partial, phone_into_accented_email)
     assert len(calls) == 3
 
 
@@ -507,7 +550,8 @@ def test_numeric_strategies(row_core, strategy, keep_last, value, expected):
 # Values of 1 MB of digits and separators: the C finders' step counts grow linearly (a regex
 # engine's backtracking over nested quantifiers must not become a rescan per position here).
 _MEGABYTE_UNITS = ["1 ", "1-1-", "4111-", "+1 ", "+1(1)", "0 00 ", "(415) 555-0100 ", "123-45-6789-", "+1 1 1 1 1 1 1 1 1x",
-                   "+12345678901234567890", "0.00.00.00.", "1.2.3.4", "9", "+1.(12)", "4111 1111 1111 1111 ", "a@b.cc"]
+                   "+12345678901234567890", "0.00.00.00.", "1.2.3.4", "9", "+1.(12)", "4111 1111 1111 1111 ", "a@b.cc",
+                   "\u0664 1 ", "é4111111111111111 ", "1\xa01 ", "\udcff1-1", "é" * 70 + "@b.co "]
 
 
 @pytest.mark.parametrize("unit", _MEGABYTE_UNITS)
@@ -515,12 +559,12 @@ def test_a_megabyte_of_digits_costs_linear_steps(unit):
     size = 1 << 20
     big = (unit * (size // len(unit) + 1))[:size]
     half = big[: size // 2]
-    _, steps = core.detect(big.encode(), sum(1 << bit for bit in _KIND_BITS.values()))
-    _, half_steps = core.detect(half.encode(), sum(1 << bit for bit in _KIND_BITS.values()))
+    _, steps = core.detect(big.encode("utf-8", "surrogateescape"), sum(1 << bit for bit in _KIND_BITS.values()))
+    _, half_steps = core.detect(half.encode("utf-8", "surrogateescape"), sum(1 << bit for bit in _KIND_BITS.values()))
     assert steps <= 48 * size, steps / size
     assert steps <= 2.05 * half_steps + 1000
     small = big[:20000]  # the spec on a part of it (the Python regexes are slow on megabytes)
-    assert _c_spans(small, _NUMERIC_KINDS) == detectors.find_all(small, frozenset(_NUMERIC_KINDS), (True, True, True, True))
+    assert _c_spans(small, _NUMERIC_KINDS) == _python_spans(small, _NUMERIC_KINDS)
 
 
 def test_a_megabyte_row_is_masked_by_both_cores_alike():
