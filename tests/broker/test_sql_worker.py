@@ -78,7 +78,8 @@ def test_a_worker_is_niced_and_reaped_and_leaves_no_child_behind():
             await pool.warm()
             [worker] = pool._idle
             pid = worker.process.pid
-            assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + 10
+            # 10 below the broker's (this test's) priority, or the lowest there is (19) when that is lower
+            assert os.getpriority(os.PRIO_PROCESS, pid) >= min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
             result = await pool.classify(OPERATOR_CHAIN, {})  # overruns: this worker is killed
             assert result.classes == {"unclassified"} and pool.killed == 1
         finally:
