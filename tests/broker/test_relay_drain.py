@@ -8,6 +8,7 @@ they still mean what the relay takes them to mean: a peer that stops reading mak
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -28,8 +29,9 @@ def _run(loop_name: str, coro):
     return asyncio.run(coro)
 
 
-async def _stalled_pair():
-    """A client stream whose server accepts and never reads."""
+@contextlib.asynccontextmanager
+async def _stalled_connection():
+    """(reader, writer) of a client stream whose server accepts and never reads; closed after."""
     accepted = asyncio.Event()
     held = []
 
@@ -40,15 +42,20 @@ async def _stalled_pair():
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await asyncio.wait_for(accepted.wait(), 10)
-    return server, reader, writer, held
+    try:
+        await asyncio.wait_for(accepted.wait(), 10)
+        yield reader, writer
+    finally:
+        writer.close()
+        for w in held:
+            w.close()
+        server.close()
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_a_peer_that_stops_reading_makes_the_relay_drain(loop_name):
     async def main():
-        server, reader, writer, held = await _stalled_pair()
-        try:
+        async with _stalled_connection() as (reader, writer):
             assert not must_drain(writer)  # nothing written: drain would return at once
             chunk = b"x" * (256 * 1024)
             for _ in range(4096):  # at most 1 GiB; the socket buffers fill long before
@@ -61,11 +68,6 @@ def test_a_peer_that_stops_reading_makes_the_relay_drain(loop_name):
             # And drain really waits while the peer does not read.
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(writer.drain(), 0.2)
-        finally:
-            writer.close()
-            for w in held:
-                w.close()
-            server.close()
 
     _run(loop_name, main())
 
@@ -73,19 +75,13 @@ def test_a_peer_that_stops_reading_makes_the_relay_drain(loop_name):
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_a_closed_or_failed_stream_is_drained_so_its_error_surfaces(loop_name):
     async def main():
-        server, reader, writer, held = await _stalled_pair()
-        try:
+        async with _stalled_connection() as (reader, writer):
             reader.set_exception(ConnectionResetError("peer reset"))
             assert must_drain(writer)
             with pytest.raises(ConnectionResetError):
                 await writer.drain()
-            _, writer2, = (await _stalled_pair())[1:3]
-            writer2.close()
-            assert must_drain(writer2)
-        finally:
+        async with _stalled_connection() as (reader, writer):
             writer.close()
-            for w in held:
-                w.close()
-            server.close()
+            assert must_drain(writer)
 
     _run(loop_name, main())
