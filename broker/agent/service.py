@@ -597,7 +597,10 @@ class AgentService:
         now = time.time()
         if status == ap.PENDING and now >= record["expires_at"]:
             status = ap.EXPIRED
-        parked = any(v.approval_id == approval_id for v, _ in self._ready.values())
+        # Kept for the caller's re-send: parked, or still held by a hold that consumes the approval
+        # for them (the store says consumed an instant before the hold parks its result).
+        parked = (any(v.approval_id == approval_id for v, _ in self._ready.values())
+                  or any(h.approval_id == approval_id and not h.taken for h in self.holds.values()))
         if parked and status == ap.CONSUMED:
             # The hold took the one execution for the caller and keeps it for their re-send: to them
             # it is approved and not yet used.

@@ -155,9 +155,9 @@ def detector_masker(type_oid: int, type_modifier: int, binary: bool, scanner: Sc
         return scan(raw) if len(raw) <= MAX_SCANNED_VALUE else too_large(raw)
 
     if getattr(scan, "plain_text", False):
-        # rows.py: the compiled core runs the prefilter (and ASCII emails) itself, and hands
-        # every value it does not settle (at most MAX_SCANNED_VALUE bytes) to ``scan`` with
-        # the families it found.
+        # rows.py: the compiled core runs the prefilter and the email, card, SSN and phone
+        # detectors itself, and hands every value it does not settle (an IBAN or secret
+        # candidate; at most MAX_SCANNED_VALUE bytes) to ``scan`` with the families it found.
         scan_or_redact.compiled = ("detect_text", scanner, scan)
     return scan_or_redact
 
