@@ -93,71 +93,11 @@ def assert_no_cbc(algorithms: list[str]) -> list[str]:
     return algorithms
 
 
-class PacketFeed(asyncio.Protocol):
-    """Sits between the socket's transport and an asyncssh connection and hands asyncssh each read
-    cut at SSH packet boundaries.
-
-    asyncssh keeps its receive buffer as ``bytes`` and slices it twice per packet
-    (``_recv_pkthdr``, ``_recv_packet``), so a 256 KiB read of eight 32 KiB packets was copied about
-    eight times over. Fed one packet (and the next packet's first block) at a time, its buffer
-    holds one packet and each byte is copied once there. Where a packet ends comes from asyncssh's
-    own state (the length it decrypted); when that state is not a plain packet read (version
-    exchange, a packet whose handler is still running, a closed connection), the rest of the read
-    goes in one piece as before. Every byte is delivered once and in order either way.
-    """
-
-    def __init__(self, conn) -> None:
-        self._conn = conn
-        self.pieces = 0  # data_received calls made on asyncssh (tests)
-
-    def _next_cut(self) -> int:
-        """Bytes asyncssh needs to finish the packet it is reading plus the next one's first block (0: unknown)."""
-        conn = self._conn
-        handler = conn._recv_handler
-        blocksize = conn._recv_blocksize
-        if handler == conn._recv_packet:
-            return 4 + conn._pktlen + conn._recv_macsize - len(conn._inpbuf)
-        if handler == conn._recv_pkthdr:
-            return blocksize - len(conn._inpbuf)
-        return 0
-
-    def data_received(self, data: bytes) -> None:
-        conn = self._conn
-        pos, size = 0, len(data)
-        view = None
-        while conn._transport is not None:
-            cut = self._next_cut()
-            if cut <= 0 or size - pos <= cut:
-                break
-            if view is None:
-                view = memoryview(data)
-            self.pieces += 1
-            conn.data_received(view[pos:pos + cut])
-            pos += cut
-        if conn._transport is None and pos:
-            return  # asyncssh closed the connection on what it was given; it would drop the rest too
-        self.pieces += 1
-        conn.data_received(data if pos == 0 else view[pos:])
-
-    def eof_received(self):
-        return self._conn.eof_received()
-
-    def connection_lost(self, exc) -> None:
-        self._conn.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._conn.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._conn.resume_writing()
-
-
 def speed_up(conn) -> CoalescingTransport:
-    """Coalesce the writes of an asyncssh connection, drop its empty per-packet SSH_MSG_IGNORE and
-    feed it whole packets (call from the owner's connection_made, where asyncssh has set the transport)."""
+    """Coalesce the writes of an asyncssh connection and drop its empty per-packet SSH_MSG_IGNORE
+    (call from the owner's connection_made, where asyncssh has set the transport)."""
     transport = conn._transport
     if not isinstance(transport, CoalescingTransport):
-        transport.set_protocol(PacketFeed(conn))
         transport = conn._transport = CoalescingTransport(transport, asyncio.get_running_loop())
         send_packet = conn.send_packet
 

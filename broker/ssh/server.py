@@ -23,6 +23,7 @@ digests, exit status or signal, and every file that sftp or legacy scp moved.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -33,7 +34,6 @@ from broker.authz import Refused
 from broker.session import Session, Verdict
 from broker.ssh import upstream as upstream_login
 from broker.ssh.coalesce import speed_up, writes_of
-from broker.ssh.digest import StreamDigest
 from broker.ssh.transfers import (FileEvent, ScpObserver, SftpObserver, TransferProtocolError,
                                   is_file_transfer_command, is_transfer_endpoint, scp_mode)
 from jitgate.guardrails.shell import classify_command
@@ -298,14 +298,14 @@ class RelayChannel(asyncssh.SSHServerSession):
         self.scp: ScpObserver | None = None
         self.scp_from_client = False
         self.counts = {"stdin": 0, "stdout": 0, "stderr": 0}
-        self.digests = {"stdout": StreamDigest(), "stderr": StreamDigest()}
+        self.digests = {"stdout": hashlib.sha256(), "stderr": hashlib.sha256()}
         self.recorded = {"stdout": 0, "stderr": 0}
         self.decoders = {"stdout": Utf8Stream(), "stderr": Utf8Stream()}
         self.upstream_lost: str | None = None
         self.expiry: asyncio.TimerHandle | None = None
         # stdin of a channel without a terminal (a script fed to a shell): recorded up to the
         # target's record_stdin_bytes, then counted and hashed
-        self.stdin_digest = StreamDigest()
+        self.stdin_digest = hashlib.sha256()
         self.stdin_recorded = 0
         self.stdin_decoder = Utf8Stream()
         # the terminal line as the shell echoed it, classified when the client presses Enter

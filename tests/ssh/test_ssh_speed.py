@@ -1,10 +1,8 @@
-"""The SSH relay's speed-ups (broker/ssh/coalesce.py, broker/ssh/digest.py) against the real OpenSSH sshd.
+"""The SSH relay's speed-ups (broker/ssh/coalesce.py) against the real OpenSSH sshd.
 
-They reach into asyncssh (a connection's ``_transport``, an instance ``send_packet``, and the
-receive state PacketFeed reads: ``_recv_handler``, ``_recv_pkthdr``, ``_recv_packet``, ``_pktlen``,
-``_recv_macsize``, ``_recv_blocksize``, ``_inpbuf``): these tests fail when an asyncssh upgrade
-stops routing through them, and show that the bytes that arrive are exactly the bytes sent,
-whatever the batching.
+They reach into asyncssh (a connection's ``_transport`` and an instance ``send_packet``): these
+tests fail when an asyncssh upgrade stops routing through them, and show that the bytes that
+arrive are exactly the bytes sent, whatever the batching.
 """
 from __future__ import annotations
 
@@ -15,9 +13,7 @@ import os
 import pytest
 
 from broker.ssh import listener, upstream
-from broker.ssh import digest
-from broker.ssh.coalesce import CoalescingTransport, PacketFeed, assert_no_cbc, writes_of
-from broker.ssh.digest import StreamDigest
+from broker.ssh.coalesce import CoalescingTransport, assert_no_cbc, writes_of
 from jitgate.policy import Target
 
 
@@ -103,70 +99,3 @@ def test_no_cbc_cipher_on_either_leg():
     assert listener.CIPHERS[0].startswith("aes128-gcm") and upstream.CIPHERS[0].startswith("aes128-gcm")
     with pytest.raises(ValueError, match="CBC"):
         assert_no_cbc(["aes128-gcm@openssh.com", "aes256-cbc"])
-
-
-def test_packet_feed_hands_asyncssh_one_packet_at_a_time_and_every_byte_in_order(sshd):
-    payload = os.urandom(6 * 1024 * 1024 + 5)
-
-    async def main():
-        conn = await upstream.connect("vm-test", _target(sshd), sshd.client_key.read_bytes())
-        try:
-            feed = conn._transport.get_protocol()  # noqa: SLF001 - the socket's protocol is the feed
-            assert isinstance(feed, PacketFeed)
-            pieces: list[int] = []
-            deliver = conn.data_received
-
-            def counted(data, datatype=None):
-                pieces.append(len(data))
-                deliver(data, datatype)
-
-            conn.data_received = counted  # the feed calls the connection's data_received per piece
-            seq_before = conn._recv_seq  # noqa: SLF001
-            chan, _ = await conn.create_session(asyncssh_session_factory, "cat", encoding=None)
-            chan.write(payload)
-            chan.write_eof()
-            await chan.wait_closed()
-            return pieces, conn._recv_seq - seq_before  # noqa: SLF001
-
-        finally:
-            conn.close()
-
-    _received.clear()
-    pieces, packets = asyncio.run(main())
-    assert b"".join(_received) == payload  # every byte, in order
-    # sshd sends 32 KiB data packets and the socket reads up to 256 KiB: without the feed asyncssh
-    # would get a few hundred large reads, fewer calls than packets
-    assert len(pieces) >= packets > len(payload) // (64 * 1024), (len(pieces), packets)
-    assert max(pieces) <= upstream.MAX_PKTSIZE + 1024, max(pieces)
-
-
-def test_stream_digest_is_exact_and_ordered_across_the_hashing_thread():
-    rng = __import__("random").Random(18)
-    chunks = [os.urandom(rng.choice([1, 100, 2047, 2048, 32 * 1024, 300 * 1024])) for _ in range(400)]
-    stream = StreamDigest()
-    for chunk in chunks:
-        stream.update(chunk)
-        assert stream._queued_bytes <= digest.MAX_QUEUED  # noqa: SLF001 - memory held for the thread is bounded
-    assert stream.batches > 10  # most of it was hashed in the thread
-    assert stream.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
-    # reading the digest does not end the stream (as with hashlib)
-    stream.update(b"more")
-    assert stream.hexdigest() == hashlib.sha256(b"".join(chunks) + b"more").hexdigest()
-
-
-def test_stream_digest_hashes_a_mutable_buffer_as_it_was_when_given():
-    buffer = bytearray(os.urandom(digest.BATCH))
-    original = bytes(buffer)
-    stream = StreamDigest()
-    stream.update(buffer)
-    stream.update(memoryview(buffer)[:10])
-    buffer[:] = b"\0" * len(buffer)  # changed before the thread may have read it
-    assert stream.hexdigest() == hashlib.sha256(original + original[:10]).hexdigest()
-
-
-def test_short_streams_never_wait_for_the_thread():
-    stream = StreamDigest()
-    for _ in range(100):
-        stream.update(b"k")  # a terminal's keystroke echo
-    assert stream.batches == 0
-    assert stream.hexdigest() == hashlib.sha256(b"k" * 100).hexdigest()
