@@ -1,6 +1,7 @@
 """Exec through the broker with the real OpenSSH client: streams, exit codes, signals, sign-in, refusals."""
 from __future__ import annotations
 
+import hashlib
 import subprocess
 
 from tests.ssh.helpers import of_type, recording_events, sealed_session
@@ -45,14 +46,48 @@ def test_exit_signal_matches_a_direct_connection(ssh_cmd, stack, sshd):
     assert of_type(events, "result")[0]["tag"] == "signal TERM"
 
 
-def test_large_binary_output_is_relayed_intact(ssh_cmd):
+def test_large_binary_output_is_relayed_intact(ssh_cmd, stack):
     argv, env = ssh_cmd(user="bulk@example.com")
     r = run(argv, env, "head -c 5000000 /dev/urandom > /tmp/jitgate-bulk; sha256sum < /tmp/jitgate-bulk >&2; cat /tmp/jitgate-bulk")
     assert r.returncode == 0
-    import hashlib
-
     assert hashlib.sha256(r.stdout).hexdigest().encode() in r.stderr
     assert len(r.stdout) == 5_000_000
+    # the recorded digest is that of the bytes the client received
+    [end] = of_type(recording_events(stack, sealed_session(stack, "bulk@example.com")), "ssh.exit")
+    assert (end["bytes_out"], end["stdout_sha256"]) == (len(r.stdout), hashlib.sha256(r.stdout).hexdigest())
+
+
+def seq_output(size: int) -> bytes:
+    """The first ``size`` bytes of `seq 1 N`'s output (every line different, so order shows)."""
+    out, n, length = [], 1, 0
+    while length < size:
+        block = "".join(f"{i}\n" for i in range(n, n + 100_000)).encode()
+        out.append(block)
+        length += len(block)
+        n += 100_000
+    return b"".join(out)[:size]
+
+
+def test_recorded_digest_is_exact_when_the_client_vanishes_mid_stream(ssh_cmd, stack):
+    argv, env = ssh_cmd(user="vanish@example.com")
+    client = subprocess.Popen(argv + ["127.0.0.1", "exec seq 1 1000000000"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+    received = bytearray()
+    try:
+        while len(received) < 8 * 1024 * 1024:
+            chunk = client.stdout.read1(1 << 20)
+            assert chunk, "the stream ended early"
+            received += chunk
+    finally:
+        client.kill()  # SIGKILL: no channel close, no EOF, the socket just goes away
+        client.wait(30)
+    [end] = of_type(recording_events(stack, sealed_session(stack, "vanish@example.com")), "ssh.exit")
+    relayed = end["bytes_out"]
+    assert relayed >= len(received)  # what the client got, plus what was in flight when it died
+    expected = seq_output(relayed)
+    assert bytes(received) == expected[:len(received)]
+    assert end["stdout_sha256"] == hashlib.sha256(expected).hexdigest()
+    assert end["reason"] == "client closed the channel"
 
 
 def test_wrong_token_is_refused(ssh_cmd):
