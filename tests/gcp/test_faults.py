@@ -195,3 +195,25 @@ def test_pubsub_down_broker_reads_decisions_from_the_store(fault_stack, tmp_path
         assert list(spool.glob("*.jsonl")), "the spool of the unsealed session is kept"
     finally:
         proc.stop()
+
+
+def test_storage_restart_leaves_no_half_written_object_behind(gcp_emulators):
+    """The emulator stopped mid-write keeps a temporary file that made every later listing of its
+    prefix a 404 (and the storage-outage test flaky); a restart removes it, as Cloud Storage would
+    never show a half-written object."""
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{gcp_emulators.gcs_port}"
+    bucket = "jitgate-debris-check"
+    urllib.request.urlopen(urllib.request.Request(f"{url}/storage/v1/b?project=p", data=b'{"name": "%s"}' % bucket.encode(),
+                                                  headers={"content-type": "application/json"}), timeout=10).read()
+    urllib.request.urlopen(urllib.request.Request(f"{url}/upload/storage/v1/b/{bucket}/o?uploadType=media&name=s/c/000001",
+                                                  data=b"kept"), timeout=10).read()
+    gcp_emulators.stop_storage()
+    debris = gcp_emulators.gcs_root / bucket / "s" / "c" / ".000002123456"
+    debris.write_bytes(b"")  # what a write cut by the stop leaves
+    gcp_emulators.start_storage()
+    with urllib.request.urlopen(f"{url}/storage/v1/b/{bucket}/o?prefix=s/c/", timeout=10) as listing:
+        names = [item["name"] for item in json.loads(listing.read())["items"]]
+    assert names == ["s/c/000001"] and not debris.exists()

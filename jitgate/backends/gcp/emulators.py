@@ -160,6 +160,13 @@ class Emulators:
         """fake-gcs-server on its fixed port, filesystem backend (objects survive a restart)."""
         binary = find_emulators()["gcs"] if "gcs" not in self.procs else Path(self.procs["gcs"].popen.args[0])
         self.gcs_root.mkdir(parents=True, exist_ok=True)
+        # fake-gcs-server writes an object to a temporary ".<name><random>" file and renames it; stopped
+        # mid-write (a storage outage in the fault tests) it leaves that file behind, and from then on
+        # answers 404 to every listing of that prefix. Cloud Storage never shows a half-written
+        # object, so the debris goes before a restart (our object names never start with ".").
+        for stale in self.gcs_root.glob("*/**/.*"):
+            if stale.is_file():
+                stale.unlink()
         url = f"http://127.0.0.1:{self.gcs_port}"
         self.procs["gcs"] = spawn("fake-gcs-server", [
             str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.gcs_port), "-backend", "filesystem",
