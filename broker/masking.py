@@ -70,8 +70,8 @@ class SessionMasker:
         self._plans: dict[tuple, object] = {}
         self.owner = owner
         self.lineage = LineageStep(owner)  # the worker pool is fair between users
-        # Lineage matters only where a column rule could be escaped by an expression.
-        self.follows_lineage = masker.has_column_rules
+        # Lineage matters where a rule could be escaped by an expression (see Masker.follows_lineage).
+        self.follows_lineage = masker.follows_lineage
 
     def mask_text(self, text: str) -> str:
         return self.masker.mask_text(text)

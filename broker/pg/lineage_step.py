@@ -55,12 +55,15 @@ def _ident(name: str) -> str:
 
 
 def relations_query(names: list[str]) -> str:
-    """One row per name: name, schema, relation, relkind, view definition, columns (JSON list)."""
+    """One row per name: name, schema, relation, relkind, view definition, columns and their type
+    OIDs (JSON lists)."""
     idents = [".".join(_ident(p) for p in name.split(".", 1)) for name in names]
     return (
         "SELECT q.name, n.nspname::text, c.relname::text, c.relkind::text, "
         "CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END, "
         "array_to_json(ARRAY(SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 "
+        "AND NOT a.attisdropped ORDER BY a.attnum))::text, "
+        "array_to_json(ARRAY(SELECT a.atttypid::int FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 "
         "AND NOT a.attisdropped ORDER BY a.attnum))::text "
         f"FROM unnest(ARRAY[{', '.join(map(_literal, names))}]::text[], "
         f"ARRAY[{', '.join(map(_literal, idents))}]::text[]) AS q(name, ident) "
@@ -221,7 +224,10 @@ class LineageStep:
                 if row is None or row[2] is None:
                     self._relations[name] = None
                     continue
-                self._relations[name] = Relation(f"{row[1]}.{row[2]}", row[3], tuple(json.loads(row[5] or "[]")), row[4])
+                columns = tuple(json.loads(row[5] or "[]"))
+                types = tuple(json.loads(row[6] or "[]")) if len(row) > 6 else ()
+                self._relations[name] = Relation(f"{row[1]}.{row[2]}", row[3], columns, row[4],
+                                                 types if len(types) == len(columns) else ())
         if functions:
             found = {row[0]: row[1] in ("t", "true", True) for row in await fetch(functions_query(sorted(functions)))}
             for name in functions:

@@ -194,11 +194,13 @@ async def _sensitive_predicate(connection, sql: str, verdict, lineages: list):
     session = connection.session
     if len(lineages) == 1:  # the usual case: one statement
         sources = lineages[0].predicate_sources
+        non_text = lineages[0].non_text_sources
     else:
         sources = frozenset().union(*(s.predicate_sources for s in lineages))
+        non_text = frozenset().union(*(s.non_text_sources for s in lineages))
     if not sources:
         return verdict
-    columns = _sensitive_columns(session, sources)
+    columns = _sensitive_columns(session, sources, non_text)
     if not columns:
         return verdict
     from broker.session import Verdict
@@ -217,18 +219,19 @@ async def _sensitive_predicate(connection, sql: str, verdict, lineages: list):
 
 
 # Per session: the masked columns among a statement's predicate sources. The answer depends only on
-# those sources and the session's column rules (fixed for the session), and a statement shape seen
+# those sources, their types and the session's rules (fixed for the session), and a statement shape seen
 # before brings the same sources again: matching every rule pattern against them each time cost more
 # than the rest of the decision.
 SENSITIVE_CACHE_ENTRIES = 256
 
 
-def _sensitive_columns(session, sources: frozenset) -> tuple[str, ...]:
+def _sensitive_columns(session, sources: frozenset, non_text: frozenset) -> tuple[str, ...]:
     cache = session.sensitive_columns
-    columns = cache.get(sources)
+    key = (sources, non_text)
+    columns = cache.get(key)
     if columns is None:
-        columns = tuple(session.masker.masker.sensitive(sources))
+        columns = tuple(session.masker.masker.sensitive(sources, non_text))
         if len(cache) >= SENSITIVE_CACHE_ENTRIES:
             cache.clear()  # a bound, not a history: the shapes in use come back at once
-        cache[sources] = columns
+        cache[key] = columns
     return columns

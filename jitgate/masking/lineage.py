@@ -31,11 +31,13 @@ earlier statement of a *different* session.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pglast import ast, parse_sql
 from pglast.enums import SetOperation
 from pglast.parser import ParseError
+
+from jitgate.masking.pgtypes import NEVER_FREE_TEXT_OIDS
 
 Source = tuple[str, "str | None"]  # (relation 'schema.table', column; None when its columns are unknown)
 
@@ -96,6 +98,10 @@ class StatementLineage:
     writes: tuple = ()
     # True for statements after which cached catalog answers may be stale (DDL, SET...).
     changes_catalog: bool = False
+    # Sources (of the columns and predicates) whose column type never holds free text (numbers,
+    # dates, booleans: pgtypes.NEVER_FREE_TEXT_OIDS). Any other source may hold text a detector
+    # scans when it is read directly, and that a transformation can hide from the detector.
+    non_text_sources: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ class Relation:
     kind: str  # pg_class.relkind: r table, v view, m materialized view, p partitioned, f foreign...
     columns: tuple[str, ...]
     definition: str | None = None  # a view's SELECT (pg_get_viewdef)
+    types: tuple[int, ...] = ()  # pg_attribute.atttypid per column, in order; () when not looked up
 
 
 @dataclass
@@ -203,12 +210,28 @@ def follow(sql: str, catalog: Catalog) -> list[StatementLineage]:
     for stmt in statements:
         analyzer = _Analyzer(catalog)
         try:
-            out.append(analyzer.statement(stmt))
+            out.append(_with_types(analyzer.statement(stmt), catalog))
         except LineageUnknown as exc:
             out.append(StatementLineage(unknown=str(exc), changes_catalog=_changes_catalog(stmt)))
         except RecursionError:
             out.append(StatementLineage(unknown="the statement nests too deeply to follow"))
     return out
+
+
+def _with_types(statement: StatementLineage, catalog: Catalog) -> StatementLineage:
+    """The statement with its ``non_text_sources`` (a source whose type is not known stays text)."""
+    sources = set(statement.predicate_sources)
+    for column in statement.columns or ():
+        sources |= column.sources
+    if not sources:
+        return statement
+    types: dict[str, dict] = {}
+    for relation in catalog.relations.values():
+        if relation is not None and relation.types and len(relation.types) == len(relation.columns):
+            types[relation.name] = dict(zip(relation.columns, relation.types))
+    non_text = frozenset(s for s in sources if s[1] is not None
+                         and (s[1] in SYSTEM_COLUMNS or types.get(s[0], {}).get(s[1]) in NEVER_FREE_TEXT_OIDS))
+    return replace(statement, non_text_sources=non_text) if non_text else statement
 
 
 def _changes_catalog(stmt) -> bool:

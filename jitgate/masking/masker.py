@@ -92,11 +92,13 @@ class Masker:
         self._rules: tuple[MaskingRule, ...] = tuple(config.rules)
         self._hasher = Hasher(hmac_key) if self._rules else None
         self._column_rules = tuple(r for r in self._rules if r.columns and not r.detectors)
-        # Decides a whole result when its lineage is unknown: the policy's own rules only.
-        self._strongest_rule = self._strongest(self._column_rules) if self._column_rules else None
+        self._detector_rules = tuple(r for r in self._rules if r.detectors)
+        # Decides a whole result when its lineage is unknown: the policy's own rules only (its
+        # column rules when it has some: they say how strongly this target hides a value).
+        decisive = self._column_rules or self._detector_rules
+        self._strongest_rule = self._strongest(decisive) if decisive else None
         if self._column_rules:
             self._column_rules += (OTHER_SESSIONS_STATEMENTS,)
-        self._detector_rules = tuple(r for r in self._rules if r.detectors)
         self._scanners: dict[tuple, Scanner] = {}
         self._sensitive: dict[frozenset, tuple[str, ...]] = {}
         free_text = _first_strategy_per_detector(self._detector_rules)
@@ -133,7 +135,7 @@ class Masker:
             return None
         columns = None
         unknown = None
-        if lineage is not None and self._column_rules:
+        if lineage is not None:
             if lineage.unknown:
                 unknown = lineage.unknown
             elif lineage.columns is None or len(lineage.columns) != len(fields):
@@ -162,7 +164,7 @@ class Masker:
             if column is not None:
                 candidates += [(table, [name] if name else None) for table, name in sorted(column.sources, key=str)]
             if column is not None and not column.direct:
-                masker, reason = self._derived_masker(column, candidates, field, binary)
+                masker, reason = self._derived_masker(column, candidates, field, binary, lineage.non_text_sources)
             else:
                 masker, reason = self._masker_for(candidates, field.type_oid, field.type_modifier, binary)
             if masker is not None:
@@ -174,19 +176,46 @@ class Masker:
         return RowPlan(len(fields), steps, masked, reasons=reasons,
                        notice=_unknown_notice(unknown) if unknown is not None else None)
 
-    def _derived_masker(self, column, candidates, field, binary: bool):
-        """A value computed from sensitive columns cannot be partially masked: whole, strongest."""
+    def _derived_masker(self, column, candidates, field, binary: bool, non_text: frozenset = frozenset()):
+        """A value computed from sensitive columns cannot be partially masked: whole, strongest.
+
+        Sensitive here means under a column rule, or scanned by a detector rule: a detector sees
+        only a value's shape, and ``translate(notes, '0123456789', '０１２３４５６７８９')`` or
+        ``regexp_replace(notes, '(\\d)', '\\1-', 'g')`` changes the shape, not the value. So a
+        value derived from a column detectors scan (any type that may hold text) is masked whole
+        too; one derived only from numbers, dates or booleans (``non_text``) is scanned as usual.
+        """
         rules = [r for r in self._column_rules if any(self._rule_matches(r, table, names) for table, names in candidates)]
-        if not rules:
+        scanned = self._scanned_sources(column.sources, non_text)
+        detector_rules = [r for r in self._detector_rules if any(self._detector_applies(r, t, c) for t, c in scanned)]
+        if not rules and not detector_rules:
             return self._masker_for(candidates, field.type_oid, field.type_modifier, binary)
-        rule = self._strongest(rules)
+        rule = self._strongest(rules + detector_rules)
         strategy = derived_strategy(rule.strategy)
         named = sorted({f"{t}.{c}" if c else f"{t}.*" for t, c in column.sources
-                        if any(self._rule_matches(r, t, [c] if c else None) for r in rules)})
-        reason = (f"derived from {', '.join(named) or field.name} (column rule {', '.join(rule.columns)}: "
-                  f"{rule.strategy}): whole value, {strategy}")
+                        if any(self._rule_matches(r, t, [c] if c else None) for r in rules)}
+                       | {f"{t}.{c}" if c else f"{t}.*" for t, c in scanned
+                          if any(self._detector_applies(r, t, c) for r in detector_rules)})
+        what = (f"column rule {', '.join(rule.columns)}" if not rule.detectors
+                else f"scanned by detectors {', '.join(rule.detectors)}")
+        reason = f"derived from {', '.join(named) or field.name} ({what}: {rule.strategy}): whole value, {strategy}"
         return column_maskers.whole_value_masker(field.type_oid, field.type_modifier, binary, strategy,
                                                  rule.keep_last, self._hasher), reason
+
+    def _scanned_sources(self, sources, non_text: frozenset) -> list:
+        """The sources detectors would scan if read directly: a type that may hold text, and no
+        column rule (which masks them whole anyway)."""
+        if not self._detector_rules:
+            return []
+        return [(t, c) for t, c in sources if (t, c) not in non_text
+                and not any(self._rule_matches(r, t, [c] if c else None) for r in self._column_rules)]
+
+    def _detector_applies(self, rule: MaskingRule, table: str | None, column: str | None) -> bool:
+        if not rule.columns:
+            return True
+        if column is None:
+            return self._rule_may_apply(rule, table)
+        return _matches(rule.columns, [column], table)
 
     def _rule_matches(self, rule: MaskingRule, table: str | None, names: list[str] | None) -> bool:
         if names is None:  # every column of a table whose columns are unknown
@@ -200,14 +229,14 @@ class Masker:
     def reads_masked(self, lineage: StatementLineage | None) -> bool:
         """Does this statement read a column under a column rule (or can that not be ruled out)?
         Its error and notice texts then hide what PostgreSQL quotes from the values it read."""
-        if lineage is None or not self._column_rules:
+        if lineage is None or not self._rules:
             return False
         if lineage.unknown:
             return True
         sources = set(lineage.predicate_sources)
         for column in lineage.columns or ():
             sources |= column.sources
-        return bool(self.sensitive(sources))
+        return bool(self.sensitive(sources, lineage.non_text_sources))
 
     def quotes_may_hold_values(self, sqlstate: str, lineage: StatementLineage | None) -> bool:
         """Class 42 errors (syntax, undefined table/column/function, privileges) quote the
@@ -222,17 +251,22 @@ class Masker:
         of an error or notice goes, since a derived value no detector knows could be in it."""
         return _QUOTED.sub('"' + COLUMN_MARKER + '"', text) if '"' in text else text
 
-    def sensitive(self, sources) -> list[str]:
-        """The table columns among ``sources`` (lineage Sources) that a column rule masks.
+    def sensitive(self, sources, non_text: frozenset = frozenset()) -> list[str]:
+        """The table columns among ``sources`` (lineage Sources) that masking protects: a column
+        rule masks them, or a detector rule scans them (``non_text``: the sources whose type
+        never holds text, which detectors do not scan).
 
         Asked for every statement (its predicate sources): the answer depends only on the
-        sources and this masker's rules, so it is kept per set of sources (bounded)."""
-        key = sources if isinstance(sources, frozenset) else frozenset(sources)
+        sources, their types and this masker's rules, so it is kept per set of sources (bounded)."""
+        sources = sources if isinstance(sources, frozenset) else frozenset(sources)
+        key = (sources, non_text)
         found = self._sensitive.get(key)
         if found is None:
-            found = tuple(sorted({f"{table}.{column}" if column else f"{table}.*" for table, column in key
-                                  if any(self._rule_matches(r, table, [column] if column else None)
-                                         for r in self._column_rules)}))
+            ruled = {(table, column) for table, column in sources
+                     if any(self._rule_matches(r, table, [column] if column else None) for r in self._column_rules)}
+            ruled |= {(t, c) for t, c in self._scanned_sources(sources, non_text)
+                      if any(self._detector_applies(r, t, c) for r in self._detector_rules)}
+            found = tuple(sorted({f"{table}.{column}" if column else f"{table}.*" for table, column in ruled}))
             if len(self._sensitive) >= SENSITIVE_CACHE_SIZE:
                 self._sensitive.clear()
             self._sensitive[key] = found
@@ -244,6 +278,12 @@ class Masker:
     @property
     def has_column_rules(self) -> bool:
         return bool(self._column_rules)
+
+    @property
+    def follows_lineage(self) -> bool:
+        """Does a result need its statement's lineage? Column rules do (an expression escapes a
+        name), and so do detector rules (an expression escapes a shape)."""
+        return bool(self._column_rules or self._detector_rules)
 
     def plan_copy(
         self,

@@ -38,6 +38,17 @@ VARCHAR_OID, BPCHAR_OID, NAME_OID, XML_OID = 1043, 1042, 19, 142
 NAME_MAX_BYTES = 63  # NAMEDATALEN - 1
 
 
+# Column types that never hold free text, by the OID pg_attribute.atttypid gives (allow-list:
+# any other type, a domain or a user-defined one included, may hold text). Detectors never scan
+# these, so a value derived from such columns alone needs no masking (masker._derived_masker).
+NEVER_FREE_TEXT_OIDS = frozenset({
+    16, 20, 21, 23, 26, 28, 700, 701, 790, 1700,  # bool, int8/2/4, oid, xid, float4/8, money, numeric
+    1082, 1083, 1114, 1184, 1186, 1266,  # date, time, timestamp(tz), interval, timetz
+    2950, 869, 650, 829, 774, 1560, 1562, 3220, 5069,  # uuid, inet, cidr, macaddr(8), bit, varbit, pg_lsn, xid8
+    1000, 1005, 1007, 1016, 1021, 1022, 1231, 1182, 1115, 1185, 2951,  # arrays of the above
+})
+
+
 def categorize(type_oid: int) -> Category:
     if type_oid in TEXT_OIDS:
         return Category.TEXT

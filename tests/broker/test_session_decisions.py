@@ -141,7 +141,7 @@ class _Masker:
     def __init__(self, masked: set[str]):
         self.masked, self.asked = masked, 0
 
-    def sensitive(self, sources) -> list[str]:
+    def sensitive(self, sources, non_text=frozenset()) -> list[str]:
         self.asked += 1
         return sorted(f"{t}.{c}" for t, c in sources if c in self.masked)
 

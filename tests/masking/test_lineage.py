@@ -136,7 +136,8 @@ class RecordedCatalog:
                 schema, _, table = rel.name.partition(".")
                 import json
 
-                rows.append((name, schema, table, rel.kind, rel.definition if rel.kind == "v" else None, json.dumps(rel.columns)))
+                rows.append((name, schema, table, rel.kind, rel.definition if rel.kind == "v" else None, json.dumps(rel.columns),
+                             json.dumps(rel.types)))
         return rows
 
 
@@ -169,10 +170,12 @@ def test_needs_name_relations_and_functions():
     assert needs.relations == {"s.t", "a"} and needs.functions == {"myfn"}
 
 
-def test_sensitive_names_only_columns_under_column_rules():
-    m = Masker(MaskingConfig.model_validate({"rules": [{"columns": ["email"]}, {"detectors": ["email"]}]}), KEY)
+def test_sensitive_names_only_columns_masking_protects():
+    """A column rule's columns, and the columns a detector rule scans (here: notes only)."""
+    m = Masker(MaskingConfig.model_validate({"rules": [{"columns": ["email"]},
+                                                       {"detectors": ["email"], "columns": ["notes"]}]}), KEY)
     predicate = one("SELECT id FROM customers WHERE email LIKE 'a%' AND notes <> '' ORDER BY full_name").predicate_sources
-    assert m.sensitive(predicate) == ["public.customers.email"]
+    assert m.sensitive(predicate) == ["public.customers.email", "public.customers.notes"]
     assert m.sensitive(one("SELECT id FROM customers WHERE id = 1").predicate_sources) == []
 
 
