@@ -285,7 +285,7 @@ class ApprovalStep:
                 requester=requester, requester_groups=session.principal.groups, target=session.target_name,
                 session_id=session.session_id, statement=statement, classes=verdict.classes, reasons=verdict.reasons,
                 config=config, kind=session.kind, now=now, policy_digest=session.policy.digest,
-                shown_statement=session.mask_for_record(statement),
+                shown_statement=session.client_text_for_record(statement),
                 requester_ids=(session.principal.username, session.principal.subject),
             )
             await self._io(self.store.create_approval, record)

@@ -73,23 +73,26 @@ class SessionMasker:
         # Lineage matters where a rule could be escaped by an expression (see Masker.follows_lineage).
         self.follows_lineage = masker.follows_lineage
 
-    def mask_text(self, text: str) -> str:
-        return self.masker.mask_text(text)
+    def mask_text(self, text: str, limit: int | None = None) -> str:
+        return self.masker.mask_text(text) if limit is None else self.masker.mask_text(text, limit=limit)
 
-    async def mask_text_off_loop(self, text: str) -> str:
-        """mask_text that holds the event loop for a few ms at most; fails closed (WITHHELD)."""
+    async def mask_text_off_loop(self, text: str, limit: int | None = None, withheld: str | None = WITHHELD) -> str | None:
+        """mask_text that holds the event loop for a few ms at most. When the worker fails it
+        answers ``withheld`` (WITHHELD for server text; the recording passes None, and then
+        refuses the statement: see broker/session.Session.mask_for_record_off_loop)."""
         if len(text) <= FREE_TEXT_INLINE:
-            return self.masker.mask_text(text)
+            return self.mask_text(text, limit)
         from broker.sql_worker import WorkerFailed, pool  # noqa: PLC0415
         from jitgate.masking.masker import MAX_FREE_TEXT  # noqa: PLC0415
 
+        cut = MAX_FREE_TEXT if limit is None else limit
         try:
             # Cut as mask_text would (one more character keeps its truncation marker).
-            return await pool().run("mask_text", *self.masker.spec, text[: MAX_FREE_TEXT + 1], owner=self.owner,
+            return await pool().run("mask_text", *self.masker.spec, cut, text[: cut + 1], owner=self.owner,
                                     what="text to mask")
         except WorkerFailed as exc:
             log(logger, logging.WARNING, "free text withheld: masking it failed", chars=len(text), reason=str(exc))
-            return WITHHELD
+            return withheld
 
     def plan(self, fields, lineage=None):
         """A RowPlan for these fields, using the catalog names already resolved."""

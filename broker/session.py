@@ -28,8 +28,17 @@ from jitgate.policy_explain import NUL_REFUSAL, explain_command
 logger = logging.getLogger("jitgate.broker.session")
 
 from jitgate.guardrails.shell import classify_command as _classify_command
+from jitgate.guardrails.sql import MAX_CLASSIFIED_BYTES
 from jitgate.guardrails.sql import classify_sql as _classify_sql
 from jitgate.guardrails.sql import classify_sql_in_session
+
+# What the client sends (statements, commands, their parameters) is recorded whole, masked, up to
+# this many characters: any statement the classifier reads fits (a character is at least one
+# byte). Longer text is refused before it runs (too_to_record), so a recorded statement's end is
+# never cut off. (Text the server sends keeps masking.masker.MAX_FREE_TEXT.)
+MAX_RECORDED_TEXT = MAX_CLASSIFIED_BYTES
+# In the recording in place of a statement the masking worker could not mask (it is refused).
+WITHHELD_STATEMENT = "[withheld by jitgate: this statement could not be masked for the recording; it was refused]"
 
 
 @dataclass
@@ -139,11 +148,26 @@ class Session:
             from broker.sql_worker import classify_in_session as _classify_in_session  # noqa: PLC0415
 
         classification = await _classify_in_session(sql, self.prepared, owner=self.principal.username)
+        recordable = True
         if len(sql) > _FREE_TEXT_INLINE:  # (shorter text is masked inline by record_statement)
-            await self.mask_for_record_off_loop(sql)
+            recordable = await self.mask_statement_for_record(sql)
         verdict = self._decide(*_reasons(classification), what="statement")
         verdict.writes_rows, verdict.unmeasurable = classification.writes_rows, classification.unmeasurable
-        return verdict
+        return self._unrecordable(sql, recordable, verdict, "statement")
+
+    def _unrecordable(self, text, masked: bool, verdict: Verdict, what: str) -> Verdict:
+        """Refuses, whatever the policy says, what the recording could not hold whole: text over
+        MAX_RECORDED_TEXT, or text the masking worker failed on (its end is the operation an
+        auditor must see; a statement that runs unrecorded is worse than one refused)."""
+        if isinstance(text, str) and len(text) > MAX_RECORDED_TEXT:
+            why = (f"it is {len(text)} characters, over the {MAX_RECORDED_TEXT} the session recording holds; "
+                   f"split it, or load bulk data with COPY")
+        elif not masked:
+            why = "the gateway could not mask it for the session recording in time; retry, or send it shorter"
+        else:
+            return verdict
+        return Verdict("deny", verdict.classes or ("unclassified",), verdict.reasons,
+                       f"jitgate: {what} refused on target {self.target_name!r}: {why}")
 
     def decide_command(self, command: str | list[str]) -> Verdict:
         """Exec commands and shells (SSH, kubectl exec, agent exec) through the shell guardrails."""
@@ -156,8 +180,12 @@ class Session:
 
     async def decide_command_async(self, command: str | list[str]) -> Verdict:
         """``decide_command`` on a worker thread: parsing is bounded (MAX_COMMAND_BYTES,
-        MAX_WORK) but a long command must still not hold up every other session on the loop."""
-        return await asyncio.to_thread(self.decide_command, command)
+        MAX_WORK) but a long command must still not hold up every other session on the loop.
+        A command line is recorded whole like a statement (masked in a worker when long)."""
+        text = command if isinstance(command, str) else " ".join(command)
+        masked = await self.mask_statement_for_record(text)
+        verdict = await asyncio.to_thread(self.decide_command, command)
+        return self._unrecordable(text, masked, verdict, "command")
 
     def _decide(self, classes: frozenset[str], reasons: tuple[str, ...], what: str) -> Verdict:
         decisions = self._decisions
@@ -248,7 +276,8 @@ class Session:
         if recorded[0] is not sql and recorded[0] != sql:
             # An extended-protocol statement is recorded at each Execute with the same text: masked
             # and hashed once. (The session's masker does not change; masking is deterministic.)
-            recorded = self._recorded_text = (sql, self.mask_for_record(sql), hashlib.sha256(sql.encode()).hexdigest())
+            recorded = self._recorded_text = (sql, self.client_text_for_record(sql),
+                                              hashlib.sha256(sql.encode()).hexdigest())
         fields = {
             "id": sid,
             "sql": recorded[1],
@@ -268,34 +297,59 @@ class Session:
 
     def _param_for_record(self, param):
         if isinstance(param, str):
-            return self.mask_for_record(param)
+            return self.client_text_for_record(param)
         masker = self.record_masker or self.masker
         if isinstance(param, dict) and "binary" in param and masker is not None and getattr(masker, "active", False):
             # A binary-format value cannot be scanned as text, and its hex would carry the clear value.
             return {"binary_bytes": len(param["binary"]) // 2, "withheld": "binary parameter on a masked target"}
         return param
 
-    def mask_for_record(self, text: str) -> str:
+    def mask_for_record(self, text: str, limit: int | None = None) -> str:
+        """``text`` masked for the recording, cut at ``limit`` characters (default: the masker's
+        MAX_FREE_TEXT, for what the server sends; MAX_RECORDED_TEXT for what the client sends)."""
         masker = self.record_masker or self.masker
         if masker is not None and getattr(masker, "active", False):
-            done = self._masked_for_record.get(text)
-            return done if done is not None else masker.mask_text(text)
+            done = self._masked_for_record.get((text, limit))
+            if done is not None:
+                return done
+            return masker.mask_text(text) if limit is None else masker.mask_text(text, limit)
         return text
 
+    def client_text_for_record(self, text: str) -> str:
+        """What the client sent (a statement, a command, a parameter), masked whole for the recording."""
+        return self.mask_for_record(text, MAX_RECORDED_TEXT)
+
+    async def mask_statement_for_record(self, text: str) -> bool:
+        """Masks long client text (a statement, a command) whole for the recording, in a worker,
+        ahead of record_statement (issue 21: masking 100 KB of hostile text costs tens of ms on
+        the loop, holding every session). False when the worker failed: the recording then holds
+        WITHHELD_STATEMENT for it and the caller must refuse it (Session._unrecordable)."""
+        masked = await self._mask_off_loop(text, MAX_RECORDED_TEXT)
+        return masked is not WITHHELD_STATEMENT
+
     async def mask_for_record_off_loop(self, text: str) -> None:
-        """Masks long text for the recording in a worker ahead of record_statement/record_result
-        (issue 21: masking 100 KB of hostile text costs tens of ms on the loop, holding every session)."""
+        """Masks long server text (an error) for the recording in a worker, cut at MAX_FREE_TEXT;
+        WITHHELD when the worker fails (it tells what happened; it does not run)."""
+        await self._mask_off_loop(text, None)
+
+    async def _mask_off_loop(self, text: str, limit: int | None):
+        """Client text (a limit given) fails closed (WITHHELD_STATEMENT); server text gets
+        broker.masking.WITHHELD."""
         masker = self.record_masker or self.masker
         off_loop = getattr(masker, "mask_text_off_loop", None)
-        if off_loop is None or not getattr(masker, "active", False) or text in self._masked_for_record:
-            return
-        from broker.masking import FREE_TEXT_INLINE  # noqa: PLC0415 - broker-only
-
-        if len(text) <= FREE_TEXT_INLINE:
-            return
-        self._masked_for_record[text] = await off_loop(text)
+        if off_loop is None or not getattr(masker, "active", False):
+            return None
+        key = (text, limit)
+        known = self._masked_for_record.get(key)
+        if known is not None:
+            return known
+        if len(text) <= _free_text_inline():
+            return None  # masked inline by mask_for_record
+        masked = await (off_loop(text) if limit is None else off_loop(text, limit, None))
+        known = self._masked_for_record[key] = WITHHELD_STATEMENT if masked is None else masked
         while len(self._masked_for_record) > 8:  # the statements and errors in flight, not a history
             del self._masked_for_record[next(iter(self._masked_for_record))]
+        return known
 
     def record_result(self, statement_id: int, *, started: float, rows: int | None, tag: str | None, error: str | None) -> None:
         if self._timer is None:
@@ -314,6 +368,12 @@ class Session:
         metrics.SESSIONS_ACTIVE.dec()
         await self.recorder.close(reason)
         log(logger, logging.INFO, "session ended", session_id=self.session_id, reason=reason, statements=self.statements)
+
+
+def _free_text_inline() -> int:
+    from broker.masking import FREE_TEXT_INLINE  # noqa: PLC0415 - broker-only, keeps the import light
+
+    return FREE_TEXT_INLINE
 
 
 def new_backend_key(pid: int | None = None) -> tuple[int, bytes]:

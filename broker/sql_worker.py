@@ -357,8 +357,8 @@ def _answer(op: str, args: tuple):
         return lineage.follow(*args)
     if op == "copy_statements":
         return copy_statements(*args)
-    if op == "mask_text":  # (masker spec, text): free text too long to mask on the event loop
-        config, key, text = args
+    if op == "mask_text":  # (masker spec, [limit,] text): free text too long to mask on the event loop
+        config, key, *limit, text = args
         masker = _MASKERS.get((config, key))
         if masker is None:
             from jitgate.masking import Masker  # noqa: PLC0415 - only workers that mask need it
@@ -366,7 +366,7 @@ def _answer(op: str, args: tuple):
 
             masker = Masker(MaskingConfig.model_validate_json(config), key)
             _MASKERS.put((config, key), masker)
-        return masker.mask_text(text)
+        return masker.mask_text(text, limit=limit[0]) if limit else masker.mask_text(text)
     raise ValueError(f"unknown worker op {op!r}")
 
 

@@ -429,8 +429,9 @@ class AgentService:
         session = handle.session
         try:
             statement = approval_statement(sql, params)
+            await session.mask_statement_for_record(sql)  # a long one off the loop (refused if it fails)
             session.recorder.event("agent.request", via=via, operation="query", target=target_name,
-                                   sql=session.mask_for_record(sql), params=len(params), max_rows=max_rows,
+                                   sql=session.client_text_for_record(sql), params=len(params), max_rows=max_rows,
                                    max_bytes=max_bytes, timeout_s=timeout, wait_s=wait)
             verdict = await session.decide_sql_async(sql)
             verdict = await self._decide(handle, statement, verdict, wait)
@@ -551,8 +552,9 @@ class AgentService:
         handle = self._acquire(conversation, principal, policy, target_name, client)
         session = handle.session
         try:
+            await session.mask_statement_for_record(command)  # a long one off the loop (refused if it fails)
             session.recorder.event("agent.request", via=via, operation="exec", target=target_name,
-                                   command=session.mask_for_record(command), timeout_s=timeout, wait_s=wait)
+                                   command=session.client_text_for_record(command), timeout_s=timeout, wait_s=wait)
             verdict = await session.decide_command_async(command)
             verdict = await self._decide(handle, command, verdict, wait)
             statement_id = session.record_statement(command, protocol="exec", verdict=verdict)

@@ -345,7 +345,7 @@ class ExecRelay:
         session, api = self.session, self.api
         session.recorder.event(
             "k8s.exec", subresource=api.subresource, namespace=api.namespace, pod=api.name, container=self.container,
-            command=[session.mask_for_record(c) for c in self.command], tty=self.tty, **self.streams,
+            command=[session.client_text_for_record(c) for c in self.command], tty=self.tty, **self.streams,
             protocols=[p for p in self.offered if p in ch.SUPPORTED])  # a token may ride in an offered subprotocol
         statement = self.statement()
         verdict = await self.decide()
@@ -558,7 +558,7 @@ class ExecRelay:
         self.term_started = True
         self.session.recorder.event(
             TERM_START, channel=0, width=self.size[0], height=self.size[1], term="xterm" if self.tty else None,
-            command=self.session.mask_for_record(shlex.join(self.command)) if self.command else None, tty=self.tty)
+            command=self.session.client_text_for_record(shlex.join(self.command)) if self.command else None, tty=self.tty)
 
     def _record_stream(self, stream: str, data: bytes) -> None:
         self.counts[stream] += len(data)

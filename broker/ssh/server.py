@@ -373,7 +373,8 @@ class RelayChannel(asyncssh.SSHServerSession):
         session, target = self.session, self.session.target
         fields = {"channel": self.number, "request": self.mode, "pty": self.term is not None}
         if self.command is not None:
-            fields["command"] = session.mask_for_record(self.command)
+            await session.mask_statement_for_record(self.command)  # a long one off the loop (refused if it fails)
+            fields["command"] = session.client_text_for_record(self.command)
         session.recorder.event("ssh.channel", **fields)
         admitted = await self.gc.admit(self)
         if not admitted.allowed:
@@ -392,7 +393,7 @@ class RelayChannel(asyncssh.SSHServerSession):
         if self.term is not None:
             term_type, (width, height, *_), _ = self.term
             session.recorder.event(TERM_START, channel=self.number, width=width, height=height, term=term_type,
-                                   command=session.mask_for_record(self.command) if self.command else None)
+                                   command=session.client_text_for_record(self.command) if self.command else None)
         try:
             await self._connect_upstream()
         except (asyncssh.Error, OSError) as exc:

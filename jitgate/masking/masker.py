@@ -372,8 +372,11 @@ class Masker:
 
     # --- free text ---
 
-    def mask_text(self, text: str, *, table: str | None = None) -> str:
+    def mask_text(self, text: str, *, table: str | None = None, limit: int = MAX_FREE_TEXT) -> str:
         """Masks free text: ErrorResponse/NoticeResponse fields, log lines, statement parameters.
+
+        Text longer than ``limit`` characters is masked up to it and cut (TRUNCATED_MARKER). The
+        recording passes a larger limit for what the client sent (broker/session.MAX_RECORDED_TEXT).
 
         Values in a constraint error's ``Key (col)=(value)`` are masked by the column rule of
         their column; a ``Failing row contains (...)`` tuple is redacted whole when a column
@@ -381,8 +384,8 @@ class Masker:
         """
         if not self._rules or not text:
             return text
-        if len(text) > MAX_FREE_TEXT:
-            text = text[:MAX_FREE_TEXT] + TRUNCATED_MARKER
+        if len(text) > limit:
+            text = text[:limit] + TRUNCATED_MARKER
         if self._column_rules:
             if _KEY_OPEN in text:
                 text = self._mask_key_details(text, table)

@@ -369,3 +369,37 @@ def test_transformed_free_text_is_masked_whole(broker_dsn, sql):
     # A column read as it is stays scanned, and values computed from numbers stay clear.
     assert "[phone]" in _psql(broker_dsn(), "SELECT notes FROM customers ORDER BY id")
     assert _psql(broker_dsn(), "SELECT id * 10 FROM customers ORDER BY id").split() == ["10", "20", "30", "40", "50"]
+
+
+def test_a_statement_padded_past_the_free_text_cut_is_recorded_whole(stack, broker_dsn):
+    """Attack: pad an allowed statement (and a Bind parameter) with 200 KB of comment so that the
+    recording, masked free text cut at 64 KB, never shows its end. Decision: it runs, and the sealed
+    recording holds its end, masked, and verifies."""
+    from jitgate.masking.masker import MAX_FREE_TEXT, TRUNCATED_MARKER
+    from jitgate.recording.seal import parse_events
+    from tests.broker.test_recording_evidence import jitgate
+
+    tail = "SELECT count(*) FROM customers WHERE email <> 'grace@example.com' AND 'jitgate-tail-7391' <> ''"
+    sql = "/*" + " " * 200_000 + "*/ " + tail
+    param = "p" * 100_000 + " edsger@example.com jitgate-param-tail-7391"
+    assert sql.index(tail) > 3 * MAX_FREE_TEXT
+    with psycopg.connect(broker_dsn(), autocommit=True) as conn:
+        session_id = conn.info.parameter_status("jitgate_session_id")
+        assert conn.execute(sql).fetchone()[0] >= 1
+        assert conn.execute("SELECT length(%s::text)", (param,)).fetchone() == (len(param),)
+    wait_sealed(stack, session_id)
+    from jitgate.backends import open_backends
+    from jitgate.settings import Settings
+
+    recording = open_backends(Settings.from_env(stack.env)).recordings.get_object(session_id, "recording.jsonl")
+    statements = [e for e in parse_events(recording) if e["type"] == "statement"]
+    recorded = [e["sql"] for e in statements]
+    assert sql.replace("grace@example.com", "[email]") in recorded  # every character, the address masked
+    (with_param,) = [e for e in statements if e.get("params")]
+    assert with_param["params"][0].endswith(" [email] jitgate-param-tail-7391")
+    text = recording.decode()
+    assert "grace@example.com" not in text and "edsger@example.com" not in text and TRUNCATED_MARKER not in text
+    verify = jitgate(stack, "verify", session_id)
+    assert verify.returncode == 0 and verify.stdout.startswith("OK:"), verify.stdout + verify.stderr
+    replay = jitgate(stack, "replay", session_id)
+    assert replay.returncode == 0 and "jitgate-tail-7391" in replay.stdout, replay.stderr

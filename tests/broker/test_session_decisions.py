@@ -46,6 +46,16 @@ targets:
       groups: [sre]
     guardrails:
       read: deny
+  lenient:
+    kind: postgres
+    address: 127.0.0.1:5432
+    database: app
+    username: app
+    credential: env:X
+    allow:
+      groups: [sre]
+    guardrails:
+      unclassified: allow
 """
 
 
@@ -225,3 +235,105 @@ def test_a_statement_recorded_again_is_masked_every_time(tmp_path):
     after = "\n".join(lines[[i for i, line in enumerate(lines) if '"type":"statement"' in line][1]:])
     assert "bob@example.com" not in after and "4111 1111 1111 1111" not in after
     assert all(e["sha256"] == statements[1 + i % len(texts)]["sha256"] for i, e in enumerate(statements[1:]))
+
+
+# --- what the client sends is recorded whole (masked) or refused -------------------------------------------
+
+# Past masker.MAX_FREE_TEXT: the recording once showed only this padding, never the statement's end.
+PAD = " " * 200_000
+TAIL = "DELETE FROM accounts WHERE owner = 'bob@example.com'"
+
+
+def _masked_session(tmp_path, monkeypatch, target="db", time_limit=600.0):
+    """A session on a masked target whose long text is masked by a private worker pool."""
+    from broker import sql_worker
+    from broker.masking import SessionMasker
+    from jitgate.masking import Masker
+    from jitgate.policy import MaskingConfig
+
+    pool = sql_worker.ClassifierPool(workers=1, time_limit=time_limit)
+    monkeypatch.setattr(sql_worker, "pool", lambda: pool)
+    session = _session(tmp_path, target)
+    config = MaskingConfig.model_validate({"rules": [{"detectors": ["email", "card"], "strategy": "redact"}]})
+    session.use_masking(lambda target, principal: SessionMasker(Masker(config, b"k" * 32), target, None, owner="alice"))
+    return session, pool
+
+
+def _recorded(session) -> list[dict]:
+    session.recorder.flush()
+    return [json.loads(line) for line in session.recorder.spool.path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("padding", [f"/*{PAD}*/ ", f"--{PAD}\n", PAD, f"SELECT '{PAD}'; "],
+                         ids=["comment", "line-comment", "whitespace", "literal"])
+def test_a_padded_statement_is_recorded_whole_and_masked(tmp_path, monkeypatch, padding):
+    """Attack: pad an allowed statement past the free-text cut (64 KB) so the recording never shows
+    its end. Decision: allowed, and the recording holds every character, masked."""
+    from jitgate.masking.masker import MAX_FREE_TEXT, TRUNCATED_MARKER
+
+    session, pool = _masked_session(tmp_path, monkeypatch)
+    sql = padding + TAIL
+    assert len(sql) > 3 * MAX_FREE_TEXT
+
+    async def run():
+        try:
+            verdict = await session.decide_sql_async(sql)
+            assert verdict.action == "allow", verdict.message
+            param = "x" * 100_000 + " carol@example.com"  # a Bind parameter past the cut too
+            session.record_statement(sql, protocol="extended", verdict=verdict, params=[param])
+            assert pool.served >= 1  # masked in a worker, not on the loop
+        finally:
+            await pool.aclose()
+
+    _LOOP.run_until_complete(run())
+    (event,) = [e for e in _recorded(session) if e["type"] == "statement"]
+    assert event["sql"] == sql.replace("bob@example.com", "[email]")
+    assert event["params"] == ["x" * 100_000 + " [email]"]
+    assert TRUNCATED_MARKER not in json.dumps(event)
+    import hashlib
+
+    assert event["sha256"] == hashlib.sha256(sql.encode()).hexdigest()
+
+
+def test_a_statement_the_worker_cannot_mask_is_refused_and_withheld(tmp_path, monkeypatch):
+    """Attack: text that makes the masking worker overrun its time limit (or crash), hoping the
+    statement runs with its recording withheld. Decision: refused, recorded as withheld with its hash."""
+    from broker.session import WITHHELD_STATEMENT
+
+    session, pool = _masked_session(tmp_path, monkeypatch, time_limit=0.001)
+    sql = "/*" + "@" * 100_000 + "*/ " + TAIL
+
+    async def run():
+        try:
+            verdict = await session.decide_sql_async(sql)
+            session.record_statement(sql, protocol="simple", verdict=verdict)
+            return verdict
+        finally:
+            await pool.aclose()
+
+    verdict = _LOOP.run_until_complete(run())
+    assert verdict.action == "deny" and "could not mask it for the session recording" in verdict.message
+    (event,) = [e for e in _recorded(session) if e["type"] == "statement"]
+    assert event["sql"] == WITHHELD_STATEMENT and event["decision"] == "deny" and "bob@example.com" not in json.dumps(event)
+
+
+def test_text_longer_than_the_recording_holds_is_refused_whatever_the_policy(tmp_path, monkeypatch):
+    """Attack: a statement over the recording's limit on a target whose policy allows what the
+    classifier cannot read (unclassified: allow). Decision: refused; a shorter one still runs."""
+    from broker.session import MAX_RECORDED_TEXT
+
+    session, pool = _masked_session(tmp_path, monkeypatch, target="lenient")
+
+    async def run():
+        try:
+            over = await session.decide_sql_async("SELECT 1 /*" + " " * MAX_RECORDED_TEXT + "*/")
+            fits = await session.decide_sql_async("SELEC 1 /*" + " " * (MAX_RECORDED_TEXT // 2) + "*/")
+            command = await session.decide_command_async("echo " + "a" * MAX_RECORDED_TEXT)
+            return over, fits, command
+        finally:
+            await pool.aclose()
+
+    over, fits, command = _LOOP.run_until_complete(run())
+    assert over.action == "deny" and "over the 262144 the session recording holds" in over.message
+    assert fits.action == "allow"  # unparsable, and the policy allows unclassified
+    assert command.action == "deny" and "the session recording holds" in command.message
