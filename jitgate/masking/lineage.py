@@ -63,7 +63,7 @@ READS_DATA_BY_VALUE = frozenset({
     "database_to_xml", "database_to_xml_and_xmlschema", "database_to_xmlschema",
     "ts_stat", "lo_get", "loread", "lo_export", "pg_read_file", "pg_read_binary_file",
     # other sessions' statement text (what pg_stat_activity.query shows; see masker.OTHER_SESSIONS_STATEMENTS)
-    "pg_stat_get_activity", "pg_stat_get_backend_activity",
+    "pg_stat_get_activity", "pg_stat_get_backend_activity", "pg_stat_statements",
 })
 # Every table has these; they identify a row version, they hold no column's data.
 SYSTEM_COLUMNS = frozenset({"tableoid", "ctid", "xmin", "xmax", "cmin", "cmax", "oid"})

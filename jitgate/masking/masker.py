@@ -42,8 +42,11 @@ STRATEGY_STRENGTH = {"partial": 0, "hash": 1, "redact": 2, "null": 3}
 # PostgreSQL shows to every session of the same role in pg_stat_activity: every session through a
 # target uses the target's held role, so without this rule any identity could read what another
 # (even one in clear_groups) is sending right now. On targets with column rules, where values are
-# masked by where they come from, it is masked like a column rule's column.
-OTHER_SESSIONS_STATEMENTS = MaskingRule(columns=["pg_stat_activity.query"], strategy="redact")
+# masked by where they come from, it is masked like a column rule's column. The extension view
+# pg_stat_statements shows them too: it replaces constants by $n in plannable statements, not in
+# utility ones (SET, COPY, CREATE ...).
+OTHER_SESSIONS_STATEMENTS = MaskingRule(columns=["pg_stat_activity.query", "pg_stat_statements.query"],
+                                        strategy="redact")
 
 
 def derived_strategy(strategy: str) -> str:

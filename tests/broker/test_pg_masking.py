@@ -403,3 +403,85 @@ def test_a_statement_padded_past_the_free_text_cut_is_recorded_whole(stack, brok
     assert verify.returncode == 0 and verify.stdout.startswith("OK:"), verify.stdout + verify.stderr
     replay = jitgate(stack, "replay", session_id)
     assert replay.returncode == 0 and "jitgate-tail-7391" in replay.stdout, replay.stderr
+
+
+STATS_LITERAL = "jitgate-stat-literal-2718"
+STATS_TARGETS = """
+  {name}:
+    kind: postgres
+    address: 127.0.0.1:{port}
+    database: {database}
+    username: jitgate_broker
+    credential: env:JITGATE_DEMO_DB_PASSWORD
+    allow:
+      groups: [sre, privacy-officers]
+    masking:
+      clear_groups: [privacy-officers]
+      rules:
+        - columns: [email]
+          strategy: partial
+        - detectors: [email]
+          strategy: redact
+"""
+
+
+@pytest.fixture(scope="module")
+def stats_postgres(tmp_path_factory, stack):
+    """A PostgreSQL of its own with pg_stat_statements loaded (shared_preload_libraries is read at
+    server start; the shared demo server is left as it is), the extension installed in `public` (it
+    cannot go into pg_catalog: tests/masking/test_lineage.py covers that case), the held role the stack's."""
+    from jitgate.devstack import Postgres, free_port, pg_bindir, postgres_root
+
+    library = pg_bindir().parent / "lib" / "pg_stat_statements.so"
+    if not library.exists():  # installed with the server package (postgresql-15) on this project's machines
+        pytest.fail(f"{library} is missing: install PostgreSQL's pg_stat_statements (scripts/install.sh)")
+    pg = Postgres(postgres_root(tmp_path_factory.mktemp("stats-pg")), free_port())
+    pg.broker_password = stack.pg.broker_password
+    pg.start()
+    pg.stop()
+    with open(pg.data / "postgresql.conf", "a") as conf:
+        conf.write("shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_utility = on\n")
+    pg.start()
+    try:
+        pg.psql(f"CREATE ROLE jitgate_broker LOGIN PASSWORD '{pg.broker_password}'")
+        pg.psql("CREATE DATABASE stats_public OWNER jitgate_broker")
+        pg.psql("CREATE EXTENSION pg_stat_statements", "stats_public")
+        original = stack.policy_path.read_text()
+        stack.policy_path.write_text(original + "".join(
+            STATS_TARGETS.format(name=d, port=pg.port, database=d) for d in ("stats_public",)))
+        time.sleep(0.05)
+        yield pg
+    finally:
+        if "original" in locals():
+            stack.policy_path.write_text(original)
+            time.sleep(0.05)
+        pg.stop()
+
+
+@pytest.mark.parametrize("reader_sql", [
+    "SELECT query FROM pg_stat_statements",
+    "SELECT s.query AS q, s.calls FROM pg_stat_statements s",
+    "SELECT left(query, 200) FROM pg_stat_statements",
+    "SELECT query FROM pg_stat_statements(true)",
+    "SELECT * FROM pg_stat_statements",
+    "SELECT s.query FROM public.pg_stat_statements(showtext => true) s",
+])
+def test_another_sessions_utility_statement_in_pg_stat_statements_is_masked(stats_postgres, broker_dsn, reader_sql):
+    """Attack: read, through pg_stat_statements, a literal another identity (one in clear_groups)
+    sent in a utility statement (pg_stat_statements keeps literals there). Decision: the masked
+    identity's reader runs and the text is masked; the clear identity still sees it."""
+    database = "stats_public"
+    with psycopg.connect(broker_dsn(database, groups=CLEAR_GROUPS), autocommit=True) as other:
+        other.execute(f"SET application_name = '{STATS_LITERAL}'")
+        other.execute(f"PREPARE jitgate_stats AS SELECT '{STATS_LITERAL}-prepared'")
+        other.execute(f"DECLARE jitgate_stats_cursor CURSOR WITH HOLD FOR SELECT '{STATS_LITERAL}-cursor'")
+        direct = stats_postgres.psql("SELECT query FROM pg_stat_statements", database)
+        assert STATS_LITERAL in direct  # the literal is there to be read
+        assert STATS_LITERAL in _psql(broker_dsn(database, groups=CLEAR_GROUPS), "SELECT query FROM pg_stat_statements")
+        out = _psql(broker_dsn(database), reader_sql)
+        # Per-session catalogs: another session's prepared statements and cursors are not listed.
+        own = _psql(broker_dsn(database), "SELECT statement FROM pg_prepared_statements UNION ALL "
+                                          "SELECT statement FROM pg_cursors")
+    assert STATS_LITERAL not in out
+    assert out.count("\n") >= 2, "the reader got no rows"
+    assert STATS_LITERAL not in own

@@ -85,6 +85,11 @@ def test_star_expands_from_the_catalog():
     ("SELECT * FROM ts_stat('SELECT to_tsvector(email) FROM customers')", "reads data named by its arguments"),
     ("SELECT upper(database_to_xml(true, false, ''))", "reads data named by its arguments"),
     ("SELECT id FROM customers WHERE lo_get(id) IS NULL", "reads data named by its arguments"),
+    # other sessions' statement text: the server's activity functions and the extension's
+    ("SELECT pg_stat_get_backend_activity(1)", "reads data named by its arguments"),
+    ("SELECT query FROM pg_stat_statements(true)", "reads data named by its arguments"),
+    ("SELECT s.query FROM public.pg_stat_statements(showtext => true) s", "reads data named by its arguments"),
+    ("SELECT upper(q.query) FROM pg_catalog.pg_stat_statements(true) q", "reads data named by its arguments"),
 ])
 def test_unknown_lineage_says_why(sql, why):
     assert why in one(sql).unknown
@@ -214,3 +219,33 @@ def test_statements_that_differ_only_in_constants_share_one_parse():
     # A table named by a constant stays unknown whatever the constant: the shape hit carries it.
     [other] = run("SELECT table_to_xml('orders', true, false, ''), 2")
     assert other.unknown and "reads data named by its arguments" in other.unknown
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT query FROM pg_stat_statements",
+    "SELECT s.query AS q FROM pg_catalog.pg_stat_statements s",  # the extension installed in pg_catalog
+    "SELECT left(query, 100) FROM public.pg_stat_statements",
+])
+def test_other_sessions_statements_in_pg_stat_statements_are_masked(sql):
+    """Every identity on a target shares its held role, and pg_stat_statements shows that role's
+    statements, literals included in utility statements (SET, COPY ...): masked on targets with
+    column rules like pg_stat_activity.query (masker.OTHER_SESSIONS_STATEMENTS)."""
+    from jitgate.masking.lineage import Relation
+
+    columns = ("userid", "queryid", "query", "calls")
+    for schema in ("pg_catalog", "public"):
+        catalog = Catalog(
+            {**CATALOG.relations,
+             "pg_stat_statements": Relation(f"{schema}.pg_stat_statements", "v", columns,
+                                            " SELECT userid, queryid, query, calls FROM pg_stat_statements(true);"),
+             "pg_catalog.pg_stat_statements": Relation("pg_catalog.pg_stat_statements", "v", columns,
+                                                       " SELECT userid, queryid, query, calls FROM pg_stat_statements(true);"),
+             "public.pg_stat_statements": Relation("public.pg_stat_statements", "v", columns,
+                                                   " SELECT userid, queryid, query, calls FROM pg_stat_statements(true);")},
+            {**CATALOG.functions, "left": True, "pg_stat_statements": schema == "pg_catalog"}, CATALOG.operators)
+        lineage = one(sql, catalog)
+        masker = Masker(MaskingConfig.model_validate({"rules": [{"columns": ["email"], "strategy": "partial"}]}), KEY)
+        plan = masker.plan([field("q")], {}, None, lineage)
+        text = b"SET application_name = 'secret-literal'"
+        row = plan.mask_row(b"\x00\x01" + len(text).to_bytes(4, "big") + text)
+        assert b"secret-literal" not in row, (schema, sql)
