@@ -35,7 +35,7 @@ def ensure_rowcore() -> None:
 
     # Imported before the build (stale or missing then): take the fresh build if this process can.
     if rows._rowcore is None and "jitgate.masking._rowcore" not in sys.modules:
-        rows._rowcore, rows._ROWCORE_MISSING = load_compiled("jitgate.masking._rowcore", ROOT / "jitgate/masking/_rowcore.c")
+        rows._rowcore, rows._ROWCORE_MISSING = rows.load_core()
         if rows._rowcore is not None and os.environ.get("JITGATE_MASKING_CORE") != "python":
             rows.implementation = "compiled"
     if codec._framing is None and "broker.pg._framing" not in sys.modules:

@@ -7,11 +7,14 @@
  * - masks the columns of its plan; everything else is copied as the bytes it came in;
  * - HASH_TEXT: a column rule's hash token of an unlimited text value (HMAC-SHA256, the
  *   same keyed states as strategies.Hasher);
- * - DETECT_TEXT: detectors on an unlimited text value. A prefilter that is a necessary
- *   condition of each detector family (the reference's, plus the digit-count gates that
- *   find_all and find_phones apply inside each numeric cluster) rejects most values; a
- *   value where only emails, cards, SSNs and phone numbers can match has them found (the
- *   same spans as detectors.find_all, regexes matched in their engine's order, Unicode
+ * - DETECT_TEXT: detectors on an unlimited text value. A value with a character that folds
+ *   (jitgate/masking/fold.py: full-width and other scripts' digits, ZWSP, NBSP, dashes...; the
+ *   set comes from Python as a bitmap, set_fold_table) goes to the Python scan of its column,
+ *   which detects on the folded view. For the others (ASCII, accented text) a prefilter that
+ *   is a necessary condition of each detector family (the reference's, plus the digit-count
+ *   gates that find_all and find_phones apply inside each numeric cluster) rejects most
+ *   values; a value where only emails, cards, SSNs and phone numbers can match has them found
+ *   (the same spans as detectors.find_all, regexes matched in their engine's order, Unicode
  *   classes where Python's decide) and replaced here with each detector's strategy; any
  *   other value (an IBAN or secret candidate) goes to the Python scan of its column;
  * - PYTHON: any other column masker is called as it is.
@@ -297,6 +300,47 @@ static int numeric_possible(const uint8_t *p, Py_ssize_t n)
             /* no start inside this run can reach 8 more cluster characters either */
             i = j;
         }
+    }
+    return 0;
+}
+
+/* ---- the characters that fold (jitgate/masking/fold.py) ----------------------------------
+ *
+ * The detectors read a value with such a character through its folded view, which only the
+ * Python scan builds; these values are handed to it whole. The set is a bitmap over every code
+ * point, from fold.bitmap() (set_fold_table, once, when rows.py loads this module); until it
+ * is set every value that is not ASCII counts as folding (the Python scan decides: slower,
+ * never wrong). */
+#define FOLD_TABLE_SIZE (0x110000 / 8)
+static uint8_t fold_table[FOLD_TABLE_SIZE];
+static int fold_table_set = 0;
+
+static int utf8_sequence(const uint8_t *p, Py_ssize_t left, Py_UCS4 *cp);
+static int is_ascii(const uint8_t *p, Py_ssize_t n);
+
+/* Does a character of this value (UTF-8, a byte that is not UTF-8 being one character that
+ * never folds, as its lone surrogate does not in Python) fold? */
+static int needs_fold(const uint8_t *p, Py_ssize_t n)
+{
+    if (is_ascii(p, n))
+        return 0;
+    if (!fold_table_set)
+        return 1;
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        Py_UCS4 cp;
+        int length = utf8_sequence(p + i, n - i, &cp);
+        if (length == 0) {
+            i++;
+            continue;
+        }
+        if (fold_table[cp >> 3] & (1u << (cp & 7)))
+            return 1;
+        i += length;
     }
     return 0;
 }
@@ -1321,19 +1365,23 @@ static int is_ascii(const uint8_t *p, Py_ssize_t n)
     return any < 0x80;
 }
 
+#define FAMILIES_UNKNOWN (-1) /* call_scan: the scan runs its own prefilter (on the folded view) */
+
 /* A value the C code does not settle, through the column's Python scan with the families
  * found here (the same answer the scan's own prefilter would give, or stricter where no
- * detection is possible: see numeric_possible). */
+ * detection is possible: see numeric_possible), or FAMILIES_UNKNOWN. */
 static PyObject *call_scan(RowCoreObject *self, const Step *step, const uint8_t *p, Py_ssize_t n, int found,
                            int *unchanged)
 {
     PyObject *value = PyBytes_FromStringAndSize((const char *)p, n);
     if (value == NULL)
         return NULL;
-    PyObject *families = Py_BuildValue("(OOOO)", found & FAMILY_EMAIL ? Py_True : Py_False,
-                                       found & FAMILY_NUMERIC ? Py_True : Py_False,
-                                       found & FAMILY_IBAN ? Py_True : Py_False,
-                                       found & FAMILY_SECRET ? Py_True : Py_False);
+    PyObject *families = found == FAMILIES_UNKNOWN
+                             ? Py_NewRef(Py_None)
+                             : Py_BuildValue("(OOOO)", found & FAMILY_EMAIL ? Py_True : Py_False,
+                                             found & FAMILY_NUMERIC ? Py_True : Py_False,
+                                             found & FAMILY_IBAN ? Py_True : Py_False,
+                                             found & FAMILY_SECRET ? Py_True : Py_False);
     if (families == NULL) {
         Py_DECREF(value);
         return NULL;
@@ -1428,7 +1476,10 @@ static PyObject *mask_value(RowCoreObject *self, const Step *step, const uint8_t
         hmac_token(step->hmac, p, (size_t)n, token);
         return PyBytes_FromStringAndSize(token, TOKEN_LENGTH);
     }
-    if (step->kind == STEP_DETECT_TEXT && n <= step->max_scanned) {
+    if (step->kind == STEP_DETECT_TEXT && n <= step->max_scanned && needs_fold(p, n)) {
+        if (step->scan != NULL)
+            return call_scan(self, step, p, n, FAMILIES_UNKNOWN, unchanged);
+    } else if (step->kind == STEP_DETECT_TEXT && n <= step->max_scanned) {
         int found = families_of(p, n, step->families);
         if (found == 0) {
             *unchanged = 1;
@@ -1712,9 +1763,36 @@ static PyObject *py_families(PyObject *module, PyObject *args)
     int enabled;
     if (!PyArg_ParseTuple(args, "y*i", &data, &enabled))
         return NULL;
-    int found = families_of(data.buf, data.len, enabled);
+    /* a value that folds is handed to the Python scan: every family may match */
+    int found = needs_fold(data.buf, data.len) ? enabled : families_of(data.buf, data.len, enabled);
     PyBuffer_Release(&data);
     return PyLong_FromLong(found);
+}
+
+static PyObject *py_needs_fold(PyObject *module, PyObject *args)
+{
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data))
+        return NULL;
+    int folds = needs_fold(data.buf, data.len);
+    PyBuffer_Release(&data);
+    return PyBool_FromLong(folds);
+}
+
+static PyObject *py_set_fold_table(PyObject *module, PyObject *args)
+{
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*", &data))
+        return NULL;
+    if (data.len != FOLD_TABLE_SIZE) {
+        PyBuffer_Release(&data);
+        PyErr_Format(PyExc_ValueError, "the fold table is a bitmap of %d bytes", FOLD_TABLE_SIZE);
+        return NULL;
+    }
+    memcpy(fold_table, data.buf, FOLD_TABLE_SIZE);
+    fold_table_set = 1;
+    PyBuffer_Release(&data);
+    Py_RETURN_NONE;
 }
 
 /* detect(data, kinds) -> (spans, ops): the merged spans the C finders give for the kinds named
@@ -1756,6 +1834,8 @@ static PyObject *py_detect(PyObject *module, PyObject *args)
 static PyMethodDef module_methods[] = {
     {"families", py_families, METH_VARARGS, "FAMILY_* bits that could match in these bytes."},
     {"detect", py_detect, METH_VARARGS, "(merged spans in characters, steps taken) of the C detectors."},
+    {"needs_fold", py_needs_fold, METH_VARARGS, "Does a character of these UTF-8 bytes fold (fold.py)?"},
+    {"set_fold_table", py_set_fold_table, METH_VARARGS, "The bitmap of the code points that fold (fold.bitmap())."},
     {NULL},
 };
 

@@ -6,9 +6,16 @@ brief says so (phone numbers), and validate checksums where one exists (Luhn for
 cards, mod-97 for IBANs), because a masker that eats order ids and timestamps
 makes results useless and teaches people to switch masking off.
 
-All digit classes are ``[0-9]``, never ``\\d``: ``\\d`` also matches other
-scripts' digits, which no card or phone number uses, and ASCII-only patterns let
-``Prefilter`` (below) be a cheap, provably wider check over raw bytes.
+All digit classes are ``[0-9]``, never ``\\d``, and every pattern is ASCII:
+``Prefilter`` (below) stays a cheap, provably wider check over raw bytes, and
+the compiled core can mirror the patterns byte for byte. Other scripts' digits,
+full-width forms, invisible characters between digits and Unicode spaces and
+dashes are not ignored, they are folded: ``find_all`` runs the detectors on the
+folded view of a text that is not plain ASCII (``fold.py``: ``４１１１`` and
+``٤١١١`` read ``4111``, ZWSP and combining marks are dropped, NBSP reads ' ',
+an en dash '-', ``＠`` '@') and maps each detection back to the original
+characters, so a card in full-width digits is masked whole. ``Prefilter``
+checks the bytes of that same folded view. ASCII text is never folded.
 
 What each detector matches (and deliberately does not):
 
@@ -49,6 +56,8 @@ from __future__ import annotations
 import bisect
 import re
 from typing import Callable, Iterable
+
+from jitgate.masking import fold
 
 # jitgate/masking/_rowcore.c finds emails, cards, SSNs and phone numbers in ASCII values the
 # way this module does, span for span: a change here needs the same change there
@@ -353,7 +362,19 @@ class Prefilter:
         self.secret = "secret" in kinds
 
     def families(self, raw: bytes) -> tuple[bool, bool, bool, bool] | None:
-        """(email, numeric, iban, secret) worth running, or None when no detector can match."""
+        """(email, numeric, iban, secret) worth running, or None when no detector can match.
+
+        The checks run on the bytes of the text the detectors will read: for a value with a
+        character that folds (``fold.py``), its folded view (UTF-8, surrogateescape). So the
+        proof stays the ASCII one: each check is a necessary condition of its detectors on
+        whatever text they run over, and they run over exactly this one."""
+        if not raw.isascii():
+            text = raw.decode("utf-8", "surrogateescape")
+            folded = fold.fold(text)
+            if folded is not None:
+                raw = folded.text.encode("utf-8", "surrogateescape")
+                if folded.right_to_left:  # find_all reads it reversed too: so does the check
+                    raw += b"\n" + folded.text[::-1].encode("utf-8", "surrogateescape")
         email = self.email and b"@" in raw
         numeric = self.numeric and _NUMERIC_RUN in raw.translate(_PREFILTER_TABLE)
         iban = self.iban and b"AA99" in raw.translate(_IBAN_TABLE)
@@ -364,12 +385,27 @@ class Prefilter:
 
 
 def find_all(text: str, kinds: Iterable[str], families: tuple[bool, bool, bool, bool] | None = None) -> list[Span]:
-    """Every detection of these kinds, overlaps merged, sorted by position.
+    """Every detection of these kinds in the folded view of the text (``fold.py``), as spans of
+    the text itself, overlaps merged, sorted by position.
 
-    ``families`` (from ``Prefilter.families``) skips the families that cannot match.
+    ``families`` (from ``Prefilter.families``, which checks the same folded view) skips the
+    families that cannot match.
     """
     if not isinstance(kinds, frozenset):
         kinds = frozenset(kinds)
+    if not text.isascii():
+        folded = fold.fold(text)
+        if folded is not None:
+            spans = _find_all(folded.text, kinds, families)
+            if folded.right_to_left:  # displayed in reverse order after the override: read it so too
+                size = len(folded.text)
+                spans += [(size - end, size - start, kind)
+                          for start, end, kind in _find_all(folded.text[::-1], kinds, families)]
+            return merge_overlaps(folded.original_spans(spans))
+    return _find_all(text, kinds, families)
+
+
+def _find_all(text: str, kinds: frozenset[str], families: tuple[bool, bool, bool, bool] | None) -> list[Span]:
     email, numeric, iban, secret = families if families is not None else (True, True, True, True)
     spans: list[Span] = []
     if email and "email" in kinds:

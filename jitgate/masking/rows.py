@@ -23,12 +23,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+from jitgate.masking import fold
 from jitgate.masking.columns import MAX_SCANNED_VALUE, ValueMasker
 from jitgate.masking.errors import MalformedRow
 from jitgate.native import load_compiled
 
-# Not built, or built from an older source: the reference serves (jitgate/native.py).
-_rowcore, _ROWCORE_MISSING = load_compiled("jitgate.masking._rowcore", Path(__file__).with_name("_rowcore.c"))
+
+def load_core():
+    """(the compiled core, "") ready to use, or (None, why): not built, or built from an older
+    source (the reference serves then, jitgate/native.py)."""
+    module, why = load_compiled("jitgate.masking._rowcore", Path(__file__).with_name("_rowcore.c"))
+    if module is not None:
+        # The characters whose values go to the Python scan (it detects on their folded view).
+        module.set_fold_table(fold.bitmap())
+    return module, why
+
+
+_rowcore, _ROWCORE_MISSING = load_core()
 
 IMPLEMENTATIONS = ("compiled", "python")
 # Which mask_row new plans use; tests switch it to run the same cases against both.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 
 from jitgate.masking.detectors import EMAIL_FULL
+from jitgate.masking.fold import AT_SIGNS, fold_text
 
 # A detection is replaced by a marker that names what was there, so an agent
 # reading "[email]" knows an address was present without seeing it. Markers hold
@@ -88,7 +89,9 @@ def partial_detection(kind: str, found: str, keep_last: int) -> str:
     if kind == "secret":
         return DETECTION_MARKERS["secret"]  # no part of a credential is ever shown
     if kind == "email":
-        return "***@" + found.rpartition("@")[2]
+        # The domain is what follows the last at-sign, ASCII or one that folds to '@' ('＠').
+        at = max(found.rfind(sign) for sign in AT_SIGNS)
+        return "***@" + found[at + 1 :]
     alnum = sum(ch.isalnum() for ch in found)
     keep = kept_count(alnum, keep_last)
     hide = alnum - keep
@@ -104,7 +107,9 @@ def partial_detection(kind: str, found: str, keep_last: int) -> str:
 
 def normalized_detection(kind: str, found: str) -> bytes:
     """What a detection's hash is computed over: separators do not change the identity of a
-    card, IBAN, SSN or phone number ('4111 1111 1111 1111' and '4111111111111111' give one token)."""
+    card, IBAN, SSN or phone number ('4111 1111 1111 1111' and '4111111111111111' give one token),
+    and neither does its spelling: the folded view is hashed (fold.py: '４１１１' is '4111')."""
+    found = fold_text(found)
     if kind in ("card", "iban", "ssn", "phone"):
         return "".join(ch for ch in found if ch.isalnum()).upper().encode()
     return found.encode("utf-8", "surrogatepass")

@@ -485,3 +485,39 @@ def test_another_sessions_utility_statement_in_pg_stat_statements_is_masked(stat
     assert STATS_LITERAL not in out
     assert out.count("\n") >= 2, "the reader got no rows"
     assert STATS_LITERAL not in own
+
+
+def test_unicode_forms_of_sensitive_values_are_masked_through_the_relay(stack, broker_dsn):
+    """A full-width card, an SSN split by a zero-width space and a full-width email in a notes
+    column (jitgate/masking/fold.py), through the real relay: psql as a masked user gets them
+    masked, the clear-text group gets them as written, and the recording of the INSERT that wrote
+    them holds none of them in clear (in any spelling)."""
+    import json
+
+    from jitgate.backends import open_backends
+    from jitgate.masking.fold import fold_text
+    from jitgate.settings import Settings
+
+    card, ssn, email = "４１１１ １１１１ １１１１ １１１１", "123\u200b-45-6789", "ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ"
+    notes = f"card {card}, ssn {ssn}, mail {email}"
+    insert = f"INSERT INTO customers (full_name, email, notes) VALUES ('Uni Code', 'uni@example.com', '{notes}')"
+    script = f"BEGIN;\n{insert};\nSELECT notes FROM customers WHERE full_name = 'Uni Code';\nROLLBACK;\n"
+
+    def psql(dsn: str) -> str:
+        result = subprocess.run(["psql", "-X", "-q", "-A", "-t", dsn], input=script, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert psql(broker_dsn()) == "card [card], ssn [ssn], mail [email]"
+    assert psql(broker_dsn(groups=CLEAR_GROUPS)) == notes  # the row really holds them, as written
+    with psycopg.connect(broker_dsn()) as conn:
+        session_id = conn.info.parameter_status("jitgate_session_id")
+        conn.execute(insert)
+        conn.rollback()
+    wait_sealed(stack, session_id)
+    recording = open_backends(Settings.from_env(stack.env)).recordings.get_object(session_id, "recording.jsonl").decode()
+    text = json.dumps([json.loads(line) for line in recording.splitlines()], ensure_ascii=False)
+    assert "INSERT INTO customers" in text and "[card]" in text
+    for value in (card, ssn, email):
+        assert value not in text and fold_text(value) not in fold_text(text), value
