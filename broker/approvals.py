@@ -113,9 +113,11 @@ class UsedOnce:
 
     The store says "consumed" too, but a process that can write the store could put back the
     record as it was before (approved, with its genuine signed decision) and have the same
-    statement run again. So the broker also remembers, in a file beside its spool, every
-    one-time approval it used until that approval could no longer be used anyway (its request's
-    expiry), across restarts of the broker process. A line that cannot be read is skipped and
+    statement run again. Two records stop that: a create-only use record in the store
+    (``update_approval(once=True)``), which every broker reads, a new VM's included; and this
+    file beside the spool, which a writer who deletes the store's use record too cannot reach.
+    It keeps every one-time approval this broker used until that approval could no longer be used
+    anyway (its request's expiry), across restarts of the broker process. A line that cannot be read is skipped and
     logged: the file is the broker's own, and whoever can write it already runs the broker."""
 
     def __init__(self, path: Path | None):
@@ -403,19 +405,43 @@ class ApprovalStep:
             # Re-checked inside the transaction, by the same rule as everywhere: the grant must
             # still cover exactly this statement (or this session) for this requester, by its
             # signed decision (the stored record as read now, not as read before).
+            replayed.clear()  # (a transaction that retries runs this again on fresh data)
             current = ap.trusted_view(stored, keys)
             if current is None or not ap.grant_covers(current, requester=requester, target=session.target_name, sha256=sha,
                                    session_id=session.session_id, now=time.time()):
                 return None
             if approval_id in self._used_once:  # a store writer turned a consumed one-time approval back
+                replayed.append("this broker's disk")
                 return None
-            return ap.use(current)
+            new = ap.use(current)
+            if new["status"] == ap.CONSUMED:  # if the store then finds its use record, it was put back
+                replayed.append("the store's use record")
+            return new
 
-        used = await self._io(self.store.update_approval, approval_id, take)
+        replayed: list[str] = []  # what caught a consumed approval put back as approved (a store writer's work)
+
+        try:
+            # once=True: a one-time use is also written to the store create-only, so it outlives this
+            # broker's disk (a new VM, another broker of the group) against a store writer's rewind.
+            used = await self._io(lambda: self.store.update_approval(approval_id, take, once=True))
+        except Exception as exc:  # noqa: BLE001 - the use cannot be recorded: nothing runs under it
+            log(logger, logging.WARNING, "approval use not recorded: store unreachable", approval_id=approval_id,
+                error=type(exc).__name__)
+            session.recorder.event("approval.unrecorded", approval_id=approval_id, error=type(exc).__name__)
+            return self._refused(verdict, approval_id,
+                                 f"jitgate: approval {approval_id} could not be marked as used in the approvals store "
+                                 f"({type(exc).__name__}); the statement did not run. Run it again once the store "
+                                 "answers: the approval still covers it")
         if used is not None and used["status"] == ap.CONSUMED:
             # Usable at most until the request expires (grant_covers); remember it that long.
             self._used_once.add(approval_id, max(used.get("grant_until") or 0, used.get("expires_at") or 0))
         if used is None:
+            if replayed:
+                # Evidence of tampering with the store: say so where a reviewer looks.
+                log(logger, logging.WARNING, "consumed one-time approval found approved again in the store; refused",
+                    approval_id=approval_id, caught_by=replayed[-1], session_id=session.session_id)
+                session.recorder.event("approval.replay_refused", approval_id=approval_id, caught_by=replayed[-1],
+                                       note="a one-time approval already used was approved again in the store")
             return self._refused(verdict, approval_id,
                                  f"jitgate: approval {approval_id} no longer covers this statement (used up, expired, or for another statement)")
         if reused:

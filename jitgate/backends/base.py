@@ -49,9 +49,15 @@ class ApprovalStore(Protocol):
     def get_approval(self, approval_id: str) -> dict[str, Any] | None: ...
 
     def update_approval(
-        self, approval_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+        self, approval_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None], *, once: bool = False
     ) -> dict[str, Any] | None:
-        """Apply change(current) atomically; change returns the new record or None to leave it."""
+        """Apply change(current) atomically; change returns the new record or None to leave it.
+
+        ``once``: when the new record is consumed (a one-time approval used), the same transaction
+        also creates a use record keyed by the approval id (create-only, never updated); if one is
+        there already, the approval was consumed before: nothing changes and None is returned. A
+        consumed approval that a store writer puts back as approved thus stays used, whichever
+        broker (a new VM, another of the group) reads it."""
         ...
 
     def list_approvals(
@@ -65,6 +71,14 @@ class ApprovalStore(Protocol):
         session-scoped requests of that session), newest first, found through an index
         (approval_match_key / approval_session_key), never by scanning the target's history."""
         ...
+
+
+def approval_use(record: dict[str, Any]) -> dict[str, Any]:
+    """The use record of a consumed one-time approval (update_approval(once=True)): what an
+    investigation needs to match it with the recording that ran the statement."""
+    return {"approval_id": record["approval_id"], "sha256": record.get("sha256"), "target": record.get("target"),
+            "requester": record.get("requester"), "used_at": record.get("last_used_at"),
+            "expires_at": record.get("expires_at")}
 
 
 def approval_match_key(target: str, requester: str, sha256: str) -> str:

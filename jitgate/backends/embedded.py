@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import httpx
 
-from jitgate.backends.base import BackendUnavailable, approval_match_key, approval_session_key
+from jitgate.backends.base import BackendUnavailable, approval_match_key, approval_session_key, approval_use
 from jitgate.events import pubsub_envelope
 from jitgate.logs import log
 
@@ -47,6 +47,7 @@ class SqliteState:
                     approval_id TEXT PRIMARY KEY, target TEXT, status TEXT,
                     created_at REAL, expires_at REAL, record TEXT);
                 CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, expires_at);
+                CREATE TABLE IF NOT EXISTS approval_uses (approval_id TEXT PRIMARY KEY, record TEXT);
                 """
             )
             # Lookup keys (jitgate.backends.base.approval_match_key): added to older files in place.
@@ -158,7 +159,7 @@ class SqliteState:
         row = self._conn().execute("SELECT record FROM approvals WHERE approval_id=?", (approval_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def update_approval(self, approval_id: str, change: Callable[[dict], dict | None]) -> dict | None:
+    def update_approval(self, approval_id: str, change: Callable[[dict], dict | None], *, once: bool = False) -> dict | None:
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")  # takes the write lock first: concurrent deciders serialize here
         try:
@@ -167,6 +168,12 @@ class SqliteState:
                 db.execute("ROLLBACK")
                 return None
             new = change(json.loads(row[0]))
+            if new is not None and once and new.get("status") == "consumed":
+                if db.execute("SELECT 1 FROM approval_uses WHERE approval_id=?", (approval_id,)).fetchone():
+                    db.execute("ROLLBACK")
+                    return None
+                db.execute("INSERT INTO approval_uses(approval_id, record) VALUES (?,?)",
+                           (approval_id, json.dumps(approval_use(new))))
             if new is not None:
                 db.execute(
                     "UPDATE approvals SET status=?, expires_at=?, record=? WHERE approval_id=?",

@@ -141,7 +141,7 @@ ONCE_TARGET = """
     guardrails: {{ddl: approve}}
     approvals:
       approver_groups: [dba]
-      wait: 3s
+      wait: 60s  # released as soon as decided; a loaded machine can take seconds to decide
       grant_window: 0
 """
 
@@ -175,3 +175,46 @@ def test_a_consumed_one_time_approval_put_back_in_the_store_releases_nothing(sta
             conn.execute(statement)
     assert f"approval {record['approval_id']} no longer covers this statement" in str(held.value), str(held.value)
     assert backends.approvals.get_approval(record["approval_id"]).get("uses") == 0  # not used again
+
+
+def test_a_consumed_one_time_approval_put_back_stays_used_on_a_new_broker_vm(stack, broker_dsn, tmp_path):
+    """Attack: after a one-time approval was used, get the broker VM recreated (its disk, and the
+    used-approvals file on it, gone) and put the record back in the store as it was before
+    (approved, genuine signed decision, no uses). Decision: the new broker refuses the statement,
+    because the store kept a create-only use record of the first use."""
+    from jitgate.devstack import start_broker
+
+    stack.add_targets(ONCE_TARGET)
+    backends = _backends(stack)
+    column = f"vm_{uuid.uuid4().hex[:6]}"
+    statement = f"ALTER TABLE orders ADD COLUMN IF NOT EXISTS {column} int"
+    out: dict = {}
+    thread = run_held(broker_dsn("demo-once"), statement, out)
+    record = wait_pending(backends, "demo-once", lambda r: column in r.get("statement", ""), what=column)
+    decide_via_service(stack, record["approval_id"])
+    thread.join(30)
+    assert out.get("ok"), out
+    used = backends.approvals.get_approval(record["approval_id"])
+    assert used["status"] == ap.CONSUMED and used["uses"] == 1, used
+    approved = dict(used, status=ap.APPROVED, uses=0)
+    approved.pop("last_used_at", None)
+    _write_raw(stack, approved)
+    # The same deployment (keys, store, policy) on a fresh disk: no used-approvals file.
+    spool = tmp_path / "spool"
+    env = dict(stack.env, JITGATE_PG_LISTEN="127.0.0.1:0", JITGATE_SSH_LISTEN="", JITGATE_HTTP_LISTEN="",
+               JITGATE_K8S_LISTEN="", JITGATE_SPOOL_DIR=str(spool), JITGATE_BROKER_ID="broker-new-vm")
+    proc, info = start_broker(stack.home, env, stack.home / "logs", name="broker-new-vm")
+    try:
+        port = int(info["pg"].rpartition(":")[2])
+        dsn = broker_dsn("demo-once").replace(f"port={stack.broker_port}", f"port={port}")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            with pytest.raises(psycopg.Error) as held:
+                conn.execute(statement)
+    finally:
+        proc.stop()
+    assert f"approval {record['approval_id']} no longer covers this statement" in str(held.value), str(held.value)
+    remembered = spool.parent / f"{spool.name}-used-approvals.jsonl"
+    assert not remembered.exists() or record["approval_id"] not in remembered.read_text()  # the new disk did not know
+    assert backends.approvals.get_approval(record["approval_id"]).get("uses") == 0  # not used again
+    log = (stack.home / "logs" / "broker-new-vm.log").read_text(errors="replace")
+    assert "consumed one-time approval found approved again in the store" in log and "use record" in log, log[-2000:]

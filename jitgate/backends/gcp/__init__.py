@@ -37,7 +37,13 @@ import time
 import uuid
 from typing import Any, Callable
 
-from jitgate.backends.base import TOPICS, BackendUnavailable, approval_match_key, approval_session_key
+from jitgate.backends.base import (
+    TOPICS,
+    BackendUnavailable,
+    approval_match_key,
+    approval_session_key,
+    approval_use,
+)
 from jitgate.logs import log
 
 logger = logging.getLogger("jitgate.backends.gcp")
@@ -92,6 +98,8 @@ class FirestoreState:
         # newest request ids for that statement or session, written in the request's own transaction.
         # A lookup is two document reads whatever the history's size.
         self.approval_keys = self.db.collection("approval_keys")
+        # One document per consumed one-time approval (update_approval(once=True)), created once.
+        self.approval_uses = self.db.collection("approval_uses")
 
     @staticmethod
     def _doc_id(value: str) -> str:
@@ -240,14 +248,21 @@ class FirestoreState:
             return None
         return json.loads((snap.to_dict() or {})["record"])
 
-    def update_approval(self, approval_id: str, change: Callable[[dict], dict | None]) -> dict | None:
+    def update_approval(self, approval_id: str, change: Callable[[dict], dict | None], *, once: bool = False) -> dict | None:
         ref = self.approvals.document(self._doc_id(approval_id))
+        use_ref = self.approval_uses.document(self._doc_id(approval_id))
 
         def body(transaction):
             snap = ref.get(transaction=transaction)
+            used = use_ref.get(transaction=transaction) if once else None  # reads before writes
             if not snap.exists:
                 return None
             new = change(json.loads((snap.to_dict() or {})["record"]))
+            if new is not None and once and new.get("status") == "consumed":
+                if used.exists:
+                    return None
+                # create(): a concurrent consumer that read "absent" too fails the commit (Conflict).
+                transaction.create(use_ref, approval_use(new))
             if new is not None:
                 transaction.set(ref, self._approval_fields({**new, "approval_id": approval_id}))
             return new
