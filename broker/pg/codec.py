@@ -379,7 +379,29 @@ def parse_query(payload: bytes) -> Query:
     return Query(_first_cstr(payload, "Query"))
 
 
+# What reading a malformed payload straight through can raise (UnicodeDecodeError is a ValueError).
+_UNREADABLE = (ValueError, struct.error, IndexError)
+
+
 def parse_parse(payload: bytes) -> Parse:
+    """Every extended-protocol statement may send one: read straight through; what that trips on is
+    read again by the checked reference, which raises the ProtocolError that says what is wrong."""
+    try:
+        end = payload.index(0)
+        name = payload[:end].decode()
+        pos = end + 1
+        end = payload.index(0, pos)
+        sql = payload[pos:end].decode()
+        (n,) = _I16.unpack_from(payload, end + 1)
+        if n < 0:
+            raise ValueError
+        types = struct.unpack_from(f"!{n}I", payload, end + 3) if n else ()
+    except _UNREADABLE:
+        return _parse_parse_checked(payload)
+    return Parse(name, sql, types)
+
+
+def _parse_parse_checked(payload: bytes) -> Parse:
     c = _Cursor(payload, "Parse")
     name = c.cstr()
     sql = c.cstr()
@@ -387,10 +409,6 @@ def parse_parse(payload: bytes) -> Parse:
     if n < 0:
         raise ProtocolError("negative parameter count in Parse")
     return Parse(name, sql, tuple(c.u32() for _ in range(n)))
-
-
-# What reading a malformed payload straight through can raise (UnicodeDecodeError is a ValueError).
-_UNREADABLE = (ValueError, struct.error, IndexError)
 
 
 def _first_cstr(payload: bytes, what: str) -> str:
@@ -469,11 +487,35 @@ def _parse_bind_checked(payload: bytes) -> Bind:
 
 
 def parse_execute(payload: bytes) -> Execute:
+    """Straight through, like ``parse_bind``; the checked reference says what is wrong."""
+    try:
+        end = payload.index(0)
+        portal = payload[:end].decode()
+        (max_rows,) = _I32.unpack_from(payload, end + 1)
+    except _UNREADABLE:
+        return _parse_execute_checked(payload)
+    return Execute(portal, max_rows)
+
+
+def _parse_execute_checked(payload: bytes) -> Execute:
     c = _Cursor(payload, "Execute")
     return Execute(c.cstr(), c.i32())
 
 
 def parse_describe(payload: bytes) -> Describe:
+    """Straight through, like ``parse_bind``; the checked reference says what is wrong."""
+    try:
+        kind = payload[0]
+        end = payload.index(0, 1)
+        name = payload[1:end].decode()
+    except _UNREADABLE:
+        return _parse_describe_checked(payload)
+    if kind != 0x50 and kind != 0x53:  # 'P', 'S'
+        return _parse_describe_checked(payload)
+    return Describe(chr(kind), name)
+
+
+def _parse_describe_checked(payload: bytes) -> Describe:
     c = _Cursor(payload, "Describe")
     kind = chr(c.bytes(1)[0])
     if kind not in "SP":
@@ -679,7 +721,27 @@ class FieldDescription:
     format: int
 
 
+_FIELD = struct.Struct("!IhIhih")  # table OID, attribute number, type OID, type size, type modifier, format
+
+
 def parse_row_description(payload: bytes) -> list[FieldDescription]:
+    """Straight through, like ``parse_bind``; the checked reference says what is wrong."""
+    try:
+        (n,) = _I16.unpack_from(payload, 0)
+        if n < 0:
+            raise ValueError
+        fields = []
+        pos = 2
+        for _ in range(n):
+            end = payload.index(0, pos)
+            fields.append(FieldDescription(payload[pos:end].decode(), *_FIELD.unpack_from(payload, end + 1)))
+            pos = end + 19
+    except _UNREADABLE:
+        return _parse_row_description_checked(payload)
+    return fields
+
+
+def _parse_row_description_checked(payload: bytes) -> list[FieldDescription]:
     c = _Cursor(payload, "RowDescription")
     n = c.i16()
     if n < 0:

@@ -187,6 +187,7 @@ class PgConnection:
         # RowDescription payloads answering a Describe of a statement or portal, by name.
         self.statement_fields: dict[str, bytes] = {}
         self.portal_fields: dict[str, bytes] = {}
+        self.checked_description = b""  # the last RowDescription payload read whole (it parsed)
         self.statement_lineages: dict[str, object] = {}
         self.copy_plan = None
         self._closing_reason: str | None = None
@@ -608,7 +609,10 @@ class PgConnection:
                 elif kind == 0x42:  # 'B'
                     self.batch.message(len(out))
                     bind = codec.parse_bind(data[start + 5 : end])
-                    self.portals[bind.portal] = (bind.statement, describe_params(bind.params, [bind.param_format(i) for i in range(len(bind.params))]), bind.result_formats)
+                    formats = bind.param_formats  # none, one for all, or one per parameter (codec checked)
+                    if len(formats) == 1:
+                        formats *= len(bind.params)
+                    self.portals[bind.portal] = (bind.statement, describe_params(bind.params, formats), bind.result_formats)
                     self.portal_fields.pop(bind.portal, None)
                     out += data[start:end]
                 elif kind == 0x45:  # 'E'
@@ -831,7 +835,9 @@ class PgConnection:
                         description = bytes(data[start + 5 : end])
                         if self.describes:
                             _, described, name = self.describes.popleft()
-                            codec.parse_row_description(description)  # checked now, planned at Execute
+                            if description != self.checked_description:  # (a repeated answer was checked)
+                                codec.parse_row_description(description)  # checked now, planned at Execute
+                                self.checked_description = description
                             (self.statement_fields if described == "S" else self.portal_fields)[name] = description
                         elif pending and pending[0].simple:
                             head = pending[0]
@@ -893,12 +899,29 @@ class PgConnection:
         queue is planned and its plan masks nothing. Its rows pass on as they are: counted from
         its CommandComplete (simple) or here (an Execute's: a PortalSuspended carries no count)."""
         head = self.pending[0] if self.pending else None
-        if head is None or not head.planned or head.plan is not None:
+        if head is None or (not head.planned and not self._plan_known(head)) or head.plan is not None:
             return False
         if head.simple:
             head.uncounted = True
         else:
             head.rows += codec.count_messages(data, begin, stop)
+        return True
+
+    def _plan_known(self, head: Pending) -> bool:
+        """``_plan_for_rows`` without an await when the masker has the plan already (an Execute of
+        a result shape the session has seen): True when ``head`` is planned now."""
+        masker = self.session.masker
+        description = self.portal_fields.get(head.portal)
+        if description is not None:
+            plan = masker.known_plan(description, head.lineage())
+        elif head.statement in self.statement_fields:
+            plan = masker.known_plan(self.statement_fields[head.statement], head.lineage(),
+                                     result_formats=tuple(head.result_formats))
+        else:
+            return False
+        if plan is NOT_PLANNED:
+            return False
+        head.plan, head.planned = plan, True
         return True
 
     async def _data_rows(self, data: bytes, begin: int, stop: int, parts: list | None, last: int, *,

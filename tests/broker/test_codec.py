@@ -252,3 +252,60 @@ def test_first_string_read_agrees_with_the_cursor(payload):
         return codec.Query(codec._Cursor(p, "Query").cstr())
 
     assert _outcome(codec.parse_query, payload) == _outcome(reference, payload)
+
+
+def _parse_payload(name, sql, types):
+    return name + b"\x00" + sql + b"\x00" + struct.pack("!h", len(types)) + b"".join(struct.pack("!I", t) for t in types)
+
+
+def _row_description_payload(fields):
+    out = struct.pack("!h", len(fields))
+    for name, values in fields:
+        out += name + b"\x00" + struct.pack("!IhIhih", *values)
+    return out
+
+
+_field_values = st.tuples(st.integers(0, 2**32 - 1), st.integers(-2**15, 2**15 - 1), st.integers(0, 2**32 - 1),
+                          st.integers(-2**15, 2**15 - 1), st.integers(-2**31, 2**31 - 1), st.integers(-2**15, 2**15 - 1))
+# Each extended-protocol message the relay reads straight through, with how to build a well-formed payload.
+_FAST_READS = {
+    "Parse": (codec.parse_parse, codec._parse_parse_checked,
+              st.builds(_parse_payload, _names, _names, st.lists(st.integers(0, 2**32 - 1), max_size=3))),
+    "Execute": (codec.parse_execute, codec._parse_execute_checked,
+                st.builds(lambda n, rows: n + b"\x00" + struct.pack("!i", rows), _names, st.integers(-2**31, 2**31 - 1))),
+    "Describe": (codec.parse_describe, codec._parse_describe_checked,
+                 st.builds(lambda k, n: k + n + b"\x00", st.sampled_from([b"S", b"P", b"X", b"\x00"]), _names)),
+    "RowDescription": (codec.parse_row_description, codec._parse_row_description_checked,
+                       st.builds(_row_description_payload, st.lists(st.tuples(_names, _field_values), max_size=3))),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(_FAST_READS)), st.data(), st.integers(0, 60), st.binary(max_size=4),
+       st.sampled_from(["keep", "cut", "append", "corrupt"]))
+def test_fast_reads_agree_with_the_checked_reference(kind, data, at, extra, how):
+    """Parse, Execute, Describe and RowDescription are read straight through; on any payload,
+    well-formed, cut, padded or corrupted, each gives what its checked reference gives: the same
+    message or the same ProtocolError."""
+    fast, checked, payloads = _FAST_READS[kind]
+    payload = data.draw(payloads)
+    if how == "cut":
+        payload = payload[: at % (len(payload) + 1)]
+    elif how == "append":
+        payload += extra
+    elif how == "corrupt" and payload:
+        i = at % len(payload)
+        payload = payload[:i] + (extra or b"\xff")[:1] + payload[i + 1 :]
+    assert _outcome(fast, payload) == _outcome(checked, payload)
+
+
+def test_fast_reads_of_well_formed_messages():
+    assert codec.parse_parse(_parse_payload(b"s1", b"SELECT $1", [23])) == codec.Parse("s1", "SELECT $1", (23,))
+    assert codec.parse_execute(b"p\x00\x00\x00\x00\x05") == codec.Execute("p", 5)
+    assert codec.parse_describe(b"Sst\x00") == codec.Describe("S", "st")
+    with pytest.raises(codec.ProtocolError, match="unknown kind"):
+        codec.parse_describe(b"Xst\x00")
+    fields = [codec.FieldDescription("id", 16400, 1, 23, 4, -1, 0), codec.FieldDescription("é", 0, 0, 25, -1, -1, 1)]
+    assert codec.parse_row_description(codec.build_row_description(fields)[5:]) == fields
+    with pytest.raises(codec.ProtocolError, match="negative field count"):
+        codec.parse_row_description(b"\xff\xff")
