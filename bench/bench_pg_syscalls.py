@@ -70,12 +70,25 @@ def traced(ep: Endpoint, pid: int, mode: str, per_client: int, out: Path) -> tup
     return txns, strace_counts(out)
 
 
+def on_cpu(pid: int) -> float:
+    """Seconds on a CPU, every thread, from schedstat (nanoseconds; /proc/<pid>/stat counts ticks)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def cpu_round(ep: Endpoint, pid: int, mode: str, per_client: int) -> dict:
     u0, s0 = proc_cpu_split(pid)
+    x0 = on_cpu(pid)
     txns = run_pgbench(ep, mode, per_client)
     u1, s1 = proc_cpu_split(pid)
+    x1 = on_cpu(pid)
     return {"txns": txns, "user_us": (u1 - u0) * 1e6 / txns, "sys_us": (s1 - s0) * 1e6 / txns,
-            "total_us": (u1 - u0 + s1 - s0) * 1e6 / txns}
+            "total_us": (x1 - x0) * 1e6 / txns}
 
 
 def wait_sealed(home: Path, deadline: float = 120) -> None:
@@ -164,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
                     wait_sealed(home)
         rounds: dict[str, list[dict]] = {name: [] for name in eps}
         for i in range(args.rounds):
-            for name, (ep, pid) in eps.items():
+            order = list(eps.items())
+            for name, (ep, pid) in (order if i % 2 == 0 else order[::-1]):  # neither broker always goes first
                 r = cpu_round(ep, pid, args.mode, args.transactions)
                 rounds[name].append(r)
-                say(f"round {i + 1} {name}: {r['total_us']:.1f} µs/txn (user {r['user_us']:.1f}, sys {r['sys_us']:.1f})")
+                say(f"round {i + 1} {name}: {r['total_us']:.1f} µs/txn on CPU (user {r['user_us']:.1f}, "
+                    f"sys {r['sys_us']:.1f}, in ticks)")
                 if name != "pgbouncer":
                     wait_sealed(home)
         md = render(args, rounds, per_txn, txn_counts, compiled, load_before, sequences)
@@ -193,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def sequence(ep: Endpoint, pid: int, mode: str, count: int, out: Path) -> str:
-    """Every syscall of ``count`` single-client transactions; returns the lines of one from the middle
-    (from the read of its query to the one of the next)."""
+    """Every syscall of ``count`` single-client transactions; returns the lines of one from the middle:
+    from a read on a socket to the next read on that socket (one transaction, maybe rotated)."""
     strace = subprocess.Popen(["strace", "-f", "-tt", "-s", "0", "-o", str(out), "-p", str(pid)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -206,8 +221,6 @@ def sequence(ep: Endpoint, pid: int, mode: str, count: int, out: Path) -> str:
     shutil.copy(out, Path(tempfile.gettempdir()) / f"pg-syscalls-{out.name}")  # the whole trace, for a closer look
     lines = out.read_text(errors="replace").splitlines()
     middle = lines[len(lines) // 2 :]
-    # a transaction starts where the proxy reads the client's query: the first read/recvfrom after a write
-    # to the client; take the span between two such starts on the socket of the first one
     starts = [i for i, ln in enumerate(middle) if re.search(r"\b(read|recvfrom)\((\d+),", ln)]
     if len(starts) < 6:
         return "\n".join(middle[:40])
@@ -236,15 +249,20 @@ def render(args, rounds, per_txn, txn_counts, compiled, load_before, sequences=N
         lines.append("| **total** | " + " | ".join(f"**{sum(per_txn[n].values()):.2f}**" for n in names) + " |")
         lines.append("")
     for name, text in (sequences or {}).items():
-        lines += [f"## One single-client transaction through {name} (`strace -f -tt`, from the read of one "
-                  "query to the read of the next)", "", "```", text, "```", ""]
-    lines += [f"## CPU per transaction, no tracer (median of {args.rounds} rounds"
-              + (", alternating" if args.compare else "") + ")", "",
-              "| proxy | user µs | system µs | total µs | rounds (total µs) |", "|---|---:|---:|---:|---|"]
+        lines += [f"## One single-client transaction through {name} (`strace -f -tt`, from a read on a socket "
+                  "to the next read on it)", "", "```", text, "```", ""]
+    lines += [f"## CPU per transaction, no tracer (median of {args.rounds} rounds, one after the other"
+              + (", the order flipped every round" if args.compare else "") + ")", "",
+              "On CPU: schedstat of every thread (ns); user and system: /proc/<pid>/stat (10 ms ticks).", "",
+              "| proxy | on CPU µs | user µs | system µs | rounds (on CPU µs) |", "|---|---:|---:|---:|---|"]
     for name, rs in rounds.items():
         label = name if name != "base" else f"base ({args.compare})"
-        lines.append(f"| {label} | {med(rs, 'user_us'):.1f} | {med(rs, 'sys_us'):.1f} | {med(rs, 'total_us'):.1f} | "
+        lines.append(f"| {label} | {med(rs, 'total_us'):.1f} | {med(rs, 'user_us'):.1f} | {med(rs, 'sys_us'):.1f} | "
                      + ", ".join(f"{r['total_us']:.0f}" for r in rs) + " |")
+    if "base" in rounds:
+        ratios = [a["total_us"] / b["total_us"] for a, b in zip(rounds["broker"], rounds["base"])]
+        lines += ["", f"broker ÷ base, on CPU, round by round: {', '.join(f'{r:.3f}' for r in ratios)}; "
+                  f"**median {statistics.median(ratios):.3f}**"]
     return "\n".join(lines) + "\n"
 
 
