@@ -58,15 +58,32 @@ def run_pgbench(ep: Endpoint, mode: str, per_client: int) -> int:
     return r["transactions"]
 
 
-def traced(ep: Endpoint, pid: int, mode: str, per_client: int, out: Path) -> tuple[int, dict]:
-    strace = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(pid)],
+def traced(ep: Endpoint, pid: int, mode: str, seconds: float, out: Path) -> tuple[int, dict]:
+    """strace -c attached in the middle of a longer pgbench run, so that the counts are the steady
+    state: the sessions' sign-in, close and sealing fall outside the window. The transactions are
+    those pgbench logged as finished while strace was attached."""
+    prefix = out.with_name(f"log-{ep.name}")
+    client = subprocess.Popen(["pgbench", "-n", "-S", "-M", mode, "-c", "8", "-j", "2", "-T", str(round(seconds) + 6),
+                               "--log", f"--log-prefix={prefix}", ep.dbname], env=ep.env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(1.0)  # attached to every thread
-        txns = run_pgbench(ep, mode, per_client)
-    finally:
+        time.sleep(3)  # signed in, steady
+        begin = time.time()
+        strace = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(seconds)
+        end = time.time()
         strace.send_signal(signal.SIGINT)
         strace.wait(60)
+    finally:
+        client.wait(seconds + 120)
+    txns = 0
+    for log in out.parent.glob(prefix.name + ".*"):
+        for line in log.read_text().splitlines():
+            parts = line.split()  # client, transaction, µs, script, epoch s, µs of that second
+            if len(parts) >= 6 and begin <= int(parts[4]) + int(parts[5]) / 1e6 <= end:
+                txns += 1
+        log.unlink()
     return txns, strace_counts(out)
 
 
@@ -123,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="CPU rounds per broker (alternating with --compare)")
     p.add_argument("--compare", type=Path, help="a second tree whose broker runs on the same stack (A/B)")
     p.add_argument("--no-strace", action="store_true")
+    p.add_argument("--strace-seconds", type=float, default=8, help="how long strace -c stays attached (default 8)")
     p.add_argument("--label", default="", help="suffix of the results file")
     p.add_argument("--sequence", type=int, default=0, metavar="N",
                    help="also trace N single-client transactions per proxy in full (strace -f -tt) and show one")
@@ -163,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         txn_counts = {}
         if not args.no_strace:
             for name, (ep, pid) in eps.items():
-                say(f"strace -c -f -p {pid} ({name}), {8 * args.transactions} transactions")
-                txns, counts = traced(ep, pid, args.mode, args.transactions, home / f"strace-{name}.txt")
+                say(f"strace -c -f -p {pid} ({name}) for {args.strace_seconds} s in the middle of a pgbench run")
+                txns, counts = traced(ep, pid, args.mode, args.strace_seconds, home / f"strace-{name}.txt")
                 txn_counts[name] = txns
                 per_txn[name] = {k: calls / txns for k, (calls, _) in counts.items()}
                 if name != "pgbouncer":
@@ -220,14 +238,17 @@ def sequence(ep: Endpoint, pid: int, mode: str, count: int, out: Path) -> str:
         strace.wait(60)
     shutil.copy(out, Path(tempfile.gettempdir()) / f"pg-syscalls-{out.name}")  # the whole trace, for a closer look
     lines = out.read_text(errors="replace").splitlines()
-    middle = lines[len(lines) // 2 :]
-    starts = [i for i, ln in enumerate(middle) if re.search(r"\b(read|recvfrom)\((\d+),", ln)]
-    if len(starts) < 6:
-        return "\n".join(middle[:40])
-    fd = re.search(r"\b(?:read|recvfrom)\((\d+),", middle[starts[0]]).group(1)
-    client = [i for i in starts if re.search(rf"\b(?:read|recvfrom)\({fd},", middle[i])]
-    begin, end = (client[1], client[2]) if len(client) >= 3 else (starts[0], starts[4])
-    return "\n".join(re.sub(r"^\d+\s+", "", ln) for ln in middle[begin:end])
+    middle = [re.sub(r"^\d+\s+", "", ln) for ln in lines[len(lines) // 2 :]]
+    reads = [i for i, ln in enumerate(middle) if re.match(r"\d[\d:.]* (read|recvfrom)\(\d+,", ln)]
+    if not reads:
+        return "\n".join(middle[:20])
+    fd = re.search(r"(?:read|recvfrom)\((\d+),", middle[reads[0]]).group(1)
+    waited = False
+    for i in range(reads[0] + 1, len(middle)):
+        waited = waited or "epoll" in middle[i]
+        if waited and re.search(rf" (?:read|recvfrom)\({fd},", middle[i]):
+            return "\n".join(middle[reads[0]:i])
+    return "\n".join(middle[reads[0]:reads[0] + 20])
 
 
 def render(args, rounds, per_txn, txn_counts, compiled, load_before, sequences=None) -> str:
