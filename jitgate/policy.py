@@ -40,9 +40,11 @@ SQL_CLASSES = (
     "unclassified",
     "pinned_setting",
 )
-# -- masking: a WHERE/JOIN/ORDER BY/GROUP BY that reads a masked column (set by the masking
-# lineage step, broker/pg/masking_step.py, not by the classifier; default allow, recorded) --
-MASKING_CLASSES = ("sensitive_predicate",)
+# -- masking (set by the masking lineage step, broker/pg/masking_step.masking_verdict, not by the
+# classifier): a WHERE/JOIN/ORDER BY/GROUP BY that reads a masked column (default allow, recorded);
+# a value read from a masked column written into a table (default approve: masking follows it
+# back within the writing session only) --
+MASKING_CLASSES = ("sensitive_predicate", "sensitive_write")
 EXEC_CLASSES = (
     "command",
     "privilege",
@@ -82,6 +84,7 @@ DEFAULT_GUARDRAILS: dict[str, str] = {
     "unclassified": "deny",
     "pinned_setting": "deny",
     "sensitive_predicate": "allow",
+    "sensitive_write": "approve",
 }
 
 # --- classes no policy can open ---------------------------------------------------

@@ -243,11 +243,15 @@ class Upstream:
                         raise UpstreamUnavailable(f"catalog lookup failed: {error}")
                     return rows
 
-    async def run(self, sql: str, params: list, *, max_rows: int, max_bytes: int, masker=None) -> QueryResult:
+    async def run(self, sql: str, params: list, *, max_rows: int, max_bytes: int, masker=None, vet=None) -> QueryResult:
+        """``vet(lineages)``: called with the statement's lineage before it is sent; it raises
+        (``MaskingVerdict``) to stop the statement there."""
         lineage = None
         if masker is not None and getattr(masker, "follows_lineage", False):
             lineages = await masker.follow(sql, self.fetch_text)
             lineage = lineages[0] if lineages else None
+            if vet is not None:
+                vet(lineages)
         self.writer.write(
             codec.build_parse("", sql) + build_bind([encode_param(p) for p in params]) + build_describe_portal()
             + build_execute(max_rows) + codec.SYNC
@@ -390,6 +394,15 @@ class Upstream:
                     return tables, columns
 
 
+class MaskingVerdict(Exception):
+    """Masking's classes (broker/pg/masking_step.masking_verdict) turned the statement's verdict into a
+    hold or a refusal once its lineage was known; nothing was sent."""
+
+    def __init__(self, verdict):
+        super().__init__(verdict.message)
+        self.verdict = verdict
+
+
 class RowLimitExceeded(Exception):
     """A measured statement changed more rows than allowed; it was rolled back."""
 
@@ -426,7 +439,7 @@ async def run_measured(upstream: "Upstream", sql: str, params: list, *, row_limi
 
 
 async def run_query(target: Target, password: str, sql: str, params: list, *, max_rows: int, max_bytes: int,
-                    timeout_s: float, masker=None, row_limit: int | None = None,
+                    timeout_s: float, masker=None, row_limit: int | None = None, vet=None,
                     max_scram_iterations: int = DEFAULT_MAX_SCRAM_ITERATIONS) -> tuple[QueryResult, float]:
     """Connect, run one statement, disconnect. Returns the result and the time spent in the target.
     With ``row_limit``, the statement is measured (run_measured)."""
@@ -434,9 +447,10 @@ async def run_query(target: Target, password: str, sql: str, params: list, *, ma
     started = time.perf_counter()
     try:
         try:
-            run = (upstream.run(sql, params, max_rows=max_rows, max_bytes=max_bytes, masker=masker) if row_limit is None
+            run = (upstream.run(sql, params, max_rows=max_rows, max_bytes=max_bytes, masker=masker, vet=vet)
+                   if row_limit is None
                    else run_measured(upstream, sql, params, row_limit=row_limit, max_rows=max_rows, max_bytes=max_bytes,
-                                     masker=masker))
+                                     masker=masker, vet=vet))
             result = await asyncio.wait_for(run, timeout_s + 2)
         except asyncio.TimeoutError:
             await upstream.cancel()

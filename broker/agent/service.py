@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from broker.agent import pgquery, sshexec
 from broker.authz import Refused
 from broker.pg.codec import ProtocolError
+from broker.pg.masking_step import masking_verdict
 from broker.session import Session, Verdict
 from jitgate import approvals as ap
 from jitgate.logs import log
@@ -441,22 +442,26 @@ class AgentService:
             statement_id = session.record_statement(sql, protocol="agent", verdict=verdict, params=params)
             if not verdict.allowed:
                 raise self._denied_problem(verdict, target_name, session)
-            try:
-                return await self._run_query(session, statement_id, target, sql, params, max_rows, max_bytes, timeout,
-                                             verdict)
-            except pgquery.RowLimitExceeded as exc:  # measured and rolled back: a human decides, with the count
-                held = Verdict("approve", verdict.classes, verdict.reasons + (f"measured: {exc}",),
-                               f"jitgate: statement rolled back and needs approval on target {target_name!r}: {exc}")
-                session.recorder.event("statement.measured", rows=exc.rows, outcome="held",
-                                       limit=target.row_limit(principal.groups))
+            # Two things can still stop it once it meets the target, each ending in a human's decision
+            # (or a refusal) and a second try that runs as decided: masking's classes, once the lineage
+            # is known (nothing was sent), and the measured row limit (rolled back, with the count).
+            while True:
+                try:
+                    return await self._run_query(session, statement_id, target, sql, params, max_rows, max_bytes,
+                                                 timeout, verdict)
+                except pgquery.MaskingVerdict as exc:
+                    held = exc.verdict
+                except pgquery.RowLimitExceeded as exc:
+                    held = Verdict("approve", verdict.classes, verdict.reasons + (f"measured: {exc}",),
+                                   f"jitgate: statement rolled back and needs approval on target {target_name!r}: {exc}")
+                    session.recorder.event("statement.measured", rows=exc.rows, outcome="held",
+                                           limit=target.row_limit(principal.groups))
                 verdict = await self._decide(handle, statement, held, wait)
                 statement_id = session.record_statement(sql, protocol="agent", verdict=verdict, params=params)
                 if verdict.action == "approve":
                     raise await self._pending_problem(verdict, target_name, session, wait) from None
                 if not verdict.allowed:
                     raise self._denied_problem(verdict, target_name, session) from None
-                return await self._run_query(session, statement_id, target, sql, params, max_rows, max_bytes, timeout,
-                                             verdict)
         finally:
             await self._release(handle)
 
@@ -476,9 +481,19 @@ class AgentService:
         try:
             # Statements that write rows are counted (broker/pg/measure.py); an approved one runs as approved.
             row_limit = target.row_limit(session.principal.groups) if verdict.writes_rows and not verdict.approval_id else None
+
+            def vet(lineages: list) -> None:
+                """Masking's classes, as the relay applies them (a hold or a refusal stops it here)."""
+                decided = masking_verdict(session, verdict, lineages)
+                if decided.action != verdict.action:
+                    raise pgquery.MaskingVerdict(decided)
+                if decided.classes != verdict.classes:
+                    session.recorder.event("statement.classes", id=statement_id, classes=list(decided.classes),
+                                           reasons=list(decided.reasons[len(verdict.reasons):]))
+
             result, started = await pgquery.run_query(target, password, sql, params, max_rows=max_rows,
                                                       max_bytes=max_bytes, timeout_s=timeout, masker=session.masker,
-                                                      row_limit=row_limit,
+                                                      row_limit=row_limit, vet=vet,
                                                       max_scram_iterations=self.ctx.settings.pg_max_scram_iterations)
         except pgquery.UpstreamUnavailable as exc:
             session.record_result(statement_id, started=started, rows=None, tag=None, error=str(exc))

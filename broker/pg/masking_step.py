@@ -1,7 +1,7 @@
 """The masking steps of the PostgreSQL relay, kept out of ``server.py``'s pumps.
 
-- ``follow_for_relay``: the lineage of a statement before it goes upstream (and the
-  ``masking.unknown_lineage: approve`` hold).
+- ``follow_for_relay`` / ``masking_verdict``: the lineage of a statement before it goes upstream
+  (or waits for approval), and the guardrail classes masking adds to its verdict.
 - ``mask_row``: a DataRow through its plan; a large row is masked on a worker thread so
   one big value does not hold every other session on the event loop.
 - ``mask_rows``: a run of whole DataRows (what one read brings) through its plan in one call:
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from broker.sql_worker import WorkerFailed, copy_statements, pool
 from jitgate.logs import log
@@ -82,32 +83,86 @@ def statement_error_fields(connection, fields: dict[str, str]) -> dict[str, str]
 
 
 async def follow_for_relay(connection, sql: str, verdict):
-    """(verdict, lineages) for a statement the relay is about to forward under masking.
+    """(verdict, lineages) for a statement the relay is about to forward (or hold) under masking.
 
-    Policy ``masking.unknown_lineage: approve`` holds a statement whose lineage cannot be
-    followed for an approver (class ``masking_lineage_unknown``) instead of masking every
-    column of its result.
+    The lineage is followed before any approval hold, so the masking classes join the
+    classifier's verdict and one approval covers them all (``masking_verdict``); the caller
+    holds when the result says ``approve``. A denied statement is not followed.
     """
-    masker = connection.session.masker
-    if masker is None or not verdict.allowed or not getattr(masker, "follows_lineage", False):
+    session = connection.session
+    masker = session.masker
+    if masker is None or verdict.action == "deny" or not getattr(masker, "follows_lineage", False):
         return verdict, []
     lineages = await masker.follow(sql)
-    verdict = await _sensitive_predicate(connection, sql, verdict, lineages)
-    if not verdict.allowed:
-        return verdict, lineages
     unknown = next((s.unknown for s in lineages if s.unknown), None)
     if unknown is not None:
-        log(logger, logging.INFO, "column lineage unknown; results fail closed", session_id=connection.session.session_id,
+        log(logger, logging.INFO, "column lineage unknown; results fail closed", session_id=session.session_id,
             reason=unknown)
-    if unknown is None or connection.session.target.masking.unknown_lineage != "approve":
-        return verdict, lineages
-    from broker.session import Verdict
+    return masking_verdict(session, verdict, lineages), lineages
 
-    held = Verdict("approve", tuple(sorted(set(verdict.classes) | {"masking_lineage_unknown"})), verdict.reasons,
-                   f"jitgate: statement needs approval on target {connection.session.target_name!r}: the source "
-                   f"columns of its result cannot be followed ({unknown}) (policy masking.unknown_lineage: approve)")
-    # Approved or not, an unknown lineage still masks every column of the result (fail closed).
-    return await connection.hold_for(sql, held), lineages
+
+def masking_verdict(session, verdict, lineages: list):
+    """The verdict once masking has seen the statement's lineage (pure; the caller holds for an
+    ``approve``). Every class joins the verdict, and so the recording; each one's policy action
+    applies (deny over approve over allow), except that a statement a human already approved
+    (``approval_id``) is not held again:
+
+    - ``sensitive_predicate``: a WHERE, join, ORDER BY, GROUP BY... reads a masked column, so the
+      result can reveal what masking hides (``WHERE email LIKE 'a%'``). Default allow.
+    - ``sensitive_write``: a value read from a masked column is written into a table
+      (``UPDATE customers SET notes = translate(email, ...)``, ``INSERT INTO t SELECT ...``).
+      Masking follows it back only within this session; another session, or another identity,
+      would read it as a plain column. Default approve.
+    - ``masking_lineage_unknown``: when ``masking.unknown_lineage: approve``, a statement whose
+      result's sources cannot be followed (its result is masked whole either way).
+
+    Everything else in the verdict (the measured row limit's ``writes_rows``, the approval)
+    is kept: rebuilding it lost ``writes_rows``, so a DELETE with a predicate on a masked
+    column skipped the measured row limit.
+    """
+    if len(lineages) == 1:  # the usual case: one statement
+        predicates = lineages[0].predicate_sources
+        non_text = lineages[0].non_text_sources
+    else:
+        predicates = frozenset().union(*(s.predicate_sources for s in lineages))
+        non_text = frozenset().union(*(s.non_text_sources for s in lineages))
+    found = []  # (class, action, reason)
+    if predicates:
+        columns = _sensitive_columns(session, predicates, non_text)
+        if columns:
+            found.append(("sensitive_predicate", session.target.action_for("sensitive_predicate", session.principal.groups),
+                          f"it filters, joins, sorts or groups on masked column(s) {', '.join(columns)}"))
+    written = [(relation, column, sources) for s in lineages for relation, column, sources in s.writes]
+    if written:
+        columns = sorted({c for _, _, sources in written for c in _sensitive_columns(session, sources, non_text)})
+        if columns:
+            targets = sorted({f"{r}.{c}" if c else f"{r}.*" for r, c, sources in written
+                              if _sensitive_columns(session, sources, non_text)})
+            found.append(("sensitive_write", session.target.action_for("sensitive_write", session.principal.groups),
+                          f"it writes values read from masked column(s) {', '.join(columns)} into {', '.join(targets)}"))
+    unknown = next((s.unknown for s in lineages if s.unknown), None)
+    if unknown is not None and session.target.masking.unknown_lineage == "approve":
+        found.append(("masking_lineage_unknown", "approve", f"the source columns of its result cannot be followed "
+                                                            f"({unknown}) (policy masking.unknown_lineage: approve)"))
+    if not found:
+        return verdict
+    classes = tuple(sorted(set(verdict.classes) | {k for k, _, _ in found}))
+    reasons = verdict.reasons + tuple(f"{k}: {why}" for k, _, why in found)
+    denied = [(k, why) for k, action, why in found if action == "deny"]
+    held = [(k, why) for k, action, why in found if action == "approve"]
+    where = f"on target {session.target_name!r}"
+    if denied:
+        return replace(verdict, action="deny", classes=classes, reasons=reasons, approval_id=None,
+                       message=f"jitgate: statement refused by policy {where} ("
+                               + "; ".join(f"class: {k}; {why}" for k, why in denied) + ")")
+    if held and verdict.action == "allow" and verdict.approval_id is None:
+        return replace(verdict, action="approve", classes=classes, reasons=reasons,
+                       message=f"jitgate: statement needs approval {where} ("
+                               + "; ".join(f"class: {k}; {why}" for k, why in held) + ")")
+    if held and verdict.action == "approve":  # one approval covers the classifier's classes and these
+        return replace(verdict, classes=classes, reasons=reasons,
+                       message=verdict.message + " (also " + "; ".join(f"class: {k}; {why}" for k, why in held) + ")")
+    return replace(verdict, classes=classes, reasons=reasons)
 
 
 # COPY TO options the masker reads (others are refused, not ignored: an option that changes
@@ -185,37 +240,6 @@ async def _copy_statements(connection, sql: str) -> list:
         return copy_statements(sql)
     return await pool().run("copy_statements", sql, owner=connection.session.principal.username,
                             what="statement's COPY options")
-
-
-async def _sensitive_predicate(connection, sql: str, verdict, lineages: list):
-    """Guardrail class ``sensitive_predicate``: the statement filters, joins, sorts or groups on a
-    masked column, so its results can reveal what masking hides (``WHERE email LIKE 'a%'``).
-    The class joins the verdict (and so the recording); its policy action applies."""
-    session = connection.session
-    if len(lineages) == 1:  # the usual case: one statement
-        sources = lineages[0].predicate_sources
-        non_text = lineages[0].non_text_sources
-    else:
-        sources = frozenset().union(*(s.predicate_sources for s in lineages))
-        non_text = frozenset().union(*(s.non_text_sources for s in lineages))
-    if not sources:
-        return verdict
-    columns = _sensitive_columns(session, sources, non_text)
-    if not columns:
-        return verdict
-    from broker.session import Verdict
-
-    classes = tuple(sorted(set(verdict.classes) | {"sensitive_predicate"}))
-    reasons = verdict.reasons + (f"predicate on masked column(s) {', '.join(columns)}",)
-    action = session.target.action_for("sensitive_predicate", session.principal.groups)
-    if action == "allow":
-        return Verdict(verdict.action, classes, reasons, verdict.message, verdict.approval_id)
-    message = (f"jitgate: statement {'needs approval' if action == 'approve' else 'refused by policy'} on target "
-               f"{session.target_name!r} (class: sensitive_predicate; it filters, joins, sorts or groups on masked "
-               f"column(s) {', '.join(columns)})")
-    if action == "deny":
-        return Verdict("deny", classes, reasons, message)
-    return await connection.hold_for(sql, Verdict("approve", classes, reasons, message))
 
 
 # Per session: the masked columns among a statement's predicate sources. The answer depends only on

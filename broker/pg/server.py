@@ -549,6 +549,7 @@ class PgConnection:
                 if kind == 0x51:  # 'Q'
                     sql = codec.parse_query(data[start + 5 : end]).sql
                     verdict = self.row_limit.unmeasurable(await session.decide_sql_async(sql))
+                    verdict, lineages = await follow_for_relay(self, sql, verdict)  # masking's classes join it
                     if verdict.action == "approve":
                         session.recorder.flush()  # spooled before it goes upstream
                         writer.write(out)
@@ -557,7 +558,6 @@ class PgConnection:
                         await writer.drain()
                         verdict = await self.hold_for(sql, verdict)
                     copy_plan = None
-                    verdict, lineages = await follow_for_relay(self, sql, verdict)
                     if verdict.allowed and session.masker is not None:
                         copy_plan, refusal = await copy_plan_for(self, sql, lineages)
                         if refusal:
@@ -586,6 +586,7 @@ class PgConnection:
                     self.batch.message(len(out))
                     parse = codec.parse_parse(data[start + 5 : end])
                     verdict = await session.decide_sql_async(parse.sql)
+                    verdict, lineages = await follow_for_relay(self, parse.sql, verdict)  # masking's classes join it
                     if verdict.action == "approve":
                         session.recorder.flush()  # spooled before it goes upstream
                         if self.batch.measured is not None:
@@ -595,7 +596,6 @@ class PgConnection:
                         out = bytearray()
                         await writer.drain()
                         verdict = await self.hold_for(parse.sql, verdict)
-                    verdict, lineages = await follow_for_relay(self, parse.sql, verdict)
                     self.statement_lineages[parse.name] = lineages[0] if lineages else None
                     self.statements[parse.name] = (parse.sql, verdict)
                     if verdict.allowed:

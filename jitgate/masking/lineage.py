@@ -98,7 +98,7 @@ class StatementLineage:
     writes: tuple = ()
     # True for statements after which cached catalog answers may be stale (DDL, SET...).
     changes_catalog: bool = False
-    # Sources (of the columns and predicates) whose column type never holds free text (numbers,
+    # Sources (of the columns, predicates and writes) whose column type never holds free text (numbers,
     # dates, booleans: pgtypes.NEVER_FREE_TEXT_OIDS). Any other source may hold text a detector
     # scans when it is read directly, and that a transformation can hide from the detector.
     non_text_sources: frozenset = frozenset()
@@ -223,6 +223,8 @@ def _with_types(statement: StatementLineage, catalog: Catalog) -> StatementLinea
     sources = set(statement.predicate_sources)
     for column in statement.columns or ():
         sources |= column.sources
+    for _, _, written in statement.writes:
+        sources |= written
     if not sources:
         return statement
     types: dict[str, dict] = {}
@@ -262,6 +264,8 @@ class _Analyzer:
         self.depth = depth
         self.predicates: set = set()
         self.ctes: list[dict[str, _Entry]] = []
+        # Writes of data-modifying CTEs (WITH x AS (UPDATE ...)), wherever they sit in the statement.
+        self.nested_writes: list = []
 
     # --- statements ---
 
@@ -270,11 +274,14 @@ class _Analyzer:
             if stmt.intoClause is not None:  # SELECT ... INTO t: no rows, but t now holds them
                 columns = self.select(stmt, [])
                 return StatementLineage(None, predicate_sources=frozenset(self.predicates),
-                                        writes=_writes(relation_key(stmt.intoClause.rel), columns), changes_catalog=True)
+                                        writes=_writes(relation_key(stmt.intoClause.rel), columns)
+                                        + tuple(self.nested_writes), changes_catalog=True)
             columns = self.select(stmt, [])
-            return StatementLineage(tuple(columns), predicate_sources=frozenset(self.predicates))
-        if isinstance(stmt, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)):
-            return self.modify(stmt)
+            return StatementLineage(tuple(columns), predicate_sources=frozenset(self.predicates),
+                                    writes=tuple(self.nested_writes))
+        if isinstance(stmt, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
+            lineage = self.modify(stmt)
+            return replace(lineage, writes=tuple(self.nested_writes)) if self.nested_writes else lineage
         if isinstance(stmt, ast.CreateTableAsStmt):
             columns = self.select(stmt.query, []) if isinstance(stmt.query, ast.SelectStmt) else []
             return StatementLineage(None, writes=_writes(relation_key(stmt.into.rel), columns), changes_catalog=True)
@@ -318,6 +325,23 @@ class _Analyzer:
             elif isinstance(stmt, ast.UpdateStmt):
                 for target_column in stmt.targetList or ():
                     assigned[target_column.name] = self.expr(target_column.val, [scope])
+            elif isinstance(stmt, ast.MergeStmt):
+                self.from_item(stmt.sourceRelation, scope, [])
+                self.predicates |= self.expr(stmt.joinCondition, [scope])
+                for clause in stmt.mergeWhenClauses or ():
+                    if clause.condition is not None:
+                        self.predicates |= self.expr(clause.condition, [scope])
+                    if clause.values is not None:  # INSERT [(cols)] VALUES (...)
+                        names = ([t.name for t in clause.targetList] if clause.targetList
+                                 else [n for n, _ in target.columns or ()])
+                        if len(names) != len(clause.values):
+                            raise LineageUnknown("a MERGE INSERT's columns and values differ in number")
+                        for name, value in zip(names, clause.values):
+                            assigned[name] = assigned.get(name, frozenset()) | self.expr(value, [scope])
+                    else:  # UPDATE SET ...
+                        for target_column in clause.targetList or ():
+                            assigned[target_column.name] = (assigned.get(target_column.name, frozenset())
+                                                            | self.expr(target_column.val, [scope]))
             if assigned and target.columns is not None:  # RETURNING shows the new values
                 target.columns = [(n, ColumnLineage(n, c.sources | assigned[n]) if n in assigned else c)
                                   for n, c in target.columns]
@@ -330,6 +354,7 @@ class _Analyzer:
         finally:
             self.pop_ctes(pushed)
         writes = tuple((target.relation, n, v) for n, v in assigned.items() if v) if target.relation else ()
+        self.nested_writes.extend(writes)
         return StatementLineage(columns, predicate_sources=frozenset(self.predicates), writes=writes)
 
     # --- SELECT ---

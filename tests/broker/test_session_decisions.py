@@ -156,27 +156,17 @@ class _Masker:
         return sorted(f"{t}.{c}" for t, c in sources if c in self.masked)
 
 
-class _Connection:
-    def __init__(self, session):
-        self.session = session
-
-    async def hold_for(self, sql, verdict):  # pragma: no cover - the policy here never holds
-        raise AssertionError(f"held {sql}")
-
-
 def test_masked_predicate_columns_are_remembered_per_set_of_sources(tmp_path):
     session = _session(tmp_path)
     masker = _Masker({"email"})
     session.masker = type("SessionMasker", (), {"masker": masker})()
-    connection = _Connection(session)
     plain = session.decide_sql("SELECT id FROM customers WHERE id = 1")
     on_email = [StatementLineage(columns=(), predicate_sources=frozenset({("public.customers", "email")}))]
     on_id = [StatementLineage(columns=(), predicate_sources=frozenset({("public.customers", "id")}))]
     both = [on_email[0], on_id[0]]
 
     def classes(lineages):
-        verdict = _LOOP.run_until_complete(masking_step._sensitive_predicate(connection, "q", plain, lineages))
-        return verdict.classes
+        return masking_step.masking_verdict(session, plain, lineages).classes
 
     for _ in range(3):
         assert "sensitive_predicate" in classes(on_email)

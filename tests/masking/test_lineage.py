@@ -249,3 +249,36 @@ def test_other_sessions_statements_in_pg_stat_statements_are_masked(sql):
         text = b"SET application_name = 'secret-literal'"
         row = plan.mask_row(b"\x00\x01" + len(text).to_bytes(4, "big") + text)
         assert b"secret-literal" not in row, (schema, sql)
+
+
+@pytest.mark.parametrize("sql, written", [
+    # A data-modifying CTE writes as much as the statement around it.
+    ("WITH u AS (UPDATE customers SET notes = reverse(email) WHERE id = 1 RETURNING id) SELECT id FROM u",
+     [("public.customers", "notes")]),
+    ("WITH u AS (UPDATE customers SET notes = email WHERE id = 1 RETURNING id) "
+     "INSERT INTO orders (amount) SELECT id FROM u", [("public.customers", "notes"), ("public.orders", "amount")]),
+    # MERGE: UPDATE SET and INSERT VALUES, with and without a column list.
+    ("MERGE INTO orders o USING customers c ON o.customer_id = c.id WHEN MATCHED THEN UPDATE SET amount = reverse(c.email)",
+     [("public.orders", "amount")]),
+    ("MERGE INTO orders o USING customers c ON o.customer_id = c.id "
+     "WHEN NOT MATCHED THEN INSERT (id, amount) VALUES (c.id, reverse(c.email))",
+     [("public.orders", "id"), ("public.orders", "amount")]),
+    ("MERGE INTO orders o USING customers c ON o.customer_id = c.id "
+     "WHEN NOT MATCHED THEN INSERT VALUES (1, c.id, reverse(c.email))",
+     [("public.orders", "customer_id"), ("public.orders", "amount")]),
+])
+def test_nested_and_merge_writes_are_followed(sql, written):
+    """What a statement writes from other columns (the session's taint, and the sensitive_write
+    class) must include writes inside CTEs and MERGE, which were missed."""
+    statement = one(sql)
+    assert statement.unknown is None, statement.unknown
+    assert [(r, c) for r, c, _ in statement.writes] == written
+    assert all(sources for _, _, sources in statement.writes)
+    if "email" in sql:
+        assert any(EMAIL in sources for _, _, sources in statement.writes)
+
+
+def test_merge_conditions_are_predicates():
+    statement = one("MERGE INTO orders o USING customers c ON o.customer_id = c.id AND c.email ~~ 'a%' "
+                    "WHEN MATCHED AND c.card_number ~~ '4%' THEN DELETE")
+    assert {EMAIL, ("public.customers", "card_number")} <= statement.predicate_sources

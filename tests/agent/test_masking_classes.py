@@ -1,0 +1,150 @@
+"""The guardrail classes masking adds (sensitive_predicate, sensitive_write), end to end, through
+psql (the relay) and the agent API, which must decide alike.
+
+Attacks they close:
+- a DELETE whose WHERE reads a masked column skipped the measured row limit on the relay (adding
+  the class rebuilt the verdict without ``writes_rows``): ``delete from t where note <> 'x'``
+  removed every row with no approval;
+- the agent API never applied the masking classes, so ``sensitive_predicate: deny`` held on psql
+  and not over HTTP/MCP;
+- ``update t set note = translate(email, ...)`` copies a masked value, in a shape no detector
+  knows, into a column that other sessions and identities read as plain text.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.agent.conftest import assert_problem
+
+TARGETS = """
+  demo-mc:
+    kind: postgres
+    address: 127.0.0.1:{pg_port}
+    database: demo
+    username: jitgate_broker
+    credential: env:JITGATE_DEMO_DB_PASSWORD
+    allow:
+      groups: [sre]
+    max_rows_changed: 100
+    approvals:
+      approver_groups: [dba]
+      wait: 2s
+    masking:
+      rules:
+        - columns: [email]
+          strategy: redact
+        - detectors: [email, phone]
+          strategy: redact
+  demo-mc-strict:
+    kind: postgres
+    address: 127.0.0.1:{pg_port}
+    database: demo
+    username: jitgate_broker
+    credential: env:JITGATE_DEMO_DB_PASSWORD
+    allow:
+      groups: [sre]
+    guardrails:
+      sensitive_predicate: deny
+      sensitive_write: deny
+    approvals:
+      approver_groups: [dba]
+      wait: 2s
+    masking:
+      rules:
+        - columns: [email]
+          strategy: redact
+        - detectors: [email, phone]
+          strategy: redact
+"""
+ROWS = 200
+
+
+@pytest.fixture(scope="module")
+def targets(stack):
+    stack.add_targets(TARGETS)
+
+
+@pytest.fixture()
+def table(stack, targets):
+    stack.pg.psql("DROP TABLE IF EXISTS mc_notes; CREATE TABLE mc_notes (id int PRIMARY KEY, email text, note text); "
+                  f"INSERT INTO mc_notes SELECT g, 'user' || g || '@example.com', 'note ' || g "
+                  f"FROM generate_series(1, {ROWS}) g; ALTER TABLE mc_notes OWNER TO jitgate_broker", "demo")
+
+
+def _state(stack) -> str:
+    return stack.pg.psql("SELECT count(*) || ':' || md5(string_agg(email || note, ',' ORDER BY id)) FROM mc_notes", "demo")
+
+
+def _psql(dsn: str, sql: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["psql", "-X", "-A", "-t", dsn, "-c", sql], capture_output=True, text=True, timeout=90)
+
+
+@pytest.mark.parametrize("sql", [
+    "delete from mc_notes where note <> 'x'",  # a column detectors scan
+    "delete from mc_notes where email like '%'",  # a column under a column rule
+    "update mc_notes set id = id + 1000 where upper(note) is not null",
+])
+def test_a_predicate_on_a_masked_column_does_not_skip_the_measured_row_limit(broker_dsn, stack, table, sql):
+    before = _state(stack)
+    result = _psql(broker_dsn("demo-mc"), sql)
+    assert result.returncode != 0, result.stdout
+    assert f"{ROWS} rows" in result.stderr and "over the limit of 100" in result.stderr, result.stderr
+    assert _state(stack) == before
+
+
+def test_agent_api_measures_it_too(api, stack, table):
+    before = _state(stack)
+    body = assert_problem(api().post("/v1/targets/demo-mc/query", json={"sql": "DELETE FROM mc_notes WHERE note <> 'x'"}),
+                          202, "approval_required")
+    assert f"would delete {ROWS} rows" in body["detail"], body
+    assert _state(stack) == before
+
+
+WRITES = [
+    "update mc_notes set note = translate(email, '@.', '#,') where id = 1",
+    "update mc_notes set note = note || ' seen' where id = 1",
+    "insert into mc_notes select 1000, 'x', upper(email) from mc_notes where id = 2",
+]
+
+
+@pytest.mark.parametrize("sql", WRITES)
+def test_writing_a_masked_value_into_a_table_waits_for_approval(broker_dsn, stack, table, sql):
+    before = _state(stack)
+    result = _psql(broker_dsn("demo-mc"), sql)
+    assert result.returncode != 0, result.stdout
+    assert "sensitive_write" in result.stderr, result.stderr
+    assert _state(stack) == before
+    # A write of plain values is not held.
+    plain = _psql(broker_dsn("demo-mc"), "update mc_notes set note = 'plain' where id = 3")
+    assert plain.returncode == 0 and plain.stdout.strip() == "UPDATE 1", plain.stderr
+
+
+def test_agent_api_holds_the_write_and_runs_it_once_approved(api, stack, table, decide):
+    client = api()
+    sql = "UPDATE mc_notes SET note = translate(email, '@', '#') WHERE id = 1"
+    body = assert_problem(client.post("/v1/targets/demo-mc/query", json={"sql": sql}), 202, "approval_required")
+    assert "sensitive_write" in body["detail"] and "mc_notes.email" in body["detail"], body
+    assert stack.pg.psql("SELECT note FROM mc_notes WHERE id = 1", "demo") == "note 1"  # nothing was sent
+    decide(body["approval_id"], "approve")
+    r = client.post("/v1/targets/demo-mc/query", json={"sql": sql, "wait_seconds": 5})
+    assert r.status_code == 200 and r.json()["command_tag"] == "UPDATE 1", r.text
+    assert stack.pg.psql("SELECT note FROM mc_notes WHERE id = 1", "demo") == "user1#example.com"
+
+
+@pytest.mark.parametrize("sql, klass", [
+    ("SELECT id FROM mc_notes WHERE email LIKE 'user1%' ORDER BY id", "sensitive_predicate"),
+    ("SELECT id FROM mc_notes WHERE note = 'note 7'", "sensitive_predicate"),
+    ("UPDATE mc_notes SET note = lower(email) WHERE id = 4", "sensitive_write"),
+])
+def test_deny_holds_on_both_interfaces(api, broker_dsn, stack, table, sql, klass):
+    result = _psql(broker_dsn("demo-mc-strict"), sql)
+    assert result.returncode != 0 and klass in result.stderr and "refused by policy" in result.stderr, result
+    body = assert_problem(api().post("/v1/targets/demo-mc-strict/query", json={"sql": sql}), 403, "refused")
+    assert klass in body["classes"] and klass in body["detail"], body
+    # A predicate and a write on plain columns pass on both.
+    assert _psql(broker_dsn("demo-mc-strict"), "SELECT count(*) FROM mc_notes WHERE id < 5").stdout.strip() == "4"
+    r = api().post("/v1/targets/demo-mc-strict/query", json={"sql": "SELECT count(*) FROM mc_notes WHERE id < $1",
+                                                             "params": [5]})
+    assert r.status_code == 200 and r.json()["rows"] == [[4]], r.text
