@@ -133,7 +133,11 @@ def masking_verdict(session, verdict, lineages: list):
             found.append(("sensitive_predicate", session.target.action_for("sensitive_predicate", session.principal.groups),
                           f"it filters, joins, sorts or groups on masked column(s) {', '.join(columns)}"))
     written = [(relation, column, sources) for s in lineages for relation, column, sources in s.writes]
-    if written:
+    blind = next((s.unknown for s in lineages if s.writes_unknown), None)
+    if blind is not None:
+        found.append(("sensitive_write", session.target.action_for("sensitive_write", session.principal.groups),
+                      f"it writes into a table values whose source columns cannot be followed ({blind})"))
+    elif written:
         columns = sorted({c for _, _, sources in written for c in _sensitive_columns(session, sources, non_text)})
         if columns:
             targets = sorted({f"{r}.{c}" if c else f"{r}.*" for r, c, sources in written

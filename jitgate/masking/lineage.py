@@ -102,6 +102,9 @@ class StatementLineage:
     # dates, booleans: pgtypes.NEVER_FREE_TEXT_OIDS). Any other source may hold text a detector
     # scans when it is read directly, and that a transformation can hide from the detector.
     non_text_sources: frozenset = frozenset()
+    # True when the statement writes into a table (INSERT, UPDATE, MERGE, CREATE TABLE AS, SELECT
+    # INTO) and its lineage is unknown: what it writes could come from any column.
+    writes_unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,8 @@ def follow(sql: str, catalog: Catalog) -> list[StatementLineage]:
         try:
             out.append(_with_types(analyzer.statement(stmt), catalog))
         except LineageUnknown as exc:
-            out.append(StatementLineage(unknown=str(exc), changes_catalog=_changes_catalog(stmt)))
+            out.append(StatementLineage(unknown=str(exc), changes_catalog=_changes_catalog(stmt),
+                                        writes_unknown=_writes_rows(stmt)))
         except RecursionError:
             out.append(StatementLineage(unknown="the statement nests too deeply to follow"))
     return out
@@ -234,6 +238,14 @@ def _with_types(statement: StatementLineage, catalog: Catalog) -> StatementLinea
     non_text = frozenset(s for s in sources if s[1] is not None
                          and (s[1] in SYSTEM_COLUMNS or types.get(s[0], {}).get(s[1]) in NEVER_FREE_TEXT_OIDS))
     return replace(statement, non_text_sources=non_text) if non_text else statement
+
+
+def _writes_rows(stmt) -> bool:
+    """Does the statement write values into a table that outlives the session?"""
+    if isinstance(stmt, (ast.InsertStmt, ast.UpdateStmt, ast.MergeStmt)):
+        return True
+    into = stmt.into if isinstance(stmt, ast.CreateTableAsStmt) else getattr(stmt, "intoClause", None)
+    return into is not None and into.rel.relpersistence != "t"
 
 
 def _changes_catalog(stmt) -> bool:
@@ -274,7 +286,7 @@ class _Analyzer:
             if stmt.intoClause is not None:  # SELECT ... INTO t: no rows, but t now holds them
                 columns = self.select(stmt, [])
                 return StatementLineage(None, predicate_sources=frozenset(self.predicates),
-                                        writes=_writes(relation_key(stmt.intoClause.rel), columns)
+                                        writes=_writes(stmt.intoClause.rel, columns)
                                         + tuple(self.nested_writes), changes_catalog=True)
             columns = self.select(stmt, [])
             return StatementLineage(tuple(columns), predicate_sources=frozenset(self.predicates),
@@ -284,7 +296,8 @@ class _Analyzer:
             return replace(lineage, writes=tuple(self.nested_writes)) if self.nested_writes else lineage
         if isinstance(stmt, ast.CreateTableAsStmt):
             columns = self.select(stmt.query, []) if isinstance(stmt.query, ast.SelectStmt) else []
-            return StatementLineage(None, writes=_writes(relation_key(stmt.into.rel), columns), changes_catalog=True)
+            return StatementLineage(None, writes=_writes(stmt.into.rel, columns) + tuple(self.nested_writes),
+                                    changes_catalog=True)
         if isinstance(stmt, ast.VariableShowStmt):
             names = ("name", "setting", "description") if stmt.name == "all" else (stmt.name,)
             return StatementLineage(tuple(ColumnLineage(n) for n in names))
@@ -324,7 +337,8 @@ class _Analyzer:
                         assigned[name] = value.sources
             elif isinstance(stmt, ast.UpdateStmt):
                 for target_column in stmt.targetList or ():
-                    assigned[target_column.name] = self.expr(target_column.val, [scope])
+                    if not _keeps_own_value(target_column, target):
+                        assigned[target_column.name] = self.expr(target_column.val, [scope])
             elif isinstance(stmt, ast.MergeStmt):
                 self.from_item(stmt.sourceRelation, scope, [])
                 self.predicates |= self.expr(stmt.joinCondition, [scope])
@@ -340,6 +354,8 @@ class _Analyzer:
                             assigned[name] = assigned.get(name, frozenset()) | self.expr(value, [scope])
                     else:  # UPDATE SET ...
                         for target_column in clause.targetList or ():
+                            if _keeps_own_value(target_column, target):
+                                continue
                             assigned[target_column.name] = (assigned.get(target_column.name, frozenset())
                                                             | self.expr(target_column.val, [scope]))
             if assigned and target.columns is not None:  # RETURNING shows the new values
@@ -724,8 +740,24 @@ def _join_columns(item: ast.JoinExpr, left: _Item, right: _Item):
     return merged + [(n, c) for n, c in left.columns if n not in using] + [(n, c) for n, c in right.columns if n not in using]
 
 
-def _writes(relation: str, columns: list[ColumnLineage]) -> tuple:
-    return tuple((relation, c.name, c.sources) for c in columns if c.sources)
+def _writes(rel: ast.RangeVar, columns: list[ColumnLineage]) -> tuple:
+    """What CREATE TABLE AS / SELECT INTO writes. A temporary table is the session's own (no other
+    session reads it, and this session's lookups cannot see it, so reading it back fails closed)."""
+    if rel.relpersistence == "t":
+        return ()
+    return tuple((relation_key(rel), c.name, c.sources) for c in columns if c.sources)
+
+
+def _keeps_own_value(target_column: ast.ResTarget, target: _Entry) -> bool:
+    """``SET notes = notes`` (or ``t.notes``): the column keeps its value; nothing new is written."""
+    node = target_column.val
+    if not isinstance(node, ast.ColumnRef) or target_column.indirection:
+        return False
+    fields = node.fields or ()
+    if not all(isinstance(f, ast.String) for f in fields):
+        return False
+    names = [f.sval for f in fields]
+    return names[-1] == target_column.name and (len(names) == 1 or names[:-1] == [target.name])
 
 
 def _union(columns) -> frozenset:

@@ -282,3 +282,20 @@ def test_merge_conditions_are_predicates():
     statement = one("MERGE INTO orders o USING customers c ON o.customer_id = c.id AND c.email ~~ 'a%' "
                     "WHEN MATCHED AND c.card_number ~~ '4%' THEN DELETE")
     assert {EMAIL, ("public.customers", "card_number")} <= statement.predicate_sources
+
+
+@pytest.mark.parametrize("sql, written, blind", [
+    ("UPDATE customers SET notes = notes WHERE id = 1", [], False),  # keeps its own value
+    ("UPDATE customers c SET notes = c.notes WHERE id = 1", [], False),
+    ("UPDATE customers SET notes = upper(notes) WHERE id = 1", [("public.customers", "notes")], False),  # reshaped
+    ("CREATE TEMP TABLE scratch AS SELECT reverse(email) FROM customers", [], False),  # the session's own
+    ("SELECT reverse(email) INTO TEMP scratch FROM customers", [], False),
+    ("CREATE TABLE kept AS SELECT reverse(email) AS r FROM customers", [("kept", "r")], False),
+    ("INSERT INTO orders (amount) SELECT myfn(email) FROM customers", [], True),  # unknown: could be anything
+    ("UPDATE orders SET amount = myfn(1)", [], True),
+    ("SELECT myfn(email) FROM customers", [], False),  # reads only
+])
+def test_what_a_statement_writes(sql, written, blind):
+    [statement] = follow(sql, CATALOG)
+    assert [(r, c) for r, c, _ in statement.writes] == written
+    assert statement.writes_unknown is blind
