@@ -72,7 +72,9 @@ def test_mcp_tools_query_and_approval(stack, agent_url, tls, token, decide):
         return session_id
 
     session_id = asyncio.run(_with_session(agent_url, tls, token(), body))
-    wait_sealed(stack, session_id)
+    # Generous: the lineage corpus before this test leaves about 130 one-statement agent sessions for
+    # finalize to seal, one after the other (about 0.5 s each on the gcp stack), ahead of this one.
+    wait_sealed(stack, session_id, timeout=180.0)
     from jitgate.backends import open_backends
     from jitgate.settings import Settings
 
