@@ -18,37 +18,19 @@ import pytest
 
 from tests.agent.conftest import assert_problem
 
-TARGETS = """
-  demo-mc:
+
+def _target(name: str, extra: str = "") -> str:
+    """A demo-database target with a column rule on email and detectors on every text column."""
+    return f"""
+  {name}:
     kind: postgres
-    address: 127.0.0.1:{pg_port}
+    address: 127.0.0.1:{{pg_port}}
     database: demo
     username: jitgate_broker
     credential: env:JITGATE_DEMO_DB_PASSWORD
     allow:
       groups: [sre]
-    max_rows_changed: 100
-    approvals:
-      approver_groups: [dba]
-      wait: 2s
-    masking:
-      rules:
-        - columns: [email]
-          strategy: redact
-        - detectors: [email, phone]
-          strategy: redact
-  demo-mc-strict:
-    kind: postgres
-    address: 127.0.0.1:{pg_port}
-    database: demo
-    username: jitgate_broker
-    credential: env:JITGATE_DEMO_DB_PASSWORD
-    allow:
-      groups: [sre]
-    guardrails:
-      sensitive_predicate: deny
-      sensitive_write: deny
-    approvals:
+{extra}    approvals:
       approver_groups: [dba]
       wait: 2s
     masking:
@@ -58,6 +40,11 @@ TARGETS = """
         - detectors: [email, phone]
           strategy: redact
 """
+
+
+TARGETS = (_target("demo-mc", "    max_rows_changed: 100\n")
+           + _target("demo-mc-strict", "    guardrails:\n      sensitive_predicate: deny\n      sensitive_write: deny\n"))
+
 ROWS = 200
 
 
