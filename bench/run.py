@@ -557,6 +557,38 @@ class Bench:
 # --- setup ---------------------------------------------------------------------------
 
 
+@dataclass
+class FloorRelay:
+    port: int
+    popen: subprocess.Popen
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+def start_floor_relay(mode: str, pg_port: int, cert: Path, key: Path, scratch: Path) -> FloorRelay:
+    """bench/floor_relay.py on a free port, answering once it accepts connections."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(scratch / f"floor-{mode}.log", "wb")
+    popen = subprocess.Popen([sys.executable, str(REPO / "bench" / "floor_relay.py"), "--mode", mode, "--listen", str(port),
+                              "--upstream", f"127.0.0.1:{pg_port}", "--cert", str(cert), "--key", str(key)],
+                             stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not _answers(port):
+        if popen.poll() is not None or time.monotonic() > deadline:
+            popen.kill()
+            raise RuntimeError(f"floor relay ({mode}) did not start: {(scratch / f'floor-{mode}.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    return FloorRelay(port, popen)
+
+
 def broker_proc(stack: devstack.Stack) -> devstack.Proc:
     for proc in stack.procs:
         if proc.name == "broker":
@@ -702,7 +734,10 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}×"
 
 
-PROXIES = ("pgbouncer", "broker", "broker-plain")
+# Experiment paths shown as extra columns after the broker's: (path, column title).
+EXTRA_PATHS = (("broker-plain", "broker, no TLS"), ("floor-streams", "floor: streams relay"),
+               ("floor-protocol", "floor: protocol relay"))
+PROXIES = ("pgbouncer", "broker", *(name for name, _ in EXTRA_PATHS))
 
 
 def table_rows(results: list[dict], all_paths: tuple[str, ...] = PATHS) -> list[dict]:
@@ -738,6 +773,8 @@ def results_path(case: dict, path: str) -> dict:
 
 def render_markdown(meta: dict, results: list[dict]) -> str:
     plain = "broker-plain" in meta["paths"]
+    floor = "floor-streams" in meta["paths"]
+    extras = [(name, title) for name, title in EXTRA_PATHS if name in meta["paths"]]
     lines = [
         f"# jitgate broker benchmark — PostgreSQL — {meta['date']}",
         "",
@@ -752,9 +789,9 @@ def render_markdown(meta: dict, results: list[dict]) -> str:
         f"- pgbench: 8 clients / 2 threads for {meta['duration']} s per path; single client for "
         f"{max(2, round(meta['duration'] / 2))} s per path; bulk {meta['bulk_reps']} runs per path (median)",
         "",
-        "| case | metric | direct | pgbouncer | broker |" + (" broker, no TLS |" if plain else "")
+        "| case | metric | direct | pgbouncer | broker |" + "".join(f" {title} |" for _, title in extras)
         + " broker ÷ direct | broker ÷ pgbouncer |",
-        "|---|---|---:|---:|---:|" + ("---:|" if plain else "") + "---:|---:|",
+        "|---|---|---:|---:|---:|" + "---:|" * len(extras) + "---:|---:|",
     ]
     last_case = None
     for row in table_rows(results, tuple(meta["paths"])):
@@ -762,7 +799,7 @@ def render_markdown(meta: dict, results: list[dict]) -> str:
         last_case = row["case"]
         d = row["digits"]
         lines.append(f"| {case} | {row['metric']} | {_fmt(row['direct'], d)} | {_fmt(row['pgbouncer'], d)} | "
-                     f"{_fmt(row['broker'], d)} |" + (f" {_fmt(row['broker-plain'], d)} |" if plain else "")
+                     f"{_fmt(row['broker'], d)} |" + "".join(f" {_fmt(row[name], d)} |" for name, _ in extras)
                      + f" {row['broker_vs_direct']} | {row['broker_vs_pgbouncer']} |")
     lines += [
         "",
@@ -786,6 +823,12 @@ def render_markdown(meta: dict, results: list[dict]) -> str:
         *(["- **broker, no TLS** (experiment, `--broker-plain`): the same broker with JITGATE_TLS_REQUIRED=false and "
            "the client on sslmode=disable, to show what client-side TLS costs the broker; ratios use the TLS broker."]
           if plain else []),
+        *(["- **floor** (experiment, `--floor`): `bench/floor_relay.py`, a Python byte relay with none of the "
+           "broker's work (TLS terminated with the broker's certificate, bytes copied both ways, the client logs in "
+           "to PostgreSQL through it), on uvloop like the broker: *streams* is built as the broker's relay is "
+           "(asyncio streams, a task per direction), *protocol* on bare `asyncio.Protocol` callbacks. Broker minus "
+           "floor is the broker's own work; floor minus pgbouncer is the price of a Python event loop."]
+          if floor else []),
         "- pgbouncer and broker are measured with TLS, direct without: the TLS cost is part of both proxies' numbers.",
         "- ↑ higher is better, ↓ lower is better; a ratio is broker's value divided by the other path's value.",
         "- proxy CPU: user+system CPU seconds of the broker process (all threads) or the pgbouncer process, "
@@ -824,6 +867,9 @@ def main(argv: list[str] | None = None) -> int:
                              "results are written as <date>-pg-uvloop.*")
     parser.add_argument("--broker-plain", action="store_true",
                         help="experiment: also measure the broker without client TLS (JITGATE_TLS_REQUIRED=false)")
+    parser.add_argument("--floor", action="store_true",
+                        help="experiment: also measure bench/floor_relay.py, a Python TLS byte relay with none of the "
+                             "broker's work (streams and protocol variants): the floor of any asyncio relay -> <date>-pg-floor.*")
     parser.add_argument("--no-masking-rules", action="store_true",
                         help="experiment: the bench target without the demo's column masking rules (no masking plan "
                              "or lineage step), to show what they cost -> <date>-pg-nomask.*")
@@ -854,6 +900,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="jitgate-bench-scratch-"))
     stack = None
     bouncer = None
+    floor_relays: list[FloorRelay] = []
     try:
         extra_env = {}
         if args.broker_plain:
@@ -882,6 +929,12 @@ def main(argv: list[str] | None = None) -> int:
             "broker": Endpoint("broker", "127.0.0.1", stack.broker_port, BENCH_USER, token, "require",
                                cpu_pid=broker_proc(stack).popen.pid),
         }
+        if args.floor:
+            for mode in ("streams", "protocol"):
+                relay = start_floor_relay(mode, pg.port, cert, key, scratch)
+                floor_relays.append(relay)
+                endpoints[f"floor-{mode}"] = Endpoint(f"floor-{mode}", "127.0.0.1", relay.port, Postgres.BROKER_ROLE,
+                                                      pg.broker_password, "require", cpu_pid=relay.popen.pid)
         if args.broker_plain:
             endpoints["broker-plain"] = Endpoint("broker-plain", "127.0.0.1", stack.broker_port, BENCH_USER, token,
                                                  "disable", cpu_pid=broker_proc(stack).popen.pid)
@@ -927,7 +980,7 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         if not args.no_write:
             args.out.mkdir(parents=True, exist_ok=True)
-            stem = (f"{meta['date']}-pg" + ("-uvloop" if args.uvloop else "") + ("-plain" if args.broker_plain else "")
+            stem = (f"{meta['date']}-pg" + ("-uvloop" if args.uvloop else "") + ("-plain" if args.broker_plain else "") + ("-floor" if args.floor else "")
                     + ("-nomask" if args.no_masking_rules else "")
                     + ("-quick" if args.quick else ""))
             (args.out / f"{stem}.md").write_text(md)
@@ -944,6 +997,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"wrote {target}")
         return 0
     finally:
+        for relay in floor_relays:
+            relay.stop()
         if bouncer is not None:
             bouncer.stop()
         if stack is not None:
