@@ -51,6 +51,9 @@ class Verdict:
     # From the classifier, for the measured row limit (broker/pg/measure.py).
     writes_rows: bool = False
     unmeasurable: str | None = None
+    # From masking (broker/pg/masking_step.py): the rows it changes come from sources the gateway
+    # cannot follow (a function that is not built in), so any changed row is sensitive_write.
+    blind_write: str | None = None
 
     @property
     def allowed(self) -> bool:

@@ -410,11 +410,13 @@ class RowLimitExceeded(Exception):
         super().__init__(reason)
         self.rows = rows
         self.changes = changes
+        self.blind_write = None  # the caller's verdict when masking marked its writes blind
 
 
-async def run_measured(upstream: "Upstream", sql: str, params: list, *, row_limit: int, **kwargs) -> QueryResult:
+async def run_measured(upstream: "Upstream", sql: str, params: list, *, row_limit, **kwargs) -> QueryResult:
     """The statement inside a transaction of the gateway's, counted by PostgreSQL (broker/pg/measure.py):
-    committed within ``row_limit`` changed rows, rolled back over it (RowLimitExceeded)."""
+    committed within ``row_limit`` changed rows, rolled back over it (RowLimitExceeded). ``row_limit``
+    may be a function, asked once the statement ran (masking's vet can lower it to 0)."""
     from broker.pg.measure import SNAPSHOT_SQL, describe_changes, judge, parse_snapshot  # noqa: PLC0415
 
     def snapshot(rows):
@@ -429,7 +431,7 @@ async def run_measured(upstream: "Upstream", sql: str, params: list, *, row_limi
     after = snapshot(await upstream.fetch_text(SNAPSHOT_SQL))
     tag_rows = codec.rows_from_tag(result.tag) if result.tag and result.tag.split(" ", 1)[0] in (
         "INSERT", "UPDATE", "DELETE", "MERGE") else 0
-    problem, total, changes = judge(before, after, tag_rows or 0, row_limit)
+    problem, total, changes = judge(before, after, tag_rows or 0, row_limit() if callable(row_limit) else row_limit)
     if problem is not None:
         await upstream.fetch_text("ROLLBACK")
         detail = describe_changes(changes)

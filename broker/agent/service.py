@@ -32,6 +32,7 @@ from broker.agent import pgquery, sshexec
 from broker.authz import Refused
 from broker.pg.codec import ProtocolError
 from broker.pg.masking_step import masking_verdict
+from broker.pg.measure import blind_write_verdict, describe_changes
 from broker.session import Session, Verdict
 from jitgate import approvals as ap
 from jitgate.logs import log
@@ -452,8 +453,11 @@ class AgentService:
                 except pgquery.MaskingVerdict as exc:
                     held = exc.verdict
                 except pgquery.RowLimitExceeded as exc:
-                    held = Verdict("approve", verdict.classes, verdict.reasons + (f"measured: {exc}",),
-                                   f"jitgate: statement rolled back and needs approval on target {target_name!r}: {exc}")
+                    if exc.blind_write and exc.rows > 0:
+                        held = blind_write_verdict(session, exc.blind_write, exc.rows, describe_changes(exc.changes))
+                    else:
+                        held = Verdict("approve", verdict.classes, verdict.reasons + (f"measured: {exc}",),
+                                       f"jitgate: statement rolled back and needs approval on target {target_name!r}: {exc}")
                     session.recorder.event("statement.measured", rows=exc.rows, outcome="held",
                                            limit=target.row_limit(principal.groups))
                 verdict = await self._decide(handle, statement, held, wait)
@@ -481,20 +485,27 @@ class AgentService:
         try:
             # Statements that write rows are counted (broker/pg/measure.py); an approved one runs as approved.
             row_limit = target.row_limit(session.principal.groups) if verdict.writes_rows and not verdict.approval_id else None
+            vetted = [verdict]  # what masking made of it (a blind write is measured with no rows allowed)
 
             def vet(lineages: list) -> None:
                 """Masking's classes, as the relay applies them (a hold or a refusal stops it here)."""
                 decided = masking_verdict(session, verdict, lineages)
                 if decided.action != verdict.action:
                     raise pgquery.MaskingVerdict(decided)
+                vetted[0] = decided
                 if decided.classes != verdict.classes:
                     session.recorder.event("statement.classes", id=statement_id, classes=list(decided.classes),
                                            reasons=list(decided.reasons[len(verdict.reasons):]))
 
             result, started = await pgquery.run_query(target, password, sql, params, max_rows=max_rows,
                                                       max_bytes=max_bytes, timeout_s=timeout, masker=session.masker,
-                                                      row_limit=row_limit, vet=vet,
+                                                      row_limit=None if row_limit is None else (
+                                                          lambda: 0 if vetted[0].blind_write else row_limit),
+                                                      vet=vet,
                                                       max_scram_iterations=self.ctx.settings.pg_max_scram_iterations)
+        except pgquery.RowLimitExceeded as exc:
+            exc.blind_write = vetted[0] if vetted[0].blind_write else None
+            raise
         except pgquery.UpstreamUnavailable as exc:
             session.record_result(statement_id, started=started, rows=None, tag=None, error=str(exc))
             raise Problem(502, "target_unavailable", "Target unavailable", f"target {session.target_name!r}: {exc}",

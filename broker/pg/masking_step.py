@@ -113,6 +113,9 @@ def masking_verdict(session, verdict, lineages: list):
       (``UPDATE customers SET notes = translate(email, ...)``, ``INSERT INTO t SELECT ...``).
       Masking follows it back only within this session; another session, or another identity,
       would read it as a plain column. Default approve.
+      A statement that may change rows through a function that is not built in (its lineage
+      unknown) is marked ``blind_write``: the measured row limit holds it as ``sensitive_write``
+      if it changed any row (``blind_write_problem``).
     - ``masking_lineage_unknown``: when ``masking.unknown_lineage: approve``, a statement whose
       result's sources cannot be followed (its result is masked whole either way).
 
@@ -145,6 +148,14 @@ def masking_verdict(session, verdict, lineages: list):
             found.append(("sensitive_write", session.target.action_for("sensitive_write", session.principal.groups),
                           f"it writes values read from masked column(s) {', '.join(columns)} into {', '.join(targets)}"))
     unknown = next((s.unknown for s in lineages if s.unknown), None)
+    if (blind is None and unknown is not None and verdict.writes_rows and not verdict.unmeasurable
+            and verdict.blind_write is None
+            and session.target.action_for("sensitive_write", session.principal.groups) != "allow"):
+        # It may change rows (the classifier: a function that is not built in), and what it would
+        # write cannot be followed: such a function can copy a masked column into a plain table
+        # (``SELECT stash(translate(email, ...)) FROM customers``, or a body that reads it
+        # itself). The measured row limit counts what it changed: any row is sensitive_write.
+        verdict = replace(verdict, blind_write=unknown)
     if unknown is not None and session.target.masking.unknown_lineage == "approve":
         found.append(("masking_lineage_unknown", "approve", f"the source columns of its result cannot be followed "
                                                             f"({unknown}) (policy masking.unknown_lineage: approve)"))

@@ -107,6 +107,30 @@ def judge(before, after, tag_rows: int, limit: int) -> tuple[str | None, int, di
     return None, total, changes
 
 
+def limit_for(session, verdict: Verdict) -> int:
+    """The rows ``verdict``'s statement may change unasked: none when masking marked its writes
+    blind (``Verdict.blind_write``), else the target's measured row limit for the caller."""
+    return 0 if verdict.blind_write else session.target.row_limit(session.principal.groups)
+
+
+def blind_write_verdict(session, verdict: Verdict, total: int, detail: str) -> Verdict:
+    """The decision on a statement that changed ``total`` > 0 rows through what masking cannot
+    follow (rolled back): sensitive_write, held for approval or refused as the policy says."""
+    groups = session.principal.groups
+    action = session.target.action_for("sensitive_write", groups)
+    why = (f"it changed {total} row(s) through a function that is not built in ({verdict.blind_write}), "
+           "and such a function can copy masked values into a table others read in clear"
+           + (f"; {detail}" if detail else ""))
+    classes = tuple(sorted(set(verdict.classes) | {"sensitive_write"}))
+    reasons = verdict.reasons + (f"sensitive_write: measured: {why}",)
+    where = f"on target {session.target_name!r}"
+    if action == "deny":
+        return Verdict("deny", classes, reasons, f"jitgate: statement rolled back and refused by policy {where} "
+                                                 f"(class: sensitive_write; {why})")
+    return Verdict("approve", classes, reasons, f"jitgate: statement rolled back and needs approval {where} "
+                                                f"(class: sensitive_write; {why})")
+
+
 class Measurement:
     """What the pump routes while one measured run is in flight (sans-IO)."""
 
@@ -275,7 +299,7 @@ class RowLimit:
             conn.u_writer.write(request)
             await conn.u_writer.drain()
             return b""
-        limit = conn.session.target.row_limit(conn.session.principal.groups)
+        limit = limit_for(conn.session, verdict)
         opened = status == "I"
         m = Measurement()
         conn.measurement = m
@@ -331,15 +355,18 @@ class RowLimit:
         final = "I" if opened else "T"
         conn.tx_status = final
         detail = describe_changes(changes)
-        reason = f"measured: {problem}" + (f" ({detail})" if detail else "")
-        held = Verdict("approve", verdict.classes, verdict.reasons + (reason,),
-                       f"jitgate: statement rolled back and needs approval on target {conn.session.target_name!r}: "
-                       f"{problem}" + (f"; {detail}" if detail else ""))
+        if verdict.blind_write and total > 0:
+            held = blind_write_verdict(conn.session, verdict, total, detail)
+        else:
+            reason = f"measured: {problem}" + (f" ({detail})" if detail else "")
+            held = Verdict("approve", verdict.classes, verdict.reasons + (reason,),
+                           f"jitgate: statement rolled back and needs approval on target {conn.session.target_name!r}: "
+                           f"{problem}" + (f"; {detail}" if detail else ""))
         log(logger, logging.INFO, "statement over the row limit; rolled back and held", session_id=conn.session.session_id,
-            rows=total, limit=limit)
-        if conn.session.notify is not None:
+            rows=total, limit=limit, blind_write=bool(verdict.blind_write))
+        if held.action == "approve" and conn.session.notify is not None:
             await conn.session.notify(held.message)
-        decided = await conn.hold_for(sql, held)
+        decided = await conn.hold_for(sql, held) if held.action == "approve" else held
         # Parse is not transactional: the statements the rolled-back run prepared still exist.
         if decided.allowed:
             await self._close_statements(parsed)  # the run for real prepares them again

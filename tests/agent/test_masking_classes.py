@@ -135,3 +135,66 @@ def test_deny_holds_on_both_interfaces(api, broker_dsn, stack, table, sql, klass
     r = api().post("/v1/targets/demo-mc-strict/query", json={"sql": "SELECT count(*) FROM mc_notes WHERE id < $1",
                                                              "params": [5]})
     assert r.status_code == 200 and r.json()["rows"] == [[4]], r.text
+
+
+# A function that is not built in can write what it is given, or what its body reads itself, into
+# a table that every other session and identity reads in clear: lineage cannot follow it (the
+# result is masked whole), so the measured row limit counts what it changed, and any changed row
+# is sensitive_write. Each entry: (statement, whether it changes rows: held / refused, or passes).
+FUNCTION_WRITES = [
+    ("select mc_stash(translate(email, '@.', '#,')) from mc_notes where id <= 3", True),  # given the value
+    ("select mc_copy()", True),  # its body reads the masked column itself
+    ("select id from mc_notes where id = 1 and mc_stash(note) = 1", True),  # called from a predicate
+    ("select mc_pure(id) from mc_notes where id <= 3", False),  # writes nothing: measured 0 rows, runs
+]
+
+
+@pytest.fixture()
+def functions(stack, table):
+    stack.pg.psql(
+        "DROP TABLE IF EXISTS mc_dump; CREATE TABLE mc_dump (note text); ALTER TABLE mc_dump OWNER TO jitgate_broker; "
+        "CREATE OR REPLACE FUNCTION mc_stash(v text) RETURNS int LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO mc_dump VALUES (v); RETURN 1; END $$; "
+        "CREATE OR REPLACE FUNCTION mc_copy() RETURNS int LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO mc_dump SELECT translate(email, '@.', '#,') FROM mc_notes; RETURN 1; END $$; "
+        "CREATE OR REPLACE FUNCTION mc_pure(v int) RETURNS int LANGUAGE sql AS $$ SELECT v * 2 $$", "demo")
+
+
+def _dumped(stack) -> str:
+    return stack.pg.psql("SELECT count(*) FROM mc_dump", "demo")
+
+
+@pytest.mark.parametrize("sql, writes", FUNCTION_WRITES)
+def test_a_function_that_writes_masked_data_waits_for_approval(broker_dsn, stack, functions, sql, writes):
+    result = _psql(broker_dsn("demo-mc"), sql)
+    if writes:
+        assert result.returncode != 0, result.stdout
+        assert "sensitive_write" in result.stderr and "rolled back" in result.stderr, result.stderr
+        assert _dumped(stack) == "0"  # rolled back: nothing reached the plain table
+    else:
+        assert result.returncode == 0, result.stderr
+        assert len(result.stdout.splitlines()) == 3, result.stdout  # (masked whole: lineage cannot follow it)
+    strict = _psql(broker_dsn("demo-mc-strict"), sql)
+    if writes:
+        assert strict.returncode != 0 and "refused by policy" in strict.stderr and "sensitive_write" in strict.stderr, strict
+        assert _dumped(stack) == "0"
+    else:
+        assert strict.returncode == 0, strict.stderr
+
+
+def test_agent_api_holds_a_function_write_and_runs_it_once_approved(api, stack, functions, decide):
+    client = api()
+    sql = "SELECT mc_stash(translate(email, '@.', '#,')) FROM mc_notes WHERE id <= 2"
+    body = assert_problem(client.post("/v1/targets/demo-mc/query", json={"sql": sql}), 202, "approval_required")
+    assert "sensitive_write" in body["detail"] and "2 row(s)" in body["detail"], body
+    assert _dumped(stack) == "0"
+    refused = assert_problem(api().post("/v1/targets/demo-mc-strict/query", json={"sql": sql}), 403, "refused")
+    assert "sensitive_write" in refused["detail"], refused
+    assert _dumped(stack) == "0"
+    decide(body["approval_id"], "approve")
+    r = client.post("/v1/targets/demo-mc/query", json={"sql": sql, "wait_seconds": 5})
+    assert r.status_code == 200, r.text
+    assert _dumped(stack) == "2"  # approved: it ran once, for real
+    # A function that writes nothing runs at once (its result masked whole, as lineage cannot follow it).
+    r = client.post("/v1/targets/demo-mc/query", json={"sql": "SELECT mc_pure(id) FROM mc_notes WHERE id <= 3"})
+    assert r.status_code == 200 and len(r.json()["rows"]) == 3, r.text
