@@ -116,6 +116,14 @@ def thread_cpu(pid: int, tid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_ns(pid: int, tid: int) -> int:
+    """Nanoseconds one thread has run on a CPU (schedstat: finer than the 10 ms ticks of stat)."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 # the broker's event loop, a part of the "broker" column (which counts all its threads): one core's budget
 LOOP = "broker loop"
 
@@ -138,7 +146,9 @@ def throughput(paths: Paths, path: str, mib: int) -> tuple[float, dict[str, floa
     return mib * 1024 * 1024 / elapsed / 1e6, {k: round(m() - before[k], 3) for k, m in meters.items()}
 
 
-def echo_latency(paths: Paths, path: str, keystrokes: int) -> list[float]:
+def echo_latency(paths: Paths, path: str, keystrokes: int) -> tuple[list[float], float | None]:
+    """Echo times in ms, and for the broker the CPU µs its event loop spent per keystroke (both
+    directions, the recording included), from schedstat around the keystrokes alone."""
     import pexpect
 
     argv, env = paths.argv(path, tty=True)
@@ -149,6 +159,7 @@ def echo_latency(paths: Paths, path: str, keystrokes: int) -> list[float]:
     time.sleep(0.3)
     fd = child.child_fd
     samples = []
+    loop_before = thread_ns(paths.broker_pid, paths.broker_pid) if path == "broker" else 0
     for i in range(keystrokes):
         key = b"abcdefghijklmnopqrstuvwxyz"[i % 26 : i % 26 + 1]
         started = time.perf_counter()
@@ -162,11 +173,14 @@ def echo_latency(paths: Paths, path: str, keystrokes: int) -> list[float]:
             got += os.read(fd, 1024)
         samples.append((time.perf_counter() - started) * 1000)
         time.sleep(0.005)
+    loop_us = None
+    if path == "broker":
+        loop_us = (thread_ns(paths.broker_pid, paths.broker_pid) - loop_before) / 1000 / keystrokes
     child.send(b"\r")
     child.sendcontrol("d")  # cat ends on end-of-file, and with it (exec) the shell
     child.expect(pexpect.EOF)
     child.close()
-    return samples
+    return samples, loop_us
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -245,13 +259,17 @@ def main() -> int:
                 cpu[path].append(spent)
                 print(f"  throughput run {run + 1} {path:6}: {rate:8.1f} MB/s", flush=True)
         latency = {}
+        loop_us_per_key = None
         for path in PATHS:
             if path == "broker" and profiler:
                 profiler.start("echo")
-            latency[path] = echo_latency(paths, path, args.keystrokes)
+            latency[path], per_key = echo_latency(paths, path, args.keystrokes)
+            if per_key is not None:
+                loop_us_per_key = per_key
             if path == "broker" and profiler:
                 profiler.stop()
-            print(f"  echo {path:6}: p50 {pct(latency[path], 50):.3f} ms  p95 {pct(latency[path], 95):.3f} ms", flush=True)
+            print(f"  echo {path:6}: p50 {pct(latency[path], 50):.3f} ms  p95 {pct(latency[path], 95):.3f} ms"
+                  + (f"  broker loop CPU {per_key:.0f} µs per key" if per_key is not None else ""), flush=True)
     finally:
         if profiler:
             profiler.stop()
@@ -296,6 +314,8 @@ def main() -> int:
         "",
         f"- bulk, broker/direct (median): **{med['broker'] / med['direct']:.2f}x** (goal >= 0.9x)",
         f"- echo p50 added over direct: broker **{added['broker']:+.3f} ms** (goal <= 0.3 ms), jump {added['jump']:+.3f} ms",
+        f"- broker event loop CPU per keystroke (its echo both ways and the recording; schedstat): "
+        f"{loop_us_per_key:.0f} µs",
         "",
         "CPU ms per MB moved (user+system, median of the runs): the OpenSSH client from getrusage (on the jump",
         "path with its ProxyCommand `ssh -W`), the broker from /proc (all threads; 'broker loop' is its event",
@@ -323,7 +343,8 @@ def main() -> int:
         "date": today, "command": command, "machine": machine_info(),
         "load_before": load_before, "load_after": load_after, "mib": args.mib, "runs": args.runs,
         "keystrokes": args.keystrokes, "throughput_mbs": rates, "best_mbs": best, "median_mbs": med,
-        "echo_ms": echo, "echo_p50_added_ms": added, "cpu_s_per_run": cpu, "cpu_ms_per_mb": cpu_ms,
+        "echo_ms": echo, "echo_p50_added_ms": added,
+        "broker_loop_cpu_us_per_keystroke": loop_us_per_key, "cpu_s_per_run": cpu, "cpu_ms_per_mb": cpu_ms,
         "cpu_ms_per_mb_total": total_ms,
         "ratios": {"bulk_broker_direct_median": med["broker"] / med["direct"],
                    "bulk_broker_direct_best": best["broker"] / best["direct"],

@@ -19,13 +19,38 @@ their order are unchanged. asyncssh has no public hook for either, so ``speed_up
 from the owner's ``connection_made``, sets the connection's ``_transport`` and an instance
 ``send_packet``; asyncssh is pinned in requirements.txt and tests/ssh/test_ssh_speed.py checks
 that both still take effect.
+
+Per packet, asyncssh also does work whose result nobody uses (the rest of this module):
+
+- ``_log_packet`` formats a description of every packet sent and received (payload length,
+  handler name) and only then asks the logger whether packet logging (asyncssh debug level 3) is
+  on. ``quiet_packet_log`` skips the call on a connection or channel while that level is off.
+- It keeps its receive buffer as ``bytes`` and slices it twice per packet (``_recv_pkthdr``,
+  ``_recv_packet``): a 256 KiB read of eight 32 KiB packets was copied about eight times over.
+  ``PacketFeed`` hands it each read cut at packet ends, so its buffer holds one packet.
+- Every read re-arms its keepalive timer (a cancelled timer and a new one per read, both legs,
+  two per keystroke). ``_lazy_keepalive`` notes the time of the read instead; the one timer,
+  when it fires, re-arms itself for what is left of the interval after the last read.
+- Its AES-GCM shim builds a new ``AESGCM`` object (a fresh OpenSSL context and key schedule) for
+  every packet, about 6 µs of a small packet's 9, and copies each packet twice more than needed.
+  ``fast_gcm`` keeps one ``AESGCM`` per key and joins the pieces once: the same bytes out, the
+  same IV sequence, the same failure (``None``) on a bad tag.
+- Its ``send_packet`` copies each packet four times on the way to the cipher; ``PacketSender``
+  seals steady-state GCM packets after one join (its docstring says when).
 """
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 from asyncssh.constants import MSG_IGNORE
+from asyncssh.crypto.cipher import GCMCipher
+from asyncssh.encryption import GCMEncryption
+from asyncssh.logging import SSHLogger
 from asyncssh.packet import String
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAX_BATCH = 64 * 1024
 _EMPTY_IGNORE = (String(b""),)
@@ -93,20 +118,182 @@ def assert_no_cbc(algorithms: list[str]) -> list[str]:
     return algorithms
 
 
+def _no_packet_log(pkttype: int, pktid, packet, note: str = "") -> None:
+    pass
+
+
+def quiet_packet_log(handler) -> None:
+    """No per-packet log call on this connection or channel unless asyncssh's packet logging
+    (``asyncssh.set_debug_level(3)``, a class-wide setting) is on when it opens."""
+    if SSHLogger._debug_level < 3:
+        handler.log_sent_packet = handler.log_received_packet = _no_packet_log
+
+
+_GCM_TAG = 16
+_asyncssh_gcm = {"init": GCMCipher.__init__, "encrypt": GCMCipher.encrypt_and_sign,
+                 "decrypt": GCMEncryption.decrypt_packet}  # the originals (tests compare against them)
+
+
+def _gcm_init(self, cipher_name: str, key: bytes, iv: bytes) -> None:
+    _asyncssh_gcm["init"](self, cipher_name, key, iv)
+    self._aead = AESGCM(key)
+
+
+def _gcm_encrypt_and_sign(self, header: bytes, data: bytes) -> tuple[bytes, bytes]:
+    sealed = self._aead.encrypt(self._iv, data, header)
+    self._update_iv()
+    return header + memoryview(sealed)[:-_GCM_TAG], sealed[-_GCM_TAG:]
+
+
+def _gcm_decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes) -> bytes | None:
+    cipher = self._cipher
+    try:
+        data = cipher._aead.decrypt(cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
+    except InvalidTag:
+        data = None
+    cipher._update_iv()
+    return data
+
+
+def fast_gcm() -> None:
+    """One AESGCM per key and fewer copies in asyncssh's GCM shim (module docstring). Installed on
+    asyncssh's classes at import, before any connection makes a cipher; idempotent."""
+    GCMCipher.__init__ = _gcm_init
+    GCMCipher.encrypt_and_sign = _gcm_encrypt_and_sign
+    GCMEncryption.decrypt_packet = _gcm_decrypt_packet
+
+
+fast_gcm()
+
+
+class PacketFeed:
+    """A connection's ``data_received``: each read goes to asyncssh's own ``data_received`` cut
+    where its current packet ends (plus the next packet's first block, whose length asyncssh
+    decrypts), so its ``bytes`` buffer never holds more than one packet. Where a packet ends comes
+    from asyncssh's receive state; when that is not a plain packet read (version exchange, a packet
+    whose handler is still running, a closed connection), the rest of the read goes in one piece,
+    as before. Every byte is delivered once and in order either way."""
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self._receive = conn.data_received  # asyncssh's own (bound) method
+        cls = type(conn)
+        self._recv_packet, self._recv_pkthdr = cls._recv_packet, cls._recv_pkthdr
+        self.pieces = 0  # calls made on asyncssh's data_received (tests)
+
+    def _next_cut(self) -> int:
+        """Bytes asyncssh needs to finish the packet it is reading and to read the next one's
+        length (0: not known)."""
+        conn = self._conn
+        handler = getattr(conn._recv_handler, "__func__", None)
+        if handler is self._recv_packet:
+            return 4 + conn._pktlen + conn._recv_macsize - len(conn._inpbuf)
+        if handler is self._recv_pkthdr:
+            return conn._recv_blocksize - len(conn._inpbuf)
+        return 0
+
+    def __call__(self, data: bytes, datatype=None) -> None:
+        conn, receive = self._conn, self._receive
+        pos, size = 0, len(data)
+        view = None
+        while conn._transport is not None:
+            cut = self._next_cut()
+            if cut <= 0 or size - pos <= cut:
+                break
+            if view is None:
+                view = memoryview(data)
+            self.pieces += 1
+            receive(view[pos:pos + cut])
+            pos += cut
+        if pos and conn._transport is None:
+            return  # asyncssh closed the connection on what it was given; it would drop the rest too
+        self.pieces += 1
+        receive(data if pos == 0 else view[pos:])
+
+
+def _lazy_keepalive(conn) -> None:
+    """One keepalive timer per connection instead of a new one per read (module docstring): the
+    keepalive request still goes out ``keepalive_interval`` seconds after the last read."""
+    loop = conn._loop
+    last_read = [loop.time()]
+    fire = conn._keepalive_timer_callback  # asyncssh's: counts, sends the request, re-arms
+
+    def note_read() -> None:
+        last_read[0] = loop.time()
+
+    def check() -> None:
+        idle = loop.time() - last_read[0]
+        interval = conn._keepalive_interval
+        if interval and idle < interval:
+            conn._keepalive_timer = loop.call_later(interval - idle, check)
+        else:
+            fire()
+
+    conn._reset_keepalive_timer = note_read
+    conn._keepalive_timer_callback = check
+
+
+class PacketSender:
+    """A connection's ``send_packet``: drops the empty SSH_MSG_IGNORE (module docstring) and, in
+    the steady state of an AES-GCM connection (keys exchanged, signed in, no compression, no rekey
+    due, the connection's packet logging off), builds and seals the packet itself: asyncssh's ``send_packet``
+    copies every packet four times before encrypting it (type byte + payload, padding length +
+    payload + padding, header + ciphertext, + tag); here it is joined once and its header and
+    sealed body go to the coalescing transport as they are. The same fields, padding rule,
+    sequence number and rekey accounting as asyncssh's; anything else goes through asyncssh's."""
+
+    def __init__(self, conn, transport: CoalescingTransport) -> None:
+        self._conn = conn
+        self._send = conn.send_packet  # asyncssh's
+        self._transport = transport
+        self.fast = 0  # packets sealed here (tests)
+        self.slow = 0  # packets handed to asyncssh
+
+    def __call__(self, pkttype: int, *args: bytes, handler=None) -> None:
+        if pkttype == MSG_IGNORE and args == _EMPTY_IGNORE:
+            return  # the CBC countermeasure (see the module docstring); other ignore packets go out
+        conn = self._conn
+        enc = conn._send_encryption
+        if (type(enc) is not GCMEncryption or not conn._kex_complete or not conn._auth_complete
+                or conn._compressor is not None or conn._transport is not self._transport
+                or conn._rekey_bytes_sent >= conn._rekey_bytes
+                or (conn._rekey_seconds and time.monotonic() >= conn._rekey_time)
+                or conn.log_sent_packet is not _no_packet_log):
+            self.slow += 1
+            self._send(pkttype, *args, handler=handler)
+            return
+        size = 1
+        for arg in args:
+            size += len(arg)
+        padlen = -(conn._send_enchdrlen + size) % conn._send_blocksize
+        if padlen < 4:
+            padlen += conn._send_blocksize
+        packet = b"".join((bytes((padlen, pkttype)), *args, os.urandom(padlen)))
+        header = len(packet).to_bytes(4, "big")
+        cipher = enc._cipher
+        sealed = cipher._aead.encrypt(cipher._iv, packet, header)
+        cipher._update_iv()
+        self._transport.write(header)
+        self._transport.write(sealed)
+        seq = conn._send_seq
+        conn._send_seq = (seq + 1) & 0xffffffff
+        conn._rekey_bytes_sent += len(packet)
+        self.fast += 1
+        if handler is not None and handler.log_sent_packet is not _no_packet_log:  # a channel not quieted
+            handler.log_sent_packet(pkttype, seq, b"".join((bytes((pkttype,)), *args)))
+
+
 def speed_up(conn) -> CoalescingTransport:
-    """Coalesce the writes of an asyncssh connection and drop its empty per-packet SSH_MSG_IGNORE
-    (call from the owner's connection_made, where asyncssh has set the transport)."""
+    """Coalesce the writes of an asyncssh connection and the rest of the module docstring: no empty
+    SSH_MSG_IGNORE, no per-packet log call, packet-sized reads, one keepalive timer, fewer copies
+    per packet sent (call from the owner's connection_made, where asyncssh has set the transport)."""
     transport = conn._transport
     if not isinstance(transport, CoalescingTransport):
+        quiet_packet_log(conn)
+        conn.data_received = PacketFeed(conn)
+        _lazy_keepalive(conn)
         transport = conn._transport = CoalescingTransport(transport, asyncio.get_running_loop())
-        send_packet = conn.send_packet
-
-        def send_packet_without_padding_ignore(pkttype: int, *args: bytes, handler=None) -> None:
-            if pkttype == MSG_IGNORE and args == _EMPTY_IGNORE:
-                return  # the CBC countermeasure (see the module docstring); other ignore packets go out
-            send_packet(pkttype, *args, handler=handler)
-
-        conn.send_packet = send_packet_without_padding_ignore
+        conn.send_packet = PacketSender(conn, transport)
     return transport
 
 

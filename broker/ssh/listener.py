@@ -73,6 +73,9 @@ async def start(ctx) -> dict[str, str] | None:
         server_version="jitgate",
         encryption_algs=CIPHERS,
         encoding=None,
+        # the relay passes bytes through; asyncssh's line editor (on by default) would only wrap every
+        # channel and session in a pass-through layer (it edits nothing without an encoding)
+        line_editor=False,
         window=upstream.WINDOW,  # same flow control as towards the VM (broker/ssh/upstream.py)
         max_pktsize=upstream.MAX_PKTSIZE,
         agent_forwarding=False,  # switched on per connection when the target allows it

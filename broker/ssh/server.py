@@ -33,7 +33,7 @@ import asyncssh
 from broker.authz import Refused
 from broker.session import Session, Verdict
 from broker.ssh import upstream as upstream_login
-from broker.ssh.coalesce import speed_up, writes_of
+from broker.ssh.coalesce import quiet_packet_log, speed_up, writes_of
 from broker.ssh.transfers import (FileEvent, ScpObserver, SftpObserver, TransferProtocolError,
                                   is_file_transfer_command, is_transfer_endpoint, scp_mode)
 from jitgate.guardrails.shell import classify_command
@@ -320,6 +320,7 @@ class RelayChannel(asyncssh.SSHServerSession):
 
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
         self.chan = chan
+        quiet_packet_log(chan)
         self.gc.channels.add(self)
 
     def pty_requested(self, term_type: str, term_size: tuple, term_modes: dict) -> bool:
@@ -722,6 +723,9 @@ class UpstreamSide(asyncssh.SSHClientSession):
 
     def __init__(self, relay: RelayChannel) -> None:
         self.relay = relay
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel) -> None:
+        quiet_packet_log(chan)
 
     def data_received(self, data: bytes, datatype) -> None:
         self.relay.from_upstream(data, datatype)

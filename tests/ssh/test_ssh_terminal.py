@@ -126,3 +126,31 @@ def test_echoed_lines_are_classified_for_the_recording(terminal_session, stack):
     assert "stty size" in texts
     marker = next(line for line in lines if line["text"].startswith("echo marker-"))
     assert marker["classes"] == ["command"]
+
+
+def test_keystrokes_echoed_one_at_a_time_are_all_recorded_and_verify(ssh_targets, token, stack):
+    """The echo path's speed-ups (broker/ssh/coalesce.py: one AESGCM per key, no per-packet log
+    call, no line-editor layer) keep every echoed byte in the recording, in order: one keystroke
+    per SSH packet, each echo waited for, as bench/bench_ssh.py types them."""
+    user = "keys@example.com"
+    child = spawn_shell(ssh_targets, token, user)
+    child.sendline("exec cat")
+    child.expect("exec cat\r\n")
+    typed = "".join("abcdefghijklmnopqrstuvwxyz0123456789"[i % 36] for i in range(120))
+    for key in typed:
+        child.send(key)
+        child.expect_exact(key)
+    child.send("\r")
+    child.expect_exact(typed + "\r\n")  # cat's own copy of the line
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    session_id = sealed_session(stack, user)
+    events = recording_events(stack, session_id)
+    output = "".join(e["event"][2] for e in of_type(events, "term.output"))
+    assert output.count(typed) == 2, output[-400:]  # the terminal's echo, then cat's line
+    [end] = of_type(events, "ssh.exit")
+    # "exec cat" and Enter, the keys, Enter, Ctrl-D: each byte went upstream once
+    assert end["bytes_in"] == len("exec cat\r") + len(typed) + 1 + 1
+    ok = jitgate(stack, "verify", session_id, check=False)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK:"), ok.stdout + ok.stderr
