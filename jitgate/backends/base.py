@@ -8,7 +8,7 @@ setting (JITGATE_BACKENDS) picks the set.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 # Event bus topics (Pub/Sub topic names carry a "jitgate-" prefix).
 TOPIC_APPROVAL_REQUESTED = "approval-requested"
@@ -107,6 +107,10 @@ class RecordingStore(Protocol):
     def list_chunks(self, session_id: str) -> list[int]: ...
 
     def get_chunk(self, session_id: str, index: int) -> bytes: ...
+
+    def read_chunks(self, session_id: str) -> Iterator[bytes]:
+        """Every chunk's bytes in order (what a seal reads)."""
+        ...
 
     def put_object(self, session_id: str, name: str, data: bytes) -> str:
         """Write a sealed object once; refuses to overwrite. Returns its URI."""

@@ -228,6 +228,11 @@ class LocalRecordingStore:
     def get_chunk(self, session_id: str, index: int) -> bytes:
         return (self._dir(session_id) / "chunks" / f"{index:06d}.jsonl").read_bytes()
 
+    def read_chunks(self, session_id: str):
+        """Every chunk's bytes, in order."""
+        for index in self.list_chunks(session_id):
+            yield self.get_chunk(session_id, index)
+
     def put_object(self, session_id: str, name: str, data: bytes) -> str:
         directory = self._dir(session_id)
         directory.mkdir(parents=True, exist_ok=True)

@@ -41,23 +41,45 @@ def verify_session(backends, session_id: str, *, ledger_walk: ledger.LedgerWalk 
         return Verification(False, [f"the recording file of session {session_id!r} is gone (its manifest remains)"],
                             0, key_id, status="missing", session_id=session_id, key_name=trust.describe(key_id))
     manifest_sha256 = hashlib.sha256(manifest).hexdigest()
-    # One session needs the entries only (a checkpoint per seal would double what a page view reads).
-    walk = ledger_walk if ledger_walk is not None else ledger.walk(store, trust, checkpoints=False)
+    located = ledger.Located()
+    if ledger_walk is None and not result.manifest.get("continues") and result.manifest.get("end_reason") != NO_END:
+        # A session that no continuation concerns: its marker leads to its entry and the checkpoint
+        # that signs it, a few reads whatever the ledger's size (a page view would read it all).
+        located = ledger.locate(store, trust, session_id, manifest_sha256)
+        result.notes.extend(located.notes)
+    if located.number is not None:
+        result.ledger_entry = located.number
+    else:
+        _check_in_walk(store, trust, session_id, manifest_sha256, result, ledger_walk)
+    result.notes = list(dict.fromkeys(result.notes))  # a bad checkpoint seen by both ways is named once
+    if result.problems:
+        result.ok = False
+        if result.status == "ok":
+            result.status = "tampered"
+    return result
+
+
+def _check_in_walk(store, trust, session_id: str, manifest_sha256: str, result: Verification,
+                   walk: ledger.LedgerWalk | None) -> None:
+    """The ledger's word on one session from the whole ledger (audit's walk, or read now)."""
+    reading_now = walk is None
+    # One session needs the entries only (a checkpoint per seal would double what it reads).
+    walk = walk if walk is not None else ledger.walk(store, trust, checkpoints=False)
     numbers = walk.by_session.get(session_id, [])
     matching = [n for n in numbers if walk.entries[n].get("manifest_sha256") == manifest_sha256]
     if matching:
         result.ledger_entry = matching[0]
+        if reading_now:  # audit checks every checkpoint itself
+            raw = store.get_ledger(ledger.entry_name(matching[0]))
+            if ledger.covering_checkpoint(store, trust, matching[0], raw, result.notes) is None:
+                result.notes.append(f"ledger entry {matching[0]} is not under a signed checkpoint yet: no seal-key "
+                                    "signature vouches for it (the next seal's checkpoint will)")
     elif numbers:
         result.problems.append(f"the manifest differs from the one the ledger recorded at its seal (entry {numbers[0]}): "
                                "the session was re-sealed or its manifest replaced")
     else:
         result.problems.append("the session is not in the seal ledger (sealed outside finalize, or its entry removed)")
     _check_continuation(store, trust, session_id, result, walk)
-    if result.problems:
-        result.ok = False
-        if result.status == "ok":
-            result.status = "tampered"
-    return result
 
 
 def _first_event(store, session_id: str) -> dict:

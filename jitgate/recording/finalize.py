@@ -4,10 +4,11 @@ This is the body of functions/finalize_recording; the embedded broker without a 
 endpoint calls it too. It seals only what the broker's session-closed event vouches for
 (event count and chain head); anything else is refused, logged, and nothing is removed.
 
-Memory stays bounded by one chunk whatever the recording's size: a first pass over the
-chunks checks the chain and gathers the manifest, a second pass streams the sealed lines
-into the store. Idempotent: a redelivered event finds the seal and only finishes what a
-previous attempt left undone (ledger, index, chunk removal).
+Memory stays bounded by one chunk (or SEAL_IN_MEMORY) whatever the recording's size: a first
+pass over the chunks checks the chain and gathers the manifest; a recording up to SEAL_IN_MEMORY
+sealed bytes (nearly every session) is kept from that pass and stored in one create-once write,
+a larger one is streamed into the store by a second pass. Idempotent: a redelivered event finds
+the seal and only finishes what a previous attempt left undone (ledger, index, chunk removal).
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ logger = logging.getLogger("jitgate.finalize")
 
 RECORDING = "recording.jsonl"
 MANIFEST = "manifest.json"
+# Sealed bytes kept from the first pass: below this a seal reads its chunks once and writes the
+# recording in one request; above it the second pass streams (memory bounded by a chunk).
+SEAL_IN_MEMORY = 4 * 1024 * 1024
 
 
 class ChunksIncomplete(RuntimeError):
@@ -43,8 +47,7 @@ class Finalized:
 
 
 def _chunk_blocks(backends: Backends, session_id: str) -> Iterator[bytes]:
-    for index in backends.recordings.list_chunks(session_id):
-        yield backends.recordings.get_chunk(session_id, index)
+    return backends.recordings.read_chunks(session_id)
 
 
 def _first_events(backends: Backends, session_id: str, count: int) -> Iterator[bytes]:
@@ -96,6 +99,7 @@ def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_ever
     # Pass 1: the chunks must chain to the head the broker signed.
     chain, summary, digest, size = Chain(session_id), Summary(session_id), hashlib.sha256(), 0
     continued = None
+    sealed: list[bytes] | None = []  # the sealed lines, while they fit in SEAL_IN_MEMORY
     for number, line in enumerate(_first_events(backends, session_id, events), start=1):
         if not is_event_line(line):
             return _refuse(session_id, f"line {number} of the stored chunks is not an event (chunks written by "
@@ -113,6 +117,10 @@ def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_ever
         out = chained(line, chain.add(line)) + b"\n"
         digest.update(out)
         size += len(out)
+        if sealed is not None and size <= SEAL_IN_MEMORY:
+            sealed.append(out)
+        else:
+            sealed = None
     if chain.count < events:
         raise ChunksIncomplete(f"session {session_id}: {chain.count} of {events} events stored so far")
     if chain.head != head:
@@ -124,14 +132,18 @@ def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_ever
         if problems:
             return _refuse(session_id, "continuation link refused: " + "; ".join(problems))
 
-    # Pass 2: stream the sealed lines into the store (created once).
+    # Pass 2: the sealed lines into the store (created once): the bytes hashed above, or streamed
+    # from the chunks again for a recording too large to keep.
     written = hashlib.sha256()
     try:
-        recording_uri = backends.recordings.put_object_stream(
-            session_id, RECORDING, _sealed_blocks(backends, session_id, events, written))
-        if written.hexdigest() != sha256:
-            return _refuse(session_id, "the chunks changed between reading and sealing; the stored recording "
-                                       "does not match its chain (left unsealed for review)")
+        if sealed is not None:
+            recording_uri = backends.recordings.put_object(session_id, RECORDING, b"".join(sealed))
+        else:
+            recording_uri = backends.recordings.put_object_stream(
+                session_id, RECORDING, _sealed_blocks(backends, session_id, events, written))
+            if written.hexdigest() != sha256:
+                return _refuse(session_id, "the chunks changed between reading and sealing; the stored recording "
+                                           "does not match its chain (left unsealed for review)")
     except FileExistsError:
         # An earlier attempt stored it and died before the manifest, or someone created it first.
         existing = hashlib.sha256()
@@ -151,7 +163,8 @@ def finalize_session(backends: Backends, closing_event: dict, *, checkpoint_ever
     entry = summary.entry()
     entry.update(recording_uri=recording_uri, manifest_uri=manifest_uri,
                  manifest_sha256=hashlib.sha256(manifest).hexdigest(), manifest=manifest.decode())
-    _after_seal(backends, session_id, manifest, entry, checkpoint_every)
+    # This call created the manifest: no earlier attempt can have marked its ledger entry.
+    _after_seal(backends, session_id, manifest, entry, checkpoint_every, marked=False)
     return Finalized("sealed", session_id, entry=entry)
 
 
@@ -168,8 +181,8 @@ def _already_sealed(backends: Backends, closing: dict, checkpoint_every: int) ->
     same_end = parsed is not None and parsed[0].get("events") == closing["events"] \
         and parsed[0].get("chain_head") == closing["chain_head"]
     entry: dict = {}
-    unfinished = not backends.recordings.object_exists(session_id, ledger.MARKER) \
-        or backends.index.get_session(session_id) is None
+    marked = backends.recordings.object_exists(session_id, ledger.MARKER)
+    unfinished = not marked or backends.index.get_session(session_id) is None
     if unfinished and parsed is not None and _trusted(backends, parsed):
         summary = Summary(session_id)
         for line in iter_lines(backends.recordings.open_object(session_id, RECORDING)):
@@ -179,7 +192,7 @@ def _already_sealed(backends: Backends, closing: dict, checkpoint_every: int) ->
                      manifest_sha256=hashlib.sha256(manifest).hexdigest(), manifest=manifest.decode())
         # The sealer died between the manifest and the ledger/index: finish its work (whoever asks;
         # the broker reads the seal back from the index to notice a seal it did not ask for).
-        _after_seal(backends, session_id, manifest, entry, checkpoint_every)
+        _after_seal(backends, session_id, manifest, entry, checkpoint_every, marked=marked)
     if not same_end:
         return _refuse(session_id, "the session is already sealed with a different end than this session-closed "
                                    "event names (the broker records the rest as a continuation)")
@@ -196,9 +209,14 @@ def _trusted(backends: Backends, parsed: tuple[dict, bytes]) -> bool:
     return key is not None and signature_valid(key, parsed[1], canonical(parsed[0]))
 
 
-def _after_seal(backends: Backends, session_id: str, manifest: bytes, entry: dict, checkpoint_every: int) -> None:
+def _after_seal(backends: Backends, session_id: str, manifest: bytes, entry: dict, checkpoint_every: int,
+                marked: bool | None = None) -> None:
+    """Ledger entry (and its marker), index row, chunk removal. ``marked``: whether the session's
+    ledger marker exists, when the caller knows (None: look)."""
     manifest_sha256 = hashlib.sha256(manifest).hexdigest()
-    if not backends.recordings.object_exists(session_id, ledger.MARKER):
+    if marked is None:
+        marked = backends.recordings.object_exists(session_id, ledger.MARKER)
+    if not marked:
         number = ledger.append(backends.recordings, backends.signer, session_id=session_id,
                                manifest_sha256=manifest_sha256, checkpoint_every=checkpoint_every,
                                continues=(entry.get("continues") or {}).get("session_id"))

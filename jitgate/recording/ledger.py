@@ -45,20 +45,29 @@ def entry_hash(raw: bytes) -> str:
 
 
 def _newest(store) -> tuple[int, str]:
-    """(number, hash) of the newest entry, -1 and GENESIS when the ledger is empty."""
+    """(number, hash) of the newest entry this process knows, -1 and GENESIS when the ledger is empty.
+    Warm, one read: the remembered entry must still be the one we saw (else: read from the start);
+    whether others appended since shows when the next number turns out taken (_catch_up)."""
     with _lock:
         number, head = _last.get(store.ledger_location, (-1, GENESIS))
-    if number >= 0:  # the remembered entry must still be the one we saw (else: read from the start)
+    if number >= 0:
         try:
-            if entry_hash(store.get_ledger(entry_name(number))) != head:
-                number, head = -1, GENESIS
+            if entry_hash(store.get_ledger(entry_name(number))) == head:
+                return number, head
         except FileNotFoundError:
-            number, head = -1, GENESIS
+            pass
+    return _catch_up(store, -1)
+
+
+def _catch_up(store, number: int) -> tuple[int, str]:
+    """(number, hash) of the newest entry after entry ``number`` (-1: from the start), or of entry
+    ``number`` itself when none follows it."""
     names = store.list_ledger(ENTRIES, start_after=entry_name(number) if number >= 0 else "")
     if names:
-        number = int(names[-1].rpartition("/")[2].split(".")[0])
-        head = entry_hash(store.get_ledger(names[-1]))
-    return number, head
+        return int(names[-1].rpartition("/")[2].split(".")[0]), entry_hash(store.get_ledger(names[-1]))
+    if number < 0:
+        return -1, GENESIS
+    return number, entry_hash(store.get_ledger(entry_name(number)))
 
 
 def append(store, signer, *, session_id: str, manifest_sha256: str, checkpoint_every: int = 1,
@@ -76,8 +85,8 @@ def append(store, signer, *, session_id: str, manifest_sha256: str, checkpoint_e
         raw = canonical(body) + b"\n"
         try:
             store.put_ledger(entry_name(number), raw)
-        except FileExistsError:  # another finalizer took this number: chain onto its entry
-            head = entry_hash(store.get_ledger(entry_name(number)))
+        except FileExistsError:  # another finalizer took this number: chain onto the newest entry
+            number, head = _catch_up(store, number)
             continue
         head = entry_hash(raw)
         with _lock:
@@ -134,8 +143,6 @@ def _read_all(store, names: list[str]):
 def walk(store, trust, *, checkpoints: bool = True) -> LedgerWalk:
     """Read the whole ledger and check its chain and (unless ``checkpoints`` is False: verifying one
     session needs only the entries) its signed checkpoints, one object and one signature each."""
-    from jitgate.recording.trust import signature_valid
-
     result = LedgerWalk()
     hashes: dict[int, str] = {}
     expected, previous = 0, GENESIS
@@ -161,21 +168,11 @@ def walk(store, trust, *, checkpoints: bool = True) -> LedgerWalk:
             result.continued_by.setdefault(str(entry["continues"]), []).append(number)
     for name in store.list_ledger(CHECKPOINTS) if checkpoints else ():
         result.checkpoints += 1
-        try:
-            body = json.loads(store.get_ledger(name))
-            signature = base64.b64decode(body.pop("signature"), validate=True)
-            size = int(body["size"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            result.problems.append(f"ledger checkpoint {name} is unreadable")
+        body, problem = read_checkpoint(store, trust, name)
+        if problem:
+            result.problems.append(problem)
             continue
-        key = trust.seal_key(body.get("key_id"))
-        if key is None:
-            result.problems.append(f"ledger checkpoint {size} is signed by key {body.get('key_id')!r}, "
-                                   f"which is not a configured seal key ({trust.where()})")
-            continue
-        if not signature_valid(key, signature, b"jitgate-ledger-checkpoint-v1:" + canonical(body)):
-            result.problems.append(f"ledger checkpoint {size}: signature does not verify with {trust.describe(body.get('key_id'))}")
-            continue
+        size = body["size"]
         if size - 1 not in hashes:
             result.problems.append(f"ledger checkpoint {size} signs {size} entries, but entry {size - 1} is gone "
                                    "(entries removed after they were checkpointed)")
@@ -185,3 +182,96 @@ def walk(store, trust, *, checkpoints: bool = True) -> LedgerWalk:
         else:
             result.verified_size = max(result.verified_size, size)
     return result
+
+
+def read_checkpoint(store, trust, name: str) -> tuple[dict | None, str | None]:
+    """(checkpoint body with an int ``size``, None) when it is signed by a configured seal key, else
+    (None, what is wrong). FileNotFoundError when there is none."""
+    from jitgate.recording.trust import signature_valid
+
+    try:
+        body = json.loads(store.get_ledger(name))
+        signature = base64.b64decode(body.pop("signature"), validate=True)
+        size = int(body["size"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, f"ledger checkpoint {name} is unreadable"
+    key = trust.seal_key(body.get("key_id"))
+    if key is None:
+        return None, (f"ledger checkpoint {size} is signed by key {body.get('key_id')!r}, "
+                      f"which is not a configured seal key ({trust.where()})")
+    if not signature_valid(key, signature, b"jitgate-ledger-checkpoint-v1:" + canonical(body)):
+        return None, f"ledger checkpoint {size}: signature does not verify with {trust.describe(body.get('key_id'))}"
+    body["size"] = size
+    return body, None
+
+
+# -- one session, from its marker -------------------------------------------------------------
+
+# Entries followed from a session's entry to the signed checkpoint that covers it. Every seal
+# signs one by default (checkpoint_every 1): the entry's own checkpoint is the next object.
+HINT_REACH = 32
+
+
+@dataclass
+class Located:
+    """Where one session's seal is in the ledger, and whether a signed checkpoint covers it."""
+
+    number: int | None = None  # the entry that holds this session's manifest (None: not found this way)
+    checkpoint: int | None = None  # size of the signed checkpoint whose head commits to that entry
+    notes: list[str] = field(default_factory=list)
+
+
+def covering_checkpoint(store, trust, number: int, raw: bytes, notes: list[str]) -> int | None:
+    """Size of the first checkpoint signed by a configured seal key whose head is entry ``number``
+    (its bytes ``raw``) or an entry chained to it, at most HINT_REACH entries on; None when none is
+    (the unsigned tail, or a chain that breaks before one). A checkpoint that does not verify on
+    the way is named in ``notes`` and passed (`jitgate audit` reports it)."""
+    head = entry_hash(raw)
+    for n in range(number, number + HINT_REACH):
+        try:
+            body, problem = read_checkpoint(store, trust, checkpoint_name(n + 1))
+        except FileNotFoundError:
+            body, problem = None, None
+        if body is not None and body.get("head") == head:
+            return n + 1
+        if problem or body is not None:
+            notes.append(problem or f"ledger checkpoint {n + 1} does not sign entry {n} (the ledger was rewritten)")
+        try:
+            raw = store.get_ledger(entry_name(n + 1))
+            follower = json.loads(raw)
+        except (FileNotFoundError, ValueError):
+            return None
+        if not isinstance(follower, dict) or follower.get("n") != n + 1 or follower.get("prev") != head:
+            return None
+        head = entry_hash(raw)
+    return None
+
+
+def locate(store, trust, session_id: str, manifest_sha256: str) -> Located:
+    """The session's entry from the marker in its folder, in a few reads whatever the ledger's size.
+
+    The marker is only a hint: the entry it names must be at its place, name this session and this
+    manifest's SHA-256, and be covered by a checkpoint signed by a configured seal key (the head it
+    signs is the entry's own hash, or one chained to it). Then the seal key's signature commits to
+    the entry's exact bytes, and a full walk would find the same entry. Anything else returns
+    ``number`` None and the caller reads the whole ledger; a marker naming some other entry is noted."""
+    located = Located()
+    try:
+        hint = json.loads(store.get_object(session_id, MARKER))
+        number = int(hint["entry"])
+    except (FileNotFoundError, KeyError, ValueError, TypeError):
+        return located
+    try:
+        raw = store.get_ledger(entry_name(number)) if number >= 0 else b""
+        entry = json.loads(raw)
+    except (FileNotFoundError, ValueError):
+        entry = None
+    if not isinstance(entry, dict) or entry.get("n") != number or entry.get("session_id") != session_id \
+            or entry.get("manifest_sha256") != manifest_sha256:
+        located.notes.append(f"its ledger marker names entry {number}, which is not the seal of this manifest "
+                             "(the marker is only a hint; the whole ledger was read instead)")
+        return located
+    located.checkpoint = covering_checkpoint(store, trust, number, raw, located.notes)
+    if located.checkpoint is not None:
+        located.number = number
+    return located

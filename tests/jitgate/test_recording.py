@@ -296,20 +296,6 @@ def test_audit_names_the_ledger_entries_after_the_last_signed_checkpoint(backend
     assert audit(b).unsigned_tail == []
 
 
-def test_verifying_one_session_reads_the_ledger_entries_but_no_checkpoint(backends):
-    """A checkpoint per seal must not double what each `jitgate verify` and console page reads."""
-    _, b = backends
-    for sid in ("r1", "r2", "r3"):
-        finalize_session(b, store_and_close(b, sid))
-    reads = []
-    original = b.recordings.get_ledger
-    b.recordings.get_ledger = lambda name: reads.append(name) or original(name)
-    assert verify_session(b, "r2").ok
-    assert len(reads) == 3 and not [n for n in reads if n.startswith(ledger.CHECKPOINTS)], reads
-    reads.clear()
-    assert audit(b).verified_size == 3 and [n for n in reads if n.startswith(ledger.CHECKPOINTS)]
-
-
 def test_an_event_with_a_lone_surrogate_is_recorded_escaped():
     """An agent's JSON body may carry "\\ud800": the spool line stays valid JSON and UTF-8."""
     from jitgate.recording.spool import encode_event

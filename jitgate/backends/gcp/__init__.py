@@ -468,6 +468,9 @@ class PubSubBus:
 # --- Cloud Storage: recordings ----------------------------------------------------------
 
 
+_CHUNK_OBJECT = re.compile(r"([0-9]{6})\.jsonl(?:\.[0-9]{12})?")  # a chunk, or a continuation at its offset
+
+
 class GcsRecordingStore:
     """gs://BUCKET/<session>/chunks/NNNNNN.jsonl while running; gs://BUCKET/<session>/<name> once sealed.
 
@@ -562,6 +565,19 @@ class GcsRecordingStore:
             raise FileNotFoundError(f"gs://{self.bucket_name}/{base}")
         blobs.sort(key=lambda b: b.name)  # the base first, then continuations by offset
         return b"".join(b.download_as_bytes(retry=self._retry) for b in blobs)
+
+    def read_chunks(self, session_id: str):
+        """Every chunk's bytes in order, each joined with its continuations, from one listing (a
+        seal reads all of them: a listing per chunk, as get_chunk does, would double the requests)."""
+        prefix = f"{self._check(session_id)}/chunks/"
+        parts: dict[int, list] = {}
+        for blob in self.bucket.client.list_blobs(self.bucket_name, prefix=prefix, retry=self._retry):
+            match = _CHUNK_OBJECT.fullmatch(blob.name[len(prefix):])
+            if match:
+                parts.setdefault(int(match.group(1)), []).append(blob)
+        for index in sorted(parts):
+            for blob in sorted(parts[index], key=lambda b: b.name):  # the base first, then continuations
+                yield blob.download_as_bytes(retry=self._retry)
 
     # -- sealed objects -------------------------------------------------------------------
 
