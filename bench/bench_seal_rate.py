@@ -81,18 +81,20 @@ class Calls(Requests):
 
 def count_calls(b) -> Calls:
     calls = Calls()
-    for owner, names in ((b.recordings, ("get_chunk", "list_chunks", "get_object", "object_exists", "open_object",
+    for owner, names in ((b.recordings, ("read_chunks", "get_chunk", "list_chunks", "get_object", "object_exists", "open_object",
                                          "put_object", "put_object_stream", "get_ledger", "put_ledger",
                                          "list_ledger")),
                          (b.index, ("put_session", "get_session", "mark_finalized"))):
         for name in names:
-            original = getattr(owner, name)
+            original = getattr(owner, name, None)
+            if original is None:
+                continue
 
             def counted(*args, _original=original, _name=name, **kwargs):
                 started = time.perf_counter()
                 try:
                     result = _original(*args, **kwargs)
-                    if _name == "open_object":
+                    if _name in ("open_object", "read_chunks"):
                         result = list(result)  # a generator: its reads happen while it is consumed
                     return result
                 finally:

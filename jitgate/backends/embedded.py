@@ -295,12 +295,12 @@ class LocalRecordingStore:
     def get_ledger(self, name: str) -> bytes:
         return (self.ledger_dir / name).read_bytes()
 
-    def list_ledger(self, folder: str, start_after: str = "") -> list[str]:
+    def list_ledger(self, folder: str, start_after: str = "", limit: int | None = None) -> list[str]:
         directory = self.ledger_dir / folder
         if not directory.exists():
             return []
         return sorted(f"{folder}/{p.name}" for p in directory.iterdir()
-                      if not p.name.startswith(".") and f"{folder}/{p.name}" > start_after)
+                      if not p.name.startswith(".") and f"{folder}/{p.name}" > start_after)[:limit]
 
 
 def _create_once(path: Path, blocks) -> Path:

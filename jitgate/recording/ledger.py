@@ -56,17 +56,52 @@ def _newest(store) -> tuple[int, str]:
                 return number, head
         except FileNotFoundError:
             pass
-    return _catch_up(store, -1)
+    return _find_newest(store)
+
+
+def _number(name: str) -> int:
+    return int(name.rpartition("/")[2].split(".")[0])
+
+
+# Names one listing asks for when looking for the newest entry without a memory of it.
+SEARCH_PAGE = 1000
+
+
+def _find_newest(store) -> tuple[int, str]:
+    """(number, hash) of the newest entry without listing the whole ledger (a new finalize instance
+    would read a name per seal ever made): one page, and past it small listings that ask "is there
+    an entry at or after k", doubling k and then halving the interval, about 2*log2(n/SEARCH_PAGE)
+    listings of one name each. Gaps (removed entries) cannot mislead it: each answer is the first
+    name the store actually has at or after k."""
+    def first_at_or_after(k: int) -> int | None:
+        names = store.list_ledger(ENTRIES, start_after=entry_name(k - 1) if k > 0 else "", limit=1)
+        return _number(names[0]) if names else None
+
+    page = store.list_ledger(ENTRIES, limit=SEARCH_PAGE)
+    if not page:
+        return -1, GENESIS
+    low = _number(page[-1])  # an entry that exists
+    if len(page) == SEARCH_PAGE:
+        step = SEARCH_PAGE
+        while (found := first_at_or_after(low + step)) is not None:
+            low, step = found, step * 2
+        high = low + step  # nothing at or after high
+        while high - low > 1:
+            middle = (low + high) // 2
+            found = first_at_or_after(middle)
+            if found is None:
+                high = middle
+            else:
+                low = found
+    return low, entry_hash(store.get_ledger(entry_name(low)))
 
 
 def _catch_up(store, number: int) -> tuple[int, str]:
-    """(number, hash) of the newest entry after entry ``number`` (-1: from the start), or of entry
-    ``number`` itself when none follows it."""
-    names = store.list_ledger(ENTRIES, start_after=entry_name(number) if number >= 0 else "")
+    """(number, hash) of the newest entry after entry ``number``, or of entry ``number`` itself when
+    none follows it."""
+    names = store.list_ledger(ENTRIES, start_after=entry_name(number))
     if names:
-        return int(names[-1].rpartition("/")[2].split(".")[0]), entry_hash(store.get_ledger(names[-1]))
-    if number < 0:
-        return -1, GENESIS
+        return _number(names[-1]), entry_hash(store.get_ledger(names[-1]))
     return number, entry_hash(store.get_ledger(entry_name(number)))
 
 

@@ -124,3 +124,35 @@ def test_a_finalizer_that_missed_others_appends_catches_up_in_one_listing(any_ba
     assert puts == [ledger.entry_name(1), ledger.entry_name(6), ledger.checkpoint_name(7)], puts
     walk = ledger.walk(b.recordings, b.trust)
     assert not walk.problems and walk.verified_size == 7 and walk.by_session["x6"] == [6]
+
+
+def test_a_new_finalizer_finds_the_newest_entry_without_listing_the_whole_ledger(any_backends, monkeypatch):
+    """A finalize instance that just started knows no entry: it used to list every name in the ledger
+    (a page of 1000 per request, one name per seal ever made). It now reads one page and then
+    listings of one name, doubling and halving, and a removed entry does not mislead it."""
+    b = any_backends
+    monkeypatch.setattr(ledger, "SEARCH_PAGE", 4)
+    for i in range(37):
+        ledger.append(b.recordings, b.signer, session_id=f"g{i}", manifest_sha256=f"{i:064x}")
+    listings = []
+    original = b.recordings.list_ledger
+
+    def listed(folder, start_after="", limit=None):
+        names = original(folder, start_after, limit=limit)
+        listings.append((limit, len(names)))
+        return names
+
+    b.recordings.list_ledger = listed
+    with ledger._lock:
+        ledger._last.clear()  # a new instance
+    assert ledger.append(b.recordings, b.signer, session_id="g37", manifest_sha256="f" * 64) == 37
+    assert listings and all(limit is not None and count <= 4 for limit, count in listings), listings
+    assert len(listings) <= 12, listings
+    b.recordings.list_ledger = original
+    walk = ledger.walk(b.recordings, b.trust)
+    assert sorted(walk.entries) == list(range(38)) and not walk.problems and walk.verified_size == 38
+    if hasattr(b.recordings, "ledger_dir"):  # a removed entry (possible on a local disk) is no place to append
+        (b.recordings.ledger_dir / ledger.entry_name(30)).unlink()
+        with ledger._lock:
+            ledger._last.clear()
+        assert ledger.append(b.recordings, b.signer, session_id="g38", manifest_sha256="e" * 64) == 38

@@ -746,12 +746,15 @@ class GcsRecordingStore:
         except gexc.NotFound:
             raise FileNotFoundError(f"gs://{self.bucket_name}/{LEDGER_PREFIX}/{name}") from None
 
-    def list_ledger(self, folder: str, start_after: str = "") -> list[str]:
+    def list_ledger(self, folder: str, start_after: str = "", limit: int | None = None) -> list[str]:
+        """Names in ``folder`` after ``start_after``, in order; at most ``limit`` of them."""
         prefix = f"{LEDGER_PREFIX}/{folder}/"
-        kwargs = {"start_offset": f"{LEDGER_PREFIX}/{start_after}"} if start_after else {}
+        kwargs: dict[str, Any] = {"start_offset": f"{LEDGER_PREFIX}/{start_after}"} if start_after else {}
+        if limit is not None:
+            kwargs["max_results"] = limit + 1  # start_offset includes start_after itself
         names = [b.name[len(LEDGER_PREFIX) + 1:] for b in
                  self.bucket.client.list_blobs(self.bucket_name, prefix=prefix, retry=self._retry, **kwargs)]
-        return sorted(n for n in names if n > start_after)
+        return sorted(n for n in names if n > start_after)[:limit]
 
 
 # --- Secret Manager: held credentials ----------------------------------------------------
