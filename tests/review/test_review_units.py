@@ -185,3 +185,53 @@ def test_the_function_serves_https_urls_and_secure_cookies(tmp_path, monkeypatch
         assert "Secure" in response.headers["Set-Cookie"] and "HttpOnly" in response.headers["Set-Cookie"]
     finally:
         idp.shutdown()
+
+
+def test_a_session_page_reads_the_same_few_objects_whatever_the_ledger_size(iap_keys, tmp_path):
+    """The session page verified a session by reading every ledger entry (one object per sealed
+    session, per page view). It now follows the session's marker to its entry and the signed
+    checkpoint over it; a marker that someone wrote for a session sealed outside finalize still
+    shows as not in the ledger."""
+    from jitgate.recording.finalize import MANIFEST, RECORDING, finalize_session
+    from jitgate.recording.ledger import MARKER
+    from jitgate.recording.seal import seal
+    from jitgate.review.app import create_app
+    from tests.recording.helpers import EVENTS, StoreCalls, store_and_close
+
+    key, url = iap_keys
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    settings = Settings.from_env({"JITGATE_HOME": str(tmp_path), "JITGATE_POLICY": str(policy),
+                                  "JITGATE_REVIEW_AUTH": "iap", "JITGATE_REVIEW_IAP_AUDIENCE": AUDIENCE,
+                                  "JITGATE_REVIEW_IAP_JWKS_URL": url})
+    sealer = open_backends(settings)
+    ap.remember_principal(sealer.approvals, "rita@example.com", ["security"])
+
+    def seal_all(names):
+        for sid in names:
+            assert finalize_session(sealer, store_and_close(sealer, sid)).status == "sealed"
+
+    seal_all(["p0", "p1", "p2"])
+    app = create_app(settings)
+    calls = StoreCalls(app.extensions["jitgate_review"].backends.recordings)
+    client = app.test_client()
+    headers = {IAP_HEADER: _assertion(key)}
+
+    def page(session_id):
+        calls.take()
+        response = client.get(f"/sessions/{session_id}", headers=headers)
+        assert response.status_code == 200
+        return response.get_data(as_text=True), calls.take()
+
+    text, small = page("p1")
+    assert "Verified" in text and "in the seal ledger (entry 1)" in text
+    seal_all([f"q{i}" for i in range(30)])
+    text, large = page("p1")
+    assert "in the seal ledger (entry 1)" in text and large == small, (small, large)
+    assert large["get_ledger"] == 2 and large["list_ledger"] == 0, large
+    # Sealed with the seal key outside finalize, plus a marker naming another session's entry.
+    recording, manifest = seal("f1", EVENTS, sealer.signer)
+    for name, data in ((RECORDING, recording), (MANIFEST, manifest), (MARKER, b'{"entry": 1}\n')):
+        sealer.recordings.put_object("f1", name, data)
+    text, _ = page("f1")
+    assert "Verification failed (tampered)" in text and "not in the seal ledger" in text, text
