@@ -130,17 +130,21 @@ def quiet_packet_log(handler) -> None:
 
 
 _GCM_TAG = 16
-_asyncssh_gcm = {"init": GCMCipher.__init__, "encrypt": GCMCipher.encrypt_and_sign,
+_asyncssh_gcm = {"encrypt": GCMCipher.encrypt_and_sign,
                  "decrypt": GCMEncryption.decrypt_packet}  # the originals (tests compare against them)
 
 
-def _gcm_init(self, cipher_name: str, key: bytes, iv: bytes) -> None:
-    _asyncssh_gcm["init"](self, cipher_name, key, iv)
-    self._aead = AESGCM(key)
+def _aead(cipher) -> AESGCM:
+    """The cipher's one AESGCM, made on its first packet."""
+    try:
+        return cipher._aead
+    except AttributeError:
+        cipher._aead = AESGCM(cipher._key)
+        return cipher._aead
 
 
 def _gcm_encrypt_and_sign(self, header: bytes, data: bytes) -> tuple[bytes, bytes]:
-    sealed = self._aead.encrypt(self._iv, data, header)
+    sealed = _aead(self).encrypt(self._iv, data, header)
     self._update_iv()
     return header + memoryview(sealed)[:-_GCM_TAG], sealed[-_GCM_TAG:]
 
@@ -148,7 +152,7 @@ def _gcm_encrypt_and_sign(self, header: bytes, data: bytes) -> tuple[bytes, byte
 def _gcm_decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int, mac: bytes) -> bytes | None:
     cipher = self._cipher
     try:
-        data = cipher._aead.decrypt(cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
+        data = _aead(cipher).decrypt(cipher._iv, b"".join((first[header_len:], rest, mac)), first[:header_len])
     except InvalidTag:
         data = None
     cipher._update_iv()
@@ -156,9 +160,8 @@ def _gcm_decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: i
 
 
 def fast_gcm() -> None:
-    """One AESGCM per key and fewer copies in asyncssh's GCM shim (module docstring). Installed on
-    asyncssh's classes at import, before any connection makes a cipher; idempotent."""
-    GCMCipher.__init__ = _gcm_init
+    """One AESGCM per key and fewer copies in asyncssh's GCM shim (module docstring), on asyncssh's
+    classes (every GCM connection of the process; the same bytes on the wire). Idempotent."""
     GCMCipher.encrypt_and_sign = _gcm_encrypt_and_sign
     GCMEncryption.decrypt_packet = _gcm_decrypt_packet
 
@@ -271,7 +274,7 @@ class PacketSender:
         packet = b"".join((bytes((padlen, pkttype)), *args, os.urandom(padlen)))
         header = len(packet).to_bytes(4, "big")
         cipher = enc._cipher
-        sealed = cipher._aead.encrypt(cipher._iv, packet, header)
+        sealed = _aead(cipher).encrypt(cipher._iv, packet, header)
         cipher._update_iv()
         self._transport.write(header)
         self._transport.write(sealed)
