@@ -490,8 +490,8 @@ class AgentService:
             def vet(lineages: list) -> None:
                 """Masking's classes, as the relay applies them (a hold or a refusal stops it here)."""
                 decided = masking_verdict(session, verdict, lineages)
-                if decided.action != verdict.action:
-                    raise pgquery.MaskingVerdict(decided)
+                if decided.action != verdict.action or (decided.blind_write and row_limit is None):
+                    raise pgquery.MaskingVerdict(decided)  # (a blind write not measured yet: again, measured)
                 vetted[0] = decided
                 if decided.classes != verdict.classes:
                     session.recorder.event("statement.classes", id=statement_id, classes=list(decided.classes),

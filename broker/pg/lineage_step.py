@@ -23,6 +23,7 @@ depend on (the catalog answers, which a SET or DDL drops, and the columns it tai
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Awaitable, Callable
 
 from broker.sql_worker import BoundedCache, WorkerFailed, pool
@@ -121,11 +122,13 @@ class LineageStep:
         over = too_long(sql)
         if over is not None:
             return [StatementLineage(unknown=over.error)]
+        needs: list[Needs] = []
         try:
-            chars = await self._resolve(sql, fetch)
+            chars = await self._resolve(sql, fetch, needs)
         except lineage.LineageUnknown as exc:
-            return [StatementLineage(unknown=str(exc))]
+            return [StatementLineage(unknown=str(exc), runs_user_code=True)]  # (fails closed: unseen code)
         catalog = Catalog(self._relations, self._functions, self._operators, self._tainted)
+        user_code = lineage.runs_user_code(needs, catalog)
         if chars <= INLINE_CHARS:
             self.parsed_inline += 1
             result = lineage.follow(sql, catalog)
@@ -138,6 +141,8 @@ class LineageStep:
         out = []
         stale = False
         for statement in result:
+            if user_code:
+                statement = replace(statement, runs_user_code=True)
             if stale and statement.columns is not None:
                 # The catalog answers predate an earlier statement of the same string that changes it.
                 statement = StatementLineage(unknown="an earlier statement in the same query string changes "
@@ -184,9 +189,9 @@ class LineageStep:
             raise lineage.LineageUnknown(found)
         return found
 
-    async def _resolve(self, sql: str, fetch: Fetch) -> int:
-        """Looks up what ``sql`` and the views it reaches mention; returns how many characters
-        following it parses (the statement and those view definitions)."""
+    async def _resolve(self, sql: str, fetch: Fetch, found: list[Needs]) -> int:
+        """Looks up what ``sql`` and the views it reaches mention (their names go to ``found``);
+        returns how many characters following it parses (the statement and those view definitions)."""
         pending = [sql]
         seen = {sql}
         chars = 0
@@ -198,6 +203,7 @@ class LineageStep:
             for text in pending:
                 chars += len(text)
                 needs = await self._needs(text)
+                found.append(needs)
                 reached |= needs.relations
                 relations |= {n for n in needs.relations if n not in self._relations}
                 functions |= {n for n in needs.functions if "." not in n and n not in self._functions}

@@ -113,9 +113,10 @@ def masking_verdict(session, verdict, lineages: list):
       (``UPDATE customers SET notes = translate(email, ...)``, ``INSERT INTO t SELECT ...``).
       Masking follows it back only within this session; another session, or another identity,
       would read it as a plain column. Default approve.
-      A statement that may change rows through a function that is not built in (its lineage
-      unknown) is marked ``blind_write``: the measured row limit holds it as ``sensitive_write``
-      if it changed any row (``blind_write_problem``).
+      A statement that runs code the gateway cannot see (``runs_user_code``: a function or
+      operator that is not built in, in the text or a view it reads) is marked ``blind_write``
+      and measured: the row limit holds it as ``sensitive_write`` if it changed any row
+      (``broker.pg.measure.blind_write_verdict``).
     - ``masking_lineage_unknown``: when ``masking.unknown_lineage: approve``, a statement whose
       result's sources cannot be followed (its result is masked whole either way).
 
@@ -148,14 +149,20 @@ def masking_verdict(session, verdict, lineages: list):
             found.append(("sensitive_write", session.target.action_for("sensitive_write", session.principal.groups),
                           f"it writes values read from masked column(s) {', '.join(columns)} into {', '.join(targets)}"))
     unknown = next((s.unknown for s in lineages if s.unknown), None)
-    if (blind is None and unknown is not None and verdict.writes_rows and not verdict.unmeasurable
-            and verdict.blind_write is None
+    user_code = next((s.unknown or "it calls code the gateway cannot see" for s in lineages if s.runs_user_code), None)
+    if (blind is None and user_code is not None and verdict.blind_write is None and verdict.approval_id is None
             and session.target.action_for("sensitive_write", session.principal.groups) != "allow"):
-        # It may change rows (the classifier: a function that is not built in), and what it would
-        # write cannot be followed: such a function can copy a masked column into a plain table
-        # (``SELECT stash(translate(email, ...)) FROM customers``, or a body that reads it
-        # itself). The measured row limit counts what it changed: any row is sensitive_write.
-        verdict = replace(verdict, blind_write=unknown)
+        # It runs code the gateway cannot see (a function or operator that is not built in, in the
+        # statement or in a view it reads), which can copy a masked column into a plain table
+        # (``SELECT stash(translate(email, ...)) FROM customers``, or a body that reads the column
+        # itself). The measured row limit counts what it changed, and any row is sensitive_write;
+        # a text that cannot be measured waits for a human instead.
+        if verdict.unmeasurable:
+            found.append(("sensitive_write", session.target.action_for("sensitive_write", session.principal.groups),
+                          f"it runs code the gateway cannot see ({user_code}) and {verdict.unmeasurable}, so the "
+                          "gateway cannot count what it writes"))
+        else:
+            verdict = replace(verdict, writes_rows=True, blind_write=user_code)
     if unknown is not None and session.target.masking.unknown_lineage == "approve":
         found.append(("masking_lineage_unknown", "approve", f"the source columns of its result cannot be followed "
                                                             f"({unknown}) (policy masking.unknown_lineage: approve)"))

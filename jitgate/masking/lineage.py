@@ -105,6 +105,11 @@ class StatementLineage:
     # True when the statement writes into a table (INSERT, UPDATE, MERGE, CREATE TABLE AS, SELECT
     # INTO) and its lineage is unknown: what it writes could come from any column.
     writes_unknown: bool = False
+    # True when the statement, or a view it reads, calls a function or operator that is not built
+    # in (or a built-in that runs SQL named by a value): code the gateway cannot see, which may
+    # write whatever it reads into a table (set by the lineage step from every name it looked up,
+    # however far the analysis got).
+    runs_user_code: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,8 @@ def parse(sql: str) -> list:
 
 
 def catalog_needs(sql: str) -> Needs:
-    """Relation and function names the statement mentions (CTE names included: harmless)."""
+    """Relation, function and operator names the statement mentions (CTE names included: harmless;
+    the catalog is asked about the unqualified function and operator names)."""
     relations: set[str] = set()
     functions: set[str] = set()
     operators: set[str] = set()
@@ -156,12 +162,10 @@ def catalog_needs(sql: str) -> Needs:
             if isinstance(node, ast.RangeVar):
                 relations.add(relation_key(node))
             elif isinstance(node, ast.FuncCall):
-                name = _function_name(node)
-                if "." not in name:
-                    functions.add(name)
+                functions.add(_function_name(node))  # qualified ones too (runs_user_code reads them)
             elif isinstance(node, ast.A_Expr) and node.name:
                 name = _operator_name(node)
-                if name and "." not in name:
+                if name:
                     operators.add(name)
     return Needs(frozenset(relations), frozenset(functions), frozenset(operators))
 
@@ -179,6 +183,29 @@ def _operator_name(node: ast.A_Expr) -> str | None:
 
 def relation_key(node: ast.RangeVar) -> str:
     return f"{node.schemaname}.{node.relname}" if node.schemaname else node.relname
+
+
+def runs_user_code(needs: "list[Needs]", catalog: Catalog) -> bool:
+    """Do the texts behind ``needs`` (a statement and the views it reaches) call code the gateway
+    cannot see: a function or operator outside the system schemas, or a built-in that runs SQL
+    or reads data named by a value? ``catalog`` holds the lookups of the unqualified names (a
+    name it does not show counts as not built in)."""
+    for need in needs:
+        for name in need.functions:
+            if name.rsplit(".", 1)[-1].lower() in READS_DATA_BY_VALUE:
+                return True
+            if "." in name:
+                if name.split(".", 1)[0] not in SYSTEM_SCHEMAS:
+                    return True
+            elif not catalog.functions.get(name, False):
+                return True
+        for name in need.operators:
+            if "." in name:
+                if name.split(".", 1)[0] not in SYSTEM_SCHEMAS:
+                    return True
+            elif not catalog.operators.get(name, False):
+                return True
+    return False
 
 
 def _function_name(node: ast.FuncCall) -> str:

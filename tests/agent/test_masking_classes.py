@@ -55,7 +55,7 @@ def targets(stack):
 
 @pytest.fixture()
 def table(stack, targets):
-    stack.pg.psql("DROP TABLE IF EXISTS mc_notes; CREATE TABLE mc_notes (id int PRIMARY KEY, email text, note text); "
+    stack.pg.psql("DROP VIEW IF EXISTS mc_stash_view; DROP TABLE IF EXISTS mc_notes; CREATE TABLE mc_notes (id int PRIMARY KEY, email text, note text); "
                   f"INSERT INTO mc_notes SELECT g, 'user' || g || '@example.com', 'note ' || g "
                   f"FROM generate_series(1, {ROWS}) g; ALTER TABLE mc_notes OWNER TO jitgate_broker", "demo")
 
@@ -145,6 +145,9 @@ FUNCTION_WRITES = [
     ("select mc_stash(translate(email, '@.', '#,')) from mc_notes where id <= 3", True),  # given the value
     ("select mc_copy()", True),  # its body reads the masked column itself
     ("select id from mc_notes where id = 1 and mc_stash(note) = 1", True),  # called from a predicate
+    ("select public.mc_stash(note) from mc_notes where id = 1", True),  # schema-qualified
+    ("select * from mc_stash_view", True),  # inside a view: the statement names no function
+    ("begin; select count(*) from mc_stash_view; commit", True),  # cannot be measured: held up front
     ("select mc_pure(id) from mc_notes where id <= 3", False),  # writes nothing: measured 0 rows, runs
 ]
 
@@ -157,7 +160,9 @@ def functions(stack, table):
         "$$ BEGIN INSERT INTO mc_dump VALUES (v); RETURN 1; END $$; "
         "CREATE OR REPLACE FUNCTION mc_copy() RETURNS int LANGUAGE plpgsql AS "
         "$$ BEGIN INSERT INTO mc_dump SELECT translate(email, '@.', '#,') FROM mc_notes; RETURN 1; END $$; "
-        "CREATE OR REPLACE FUNCTION mc_pure(v int) RETURNS int LANGUAGE sql AS $$ SELECT v * 2 $$", "demo")
+        "CREATE OR REPLACE FUNCTION mc_pure(v int) RETURNS int LANGUAGE sql AS $$ SELECT v * 2 $$; "
+        "CREATE OR REPLACE VIEW mc_stash_view AS SELECT id, mc_stash(translate(email, '@.', '#,')) AS s FROM mc_notes "
+        "WHERE id <= 2; ALTER VIEW mc_stash_view OWNER TO jitgate_broker", "demo")
 
 
 def _dumped(stack) -> str:
@@ -169,7 +174,7 @@ def test_a_function_that_writes_masked_data_waits_for_approval(broker_dsn, stack
     result = _psql(broker_dsn("demo-mc"), sql)
     if writes:
         assert result.returncode != 0, result.stdout
-        assert "sensitive_write" in result.stderr and "rolled back" in result.stderr, result.stderr
+        assert "sensitive_write" in result.stderr, result.stderr
         assert _dumped(stack) == "0"  # rolled back: nothing reached the plain table
     else:
         assert result.returncode == 0, result.stderr

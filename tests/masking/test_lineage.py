@@ -7,7 +7,7 @@ import pytest
 
 from broker.pg.lineage_step import LineageStep, functions_query, relations_query
 from jitgate.masking import Masker
-from jitgate.masking.lineage import Catalog, Relation, catalog_needs, follow
+from jitgate.masking.lineage import Catalog, Relation, catalog_needs, follow, runs_user_code
 from jitgate.policy import MaskingConfig
 from tests.masking.helpers import INT4, KEY, field
 
@@ -172,7 +172,7 @@ def test_catalog_queries_quote_names():
 
 def test_needs_name_relations_and_functions():
     needs = catalog_needs("WITH a AS (SELECT 1) SELECT myfn(x), pg_catalog.lower('A') FROM s.t, a")
-    assert needs.relations == {"s.t", "a"} and needs.functions == {"myfn"}
+    assert needs.relations == {"s.t", "a"} and needs.functions == {"myfn", "pg_catalog.lower"}
 
 
 def test_sensitive_names_only_columns_masking_protects():
@@ -299,3 +299,24 @@ def test_what_a_statement_writes(sql, written, blind):
     [statement] = follow(sql, CATALOG)
     assert [(r, c) for r, c, _ in statement.writes] == written
     assert statement.writes_unknown is blind
+
+
+# runs_user_code: code the gateway cannot see, which may write what it reads (masking measures such
+# a statement and holds any changed row as sensitive_write). (statement, decision)
+USER_CODE = [
+    ("SELECT myfn(email) FROM customers", True),
+    ("SELECT public.stash(email) FROM customers", True),
+    ("SELECT id FROM customers WHERE myfn(id) = 1", True),
+    ("SELECT query_to_xml('select 1', true, false, '')", True),  # runs SQL named by a value
+    ("SELECT pg_catalog.query_to_xml('select 1', true, false, '')", True),
+    ("SELECT email ### 'x' FROM customers", True),  # an operator that is not built in
+    ("SELECT lower(email), pg_catalog.upper(email), email || 'x' FROM customers", False),
+    ("SELECT count(*) FROM customers WHERE id > 1", False),
+]
+
+
+@pytest.mark.parametrize("sql, decision", USER_CODE)
+def test_runs_user_code(sql, decision):
+    catalog = Catalog(CATALOG.relations, {**CATALOG.functions, "lower": True, "count": True, "query_to_xml": True},
+                      {**CATALOG.operators, "||": True, ">": True, "=": True, "###": False})
+    assert runs_user_code([catalog_needs(sql)], catalog) is decision
