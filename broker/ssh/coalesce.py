@@ -53,6 +53,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAX_BATCH = 64 * 1024
+# Reads up to this size go to asyncssh whole (PacketFeed): its slicing is quadratic in the read, which
+# only matters for large ones, and cutting a one-packet read costs a second trip through its receive code.
+WHOLE_READ = 4 * 1024
 _EMPTY_IGNORE = (String(b""),)
 
 
@@ -198,6 +201,10 @@ class PacketFeed:
     def __call__(self, data: bytes, datatype=None) -> None:
         conn, receive = self._conn, self._receive
         pos, size = 0, len(data)
+        if size <= WHOLE_READ:  # a keystroke, an echo, a window adjust: slicing it costs nothing, cutting it a call
+            self.pieces += 1
+            receive(data)
+            return
         view = None
         while conn._transport is not None:
             cut = self._next_cut()

@@ -303,3 +303,31 @@ def test_packets_sealed_by_asyncssh_where_the_fast_path_does_not_apply(sshd, cip
         assert sender.fast >= data_packets * 0.8 and sender.slow > 5, (sender.fast, sender.slow)
     else:
         assert sender.fast == 0 and sender.slow >= data_packets, (sender.fast, sender.slow)
+
+
+def test_packet_feed_leaves_a_small_read_whole(sshd):
+    """A keystroke's packet is not cut in two asyncssh calls (header block, then the rest)."""
+
+    async def main():
+        conn = await upstream.connect("vm-test", _target(sshd), sshd.client_key.read_bytes())
+        try:
+            chan, _ = await conn.create_session(asyncssh_session_factory, "cat", encoding=None)
+            await asyncio.sleep(0.2)
+            feed = conn.data_received
+            pieces_before, seq_before = feed.pieces, conn._recv_seq  # noqa: SLF001
+            for i in range(50):
+                chan.write(b"k")
+                deadline = asyncio.get_running_loop().time() + 10
+                while len(b"".join(_received)) <= i and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.002)
+            pieces, packets = feed.pieces - pieces_before, conn._recv_seq - seq_before  # noqa: SLF001
+            chan.write_eof()
+            await chan.wait_closed()
+            return pieces, packets
+        finally:
+            conn.close()
+
+    _received.clear()
+    pieces, packets = asyncio.run(main())
+    assert b"".join(_received) == b"k" * 50
+    assert packets >= 50 and pieces <= packets, (pieces, packets)  # cut per packet it would be 2 per packet
