@@ -148,7 +148,9 @@ FUNCTION_WRITES = [
     ("select public.mc_stash(note) from mc_notes where id = 1", True),  # schema-qualified
     ("select * from mc_stash_view", True),  # inside a view: the statement names no function
     ("begin; select count(*) from mc_stash_view; commit", True),  # cannot be measured: held up front
+    ("copy (select mc_stash(note) from mc_notes where id <= 3) to stdout", True),  # COPY TO runs it too
     ("select mc_pure(id) from mc_notes where id <= 3", False),  # writes nothing: measured 0 rows, runs
+    ("copy (select mc_pure(id) from mc_notes where id <= 3) to stdout", False),
 ]
 
 
