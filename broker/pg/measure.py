@@ -118,8 +118,8 @@ def blind_write_verdict(session, verdict: Verdict, total: int, detail: str) -> V
     follow (rolled back): sensitive_write, held for approval or refused as the policy says."""
     groups = session.principal.groups
     action = session.target.action_for("sensitive_write", groups)
-    why = (f"it changed {total} row(s) through a function that is not built in ({verdict.blind_write}), "
-           "and such a function can copy masked values into a table others read in clear"
+    why = (f"it changed {total} row(s) running code the gateway cannot see ({verdict.blind_write}), "
+           "which can copy masked values into a table others read in clear"
            + (f"; {detail}" if detail else ""))
     classes = tuple(sorted(set(verdict.classes) | {"sensitive_write"}))
     reasons = verdict.reasons + (f"sensitive_write: measured: {why}",)
