@@ -19,21 +19,13 @@ from jitgate.recording.finalize import MANIFEST, RECORDING, finalize_session
 from jitgate.recording.seal import Chain, parse_events, seal, verify
 from jitgate.recording.spool import Spool
 from jitgate.settings import Settings
+from tests.recording.helpers import EVENTS  # the one sample session (seal tests share it)
 
 
 @pytest.fixture()
 def backends(tmp_path):
     settings = Settings.from_env({"JITGATE_HOME": str(tmp_path), "JITGATE_POLICY": str(tmp_path / "p.yaml")})
     return settings, open_backends(settings)
-
-
-EVENTS = [
-    {"seq": 0, "ts": 1.0, "type": "session.start", "principal": {"username": "alice@example.com", "groups": ["sre"]},
-     "target": "demo", "kind": "postgres"},
-    {"seq": 1, "ts": 1.5, "type": "statement", "id": 1, "sql": "SELECT 1", "decision": "allow"},
-    {"seq": 2, "ts": 1.6, "type": "result", "id": 1, "rows": 1, "error": None},
-    {"seq": 3, "ts": 2.0, "type": "session.end", "reason": "client closed"},
-]
 
 
 def spool_bytes(events) -> bytes:
