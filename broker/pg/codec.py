@@ -822,6 +822,12 @@ def parse_notification(payload: bytes) -> Notification:
     return Notification(c.i32(), c.cstr(), c.cstr())
 
 
+def build_notification(note: Notification, payload: str | None = None) -> bytes:
+    """A NotificationResponse; ``payload`` replaces the note's own."""
+    text = note.payload if payload is None else payload
+    return message("A", struct.pack("!i", note.pid) + note.channel.encode() + b"\0" + text.encode() + b"\0")
+
+
 @dataclass
 class CopyResponse:
     kind: str  # 'G' in, 'H' out, 'W' both

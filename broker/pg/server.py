@@ -867,6 +867,14 @@ class PgConnection:
                     problem = unexpected_report(*codec.parse_parameter_status(data[start + 5 : end]))
                     if problem:
                         raise UnexpectedSetting(problem)
+                elif kind == 0x41:  # 'A' NotificationResponse: text another session sent (pg_notify, NOTIFY)
+                    if masker is not None:  # scanned like a notice's text: it passed the relay in clear
+                        if parts is None:
+                            parts = []
+                        parts.append(data[last:start])
+                        note = codec.parse_notification(data[start + 5 : end])
+                        parts.append(codec.build_notification(note, await masker.mask_text_off_loop(note.payload)))
+                        last = end
                 elif kind == 0x4E:  # 'N' NoticeResponse
                     if masker is not None:
                         if parts is None:

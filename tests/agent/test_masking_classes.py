@@ -209,3 +209,17 @@ def test_agent_api_holds_a_function_write_and_runs_it_once_approved(api, stack, 
     # A function that writes nothing runs at once (its result masked whole, as lineage cannot follow it).
     r = client.post("/v1/targets/demo-mc/query", json={"sql": "SELECT mc_pure(id) FROM mc_notes WHERE id <= 3"})
     assert r.status_code == 200 and len(r.json()["rows"]) == 3, r.text
+
+
+def test_a_notification_reaches_a_masked_listener_withheld(broker_dsn, stack, table):
+    """pg_notify / NOTIFY carry any text another session (or a function) chose: a masked session gets
+    the payload scanned by the target's detectors, as a notice's text (it passed in clear before)."""
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(broker_dsn("demo-mc"), autocommit=True) as conn:
+        conn.execute("LISTEN mc_channel")
+        stack.pg.psql("NOTIFY mc_channel, 'mail user1@example.com now'; NOTIFY mc_channel, 'plain'", "demo")
+        notes = list(conn.notifies(timeout=30, stop_after=2))
+    payloads = [n.payload for n in notes]
+    assert len(payloads) == 2 and "user1@example.com" not in payloads[0] and payloads[0].startswith("mail "), payloads
+    assert payloads[1] == "plain" and all(n.channel == "mc_channel" for n in notes), notes
