@@ -26,6 +26,37 @@ def hold(path: Path) -> int:
     return fd
 
 
+def hold_new(path: Path, prepare) -> int:
+    """Create a spool already locked: it is made and locked under a hidden name, ``prepare(path)``
+    writes what must exist beside it (its state), and only then does it take its name. A sweeper in
+    another process never sees it unlocked, so never takes a session starting for a crashed one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new")
+    fd = os.open(tmp, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        prepare(path)
+        os.replace(tmp, path)
+    except BaseException:
+        release(fd)
+        raise
+    return fd
+
+
+def try_hold(path: Path) -> int | None:
+    """Lock a spool found in the folder, or None when a session records into it (or it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def release(fd: int | None) -> None:
     if fd is not None:
         try:

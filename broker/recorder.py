@@ -125,9 +125,12 @@ class Recorder:
         self.settings = settings
         self.backends = backends
         self.session_id = session_id
+        # Locked before it has its name, so no sweeper (here or in another broker process using this
+        # folder) ever takes a live spool for a crashed one.
+        self._lock = continuation.hold_new(
+            settings.spool_dir / f"{session_id}.jsonl",
+            lambda path: _write_state(path, {"offset": 0, "chunk": 0, "closed": False}))
         self.spool = Spool(settings.spool_dir, session_id)
-        self._lock = continuation.hold(self.spool.path)  # no sweeper takes a live spool for a crashed one
-        _write_state(self.spool.path, {"offset": 0, "chunk": 0, "closed": False})
         self._seal_checked = time.monotonic()
         self._uploaded = 0
         self._upload_task: asyncio.Task | None = None
@@ -343,13 +346,26 @@ class SpoolUploader:
         if not self.settings.spool_dir.exists():
             return 0
         for spool_path in sorted(self.settings.spool_dir.glob("*.jsonl")):
-            if spool_path.stem in self.live or continuation.held_elsewhere(spool_path):
-                continue  # recording (here, or in another broker process using this folder)
-            if not _read_state(spool_path).get("closed"):
-                self.recover_orphan(spool_path)
-                log(logger, logging.WARNING, "sealing a session orphaned by a crash", session_id=spool_path.stem)
-            if await self.complete(self.settings, self.backends, spool_path):
-                done += 1
+            if spool_path.stem in self.live:
+                continue
+            try:
+                lock = continuation.try_hold(spool_path)
+                if lock is None:
+                    continue  # recording in another broker process using this folder, or sealed and gone
+                try:
+                    if not _read_state(spool_path).get("closed"):  # unlocked and not closed: its broker died
+                        self.recover_orphan(spool_path)
+                        log(logger, logging.WARNING, "sealing a session orphaned by a crash",
+                            session_id=spool_path.stem)
+                finally:
+                    continuation.release(lock)
+                if await self.complete(self.settings, self.backends, spool_path):
+                    done += 1
+            except FileNotFoundError:
+                continue  # another broker process sealed it and removed the spool meanwhile
+            except Exception as exc:  # one bad spool must not stop the broker nor the other spools
+                log(logger, logging.ERROR, "could not sweep a spool; it is kept for the next sweep",
+                    session_id=spool_path.stem, error=f"{type(exc).__name__}: {exc}")
         return done
 
     async def settle(self, timeout: float) -> int:

@@ -291,6 +291,67 @@ def test_another_broker_process_sweeping_the_folder_leaves_a_live_spool_alone(se
     assert events[-1]["reason"] == "client closed" and any(e.get("sql") == "SELECT 'still here'" for e in events)
 
 
+def test_a_starting_session_spool_never_shows_in_the_folder_unlocked(setup):
+    """The spool takes its name only once it is locked and its state written: a sweeper of another
+    broker process that lists the folder at any moment takes it for a live session, never a crash."""
+    settings, b = setup(5.0)
+    seen_while_preparing = []
+
+    def prepare(path):
+        seen_while_preparing.append(sorted(p.name for p in settings.spool_dir.glob("*.jsonl")))
+        _write_state(path, {"offset": 0, "chunk": 0, "closed": False})
+
+    path = settings.spool_dir / "fresh1.jsonl"
+    lock = broker_continuation.hold_new(path, prepare)
+    try:
+        assert seen_while_preparing == [[]], "the spool was visible before it was locked"
+        assert path.exists() and broker_continuation.held_elsewhere(path)
+        assert asyncio.run(SpoolUploader(settings, b, live=set()).sweep()) == 0
+        assert path.read_bytes() == b"", "a sweeper wrote a crash end into a starting session"
+    finally:
+        broker_continuation.release(lock)
+
+
+def test_a_spool_sealed_and_removed_by_another_broker_mid_sweep_does_not_stop_the_sweep(setup, monkeypatch):
+    """Two broker processes share the folder (CI saw this: the second broker died at start). One
+    finishes a session and removes its spool between the other's listing and its recovery."""
+    settings, b = setup(5.0)
+    gone = Spool(settings.spool_dir, "gone1")
+    gone.append("session.start", principal=ALICE, target="demo")
+    gone._fh.close()
+    crashed = Spool(settings.spool_dir, "zcrash1")  # listed after gone1, a genuine orphan
+    _write_state(crashed.path, {"offset": 0, "chunk": 0, "closed": False})
+    crashed.append("session.start", principal=ALICE, target="demo")
+    crashed._fh.close()
+    real_try_hold = broker_continuation.try_hold
+
+    def try_hold_then_other_broker_removes(path):
+        lock = real_try_hold(path)
+        if path.stem == "gone1":
+            path.unlink()  # the other broker read its seal back and removed the spool (it takes no lock)
+        return lock
+
+    monkeypatch.setattr(broker_continuation, "try_hold", try_hold_then_other_broker_removes)
+    assert asyncio.run(SpoolUploader(settings, b, live=set()).sweep()) == 1
+    events = parse_events(b.recordings.get_object("zcrash1", RECORDING))
+    assert events[-1]["type"] == "session.end" and events[-1]["reason"].startswith("crash")
+
+
+def test_a_spool_that_cannot_be_recovered_is_logged_and_kept_and_the_others_are_sealed(setup, caplog):
+    settings, b = setup(5.0)
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    (settings.spool_dir / "bad1.jsonl").mkdir()  # not a file: cannot be opened for recovery
+    crashed = Spool(settings.spool_dir, "crash2")
+    crashed.append("session.start", principal=ALICE, target="demo")
+    crashed._fh.close()
+    assert asyncio.run(SpoolUploader(settings, b, live=set()).sweep()) == 1
+    assert verify_session(b, "crash2").ok
+    assert (settings.spool_dir / "bad1.jsonl").exists()
+    assert any("could not sweep a spool; it is kept for the next sweep" in r.getMessage()
+               and "bad1" in str(getattr(r, "__dict__", {})) for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]
+
+
 def test_a_seal_signed_by_no_trusted_key_does_not_move_the_recording(setup, tmp_path):
     """Someone who can write where the broker reads seals back (the index) but holds no seal key
     cannot make the broker split or drop its spool."""
