@@ -43,8 +43,8 @@ def verify_session(backends, session_id: str, *, ledger_walk: ledger.LedgerWalk 
     manifest_sha256 = hashlib.sha256(manifest).hexdigest()
     located = ledger.Located()
     if ledger_walk is None and not result.manifest.get("continues") and result.manifest.get("end_reason") != NO_END:
-        # A session that no continuation concerns: its marker leads to its entry and the checkpoint
-        # that signs it, a few reads whatever the ledger's size (a page view would read it all).
+        # A session that no continuation concerns: its marker leads to its entry, signed by the seal
+        # key, a few reads whatever the ledger's size (a page view would read it all).
         located = ledger.locate(store, trust, session_id, manifest_sha256)
         result.notes.extend(located.notes)
     if located.number is not None:
@@ -69,11 +69,14 @@ def _check_in_walk(store, trust, session_id: str, manifest_sha256: str, result: 
     matching = [n for n in numbers if walk.entries[n].get("manifest_sha256") == manifest_sha256]
     if matching:
         result.ledger_entry = matching[0]
-        if reading_now:  # audit checks every checkpoint itself
+        if reading_now and matching[0] in walk.unsigned:  # an older version's entry; audit checks checkpoints itself
             raw = store.get_ledger(ledger.entry_name(matching[0]))
             if ledger.covering_checkpoint(store, trust, matching[0], raw, result.notes) is None:
-                result.notes.append(f"ledger entry {matching[0]} is not under a signed checkpoint yet: no seal-key "
-                                    "signature vouches for it (the next seal's checkpoint will)")
+                result.notes.append(f"ledger entry {matching[0]} carries no signature of its own and is not under a "
+                                    "signed checkpoint yet: no seal-key signature vouches for it")
+    elif walk.rejected.get(session_id) and not numbers:
+        number, why = walk.rejected[session_id][0]
+        result.problems.append(f"its only ledger entry ({number}) was not written by finalize: {why}")
     elif numbers:
         result.problems.append(f"the manifest differs from the one the ledger recorded at its seal (entry {numbers[0]}): "
                                "the session was re-sealed or its manifest replaced")
@@ -194,8 +197,8 @@ def describe(report: AuditReport) -> str:
     if report.unsigned_tail:
         shown = report.unsigned_tail[:20]
         more = f" and {len(report.unsigned_tail) - len(shown)} more" if len(report.unsigned_tail) > len(shown) else ""
-        tail = (f"\n  {len(report.unsigned_tail)} ledger entries after the last signed checkpoint (no signature covers "
-                f"them yet; the next seal's checkpoint will): " +
+        tail = (f"\n  {len(report.unsigned_tail)} ledger entries after the last signed checkpoint (each is signed, but "
+                f"no signature covers their count and order yet; the next seal's checkpoint will): " +
                 ", ".join(f"{n} ({session})" for n, session in shown) + more)
     if report.ok:
         return "OK: " + head + tail

@@ -1,10 +1,13 @@
 """The seal ledger: an append-only, hash-chained list of every seal, with signed checkpoints.
 
 In the spirit of Certificate Transparency: each seal appends an entry naming the session and
-the SHA-256 of its manifest; entry n carries the hash of entry n-1, and every
-``checkpoint_every`` entries (default: every entry) finalize signs a checkpoint (size, head hash)
-with the seal key. Entries after the newest checkpoint (the tail) are covered by no signature
-yet, only by create-once objects and retention; ``jitgate audit`` names them.
+the SHA-256 of its manifest; entry n carries the hash of entry n-1. Finalize signs each entry
+with the seal key, and every ``checkpoint_every`` entries (default: every entry) a checkpoint
+(size, head hash). An entry's own signature is what makes it a seal's: the chain alone would let
+anyone who can write the bucket append an entry that the next genuine seal then chains onto and
+its checkpoint signs over. ``jitgate audit`` names an entry no seal key signed (an unsigned entry
+of an older version passes when a signed checkpoint ends at it), and the entries after the newest
+checkpoint (their count and order are not signed yet).
 Entries and checkpoints are objects created once (O_EXCL / if_generation_match=0), in the
 recordings bucket under its retention policy on GCP and in ``$JITGATE_HOME/ledger`` embedded,
 so two concurrent finalizers take consecutive numbers instead of overwriting each other.
@@ -117,7 +120,7 @@ def append(store, signer, *, session_id: str, manifest_sha256: str, checkpoint_e
                 "appended_at": round(time.time(), 3)}
         if continues:
             body["continues"] = continues
-        raw = canonical(body) + b"\n"
+        raw = sign_entry(signer, body)
         try:
             store.put_ledger(entry_name(number), raw)
         except FileExistsError:  # another finalizer took this number: chain onto the newest entry
@@ -130,6 +133,37 @@ def append(store, signer, *, session_id: str, manifest_sha256: str, checkpoint_e
             write_checkpoint(store, signer, size=number + 1, head=head)
         return number
     raise RuntimeError("the ledger kept moving while appending; try again")
+
+
+ENTRY_CONTEXT = b"jitgate-ledger-entry-v1:"
+
+
+def sign_entry(signer, body: dict) -> bytes:
+    """The entry's bytes: its fields, the seal key's id and its signature over both."""
+    body = {**body, "key_id": signer.key_id}
+    signature = base64.b64encode(signer.sign(ENTRY_CONTEXT + canonical(body))).decode()
+    return canonical({**body, "signature": signature}) + b"\n"
+
+
+def entry_signature_problem(trust, entry: dict, number) -> str | None:
+    """None when a configured seal key signed the entry; else what is wrong. An entry without a
+    signature gets "unsigned" (older versions wrote none: a signed checkpoint must end at it)."""
+    from jitgate.recording.trust import signature_valid
+
+    if "signature" not in entry:
+        return "unsigned"
+    body = {k: v for k, v in entry.items() if k != "signature"}
+    try:
+        signature = base64.b64decode(entry["signature"], validate=True)
+    except (ValueError, TypeError):
+        return f"ledger entry {number} has an unreadable signature (altered)"
+    key = trust.seal_key(body.get("key_id"))
+    if key is None:
+        return (f"ledger entry {number} is signed by key {body.get('key_id')!r}, which is not a configured seal key "
+                f"({trust.where()}): it was not written by finalize")
+    if not signature_valid(key, signature, ENTRY_CONTEXT + canonical(body)):
+        return f"ledger entry {number}: signature does not verify with {trust.describe(body.get('key_id'))} (altered or forged)"
+    return None
 
 
 def write_checkpoint(store, signer, *, size: int, head: str) -> None:
@@ -150,6 +184,8 @@ class LedgerWalk:
     problems: list[str] = field(default_factory=list)
     checkpoints: int = 0
     verified_size: int = 0  # entries covered by the newest checkpoint that verifies
+    unsigned: list[int] = field(default_factory=list)  # entries without a signature of their own (older versions)
+    rejected: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # session -> (entry, why) no seal key signed
 
     @property
     def size(self) -> int:
@@ -197,10 +233,18 @@ def walk(store, trust, *, checkpoints: bool = True) -> LedgerWalk:
                                    "(an entry before it was altered or replaced)")
         hashes[number] = entry_hash(raw)
         previous, expected = hashes[number], number + 1
+        problem = entry_signature_problem(trust, entry, number) if isinstance(entry, dict) else "not an object"
+        if problem == "unsigned":
+            result.unsigned.append(number)
+        elif problem:  # chained on, but no seal's: it names nothing the audit should believe
+            result.problems.append(problem)
+            result.rejected.setdefault(str(entry.get("session_id")), []).append((number, problem))
+            continue
         result.entries[number] = entry
         result.by_session.setdefault(str(entry.get("session_id")), []).append(number)
         if entry.get("continues"):
             result.continued_by.setdefault(str(entry["continues"]), []).append(number)
+    vouched: set[int] = set()  # entries a verified checkpoint ends at
     for name in store.list_ledger(CHECKPOINTS) if checkpoints else ():
         result.checkpoints += 1
         body, problem = read_checkpoint(store, trust, name)
@@ -216,6 +260,20 @@ def walk(store, trust, *, checkpoints: bool = True) -> LedgerWalk:
                                    "(the ledger was rewritten)")
         else:
             result.verified_size = max(result.verified_size, size)
+            vouched.add(size - 1)
+    for number in result.unsigned if checkpoints else ():
+        if number not in vouched:  # it names nothing the audit should believe (nor blame as deleted)
+            session_id = str(result.entries[number].get("session_id"))
+            problem = (f"ledger entry {number} (session {session_id}) is signed by no seal key and no signed "
+                       "checkpoint ends at it: someone without a seal key wrote it into the ledger (finalize signs "
+                       "every entry), or an older version wrote it with checkpoint_every above 1")
+            result.problems.append(problem)
+            result.rejected.setdefault(session_id, []).append((number, problem))
+            for index in (result.by_session, result.continued_by):
+                for key in [k for k, numbers in index.items() if number in numbers]:
+                    index[key].remove(number)
+                    if not index[key]:
+                        del index[key]
     return result
 
 
@@ -286,9 +344,10 @@ def locate(store, trust, session_id: str, manifest_sha256: str) -> Located:
     """The session's entry from the marker in its folder, in a few reads whatever the ledger's size.
 
     The marker is only a hint: the entry it names must be at its place, name this session and this
-    manifest's SHA-256, and be covered by a checkpoint signed by a configured seal key (the head it
-    signs is the entry's own hash, or one chained to it). Then the seal key's signature commits to
-    the entry's exact bytes, and a full walk would find the same entry. Anything else returns
+    manifest's SHA-256, and be signed by a configured seal key (an older version's unsigned entry:
+    be covered by a checkpoint so signed, whose head is the entry's own hash or one chained to it).
+    Then the seal key's signature commits to the entry's exact bytes, and a full walk would find
+    the same entry. Anything else returns
     ``number`` None and the caller reads the whole ledger; a marker naming some other entry is noted."""
     located = Located()
     try:
@@ -306,7 +365,13 @@ def locate(store, trust, session_id: str, manifest_sha256: str) -> Located:
         located.notes.append(f"its ledger marker names entry {number}, which is not the seal of this manifest "
                              "(the marker is only a hint; the whole ledger was read instead)")
         return located
-    located.checkpoint = covering_checkpoint(store, trust, number, raw, located.notes)
-    if located.checkpoint is not None:
+    problem = entry_signature_problem(trust, entry, number)
+    if problem == "unsigned":  # an older version's entry: a signed checkpoint must vouch for it
+        located.checkpoint = covering_checkpoint(store, trust, number, raw, located.notes)
+        if located.checkpoint is not None:
+            located.number = number
+    elif problem:
+        located.notes.append(problem)
+    else:
         located.number = number
     return located

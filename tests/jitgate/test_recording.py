@@ -256,6 +256,61 @@ def test_audit_finds_a_rewritten_or_truncated_ledger(backends):
     assert "checkpoint 4 signs 4 entries, but entry 3 is gone" in "\n".join(audit(b).problems)
 
 
+# A bucket writer's ledger entries, each with the decision audit must give.
+UNSIGNED_ENTRY_CASES = [
+    pytest.param({"session_id": "ghost", "manifest_sha256": "1" * 64}, id="a session that was never sealed"),
+    pytest.param({"session_id": "u1", "manifest_sha256": "2" * 64}, id="a second manifest for a sealed session"),
+    pytest.param({"session_id": "u1-c1", "manifest_sha256": "3" * 64, "continues": "u1"},
+                 id="a continuation that hides a cut session"),
+]
+
+
+@pytest.mark.parametrize("forged", UNSIGNED_ENTRY_CASES)
+def test_an_unsigned_entry_chained_onto_the_newest_is_named_after_the_next_seal_signs_over_it(backends, forged):
+    """Before entries were signed, the next genuine seal chained onto the forged entry and its
+    checkpoint signed over it: audit passed the second manifest clean, and named the other two as
+    sessions whose manifest was deleted (a deletion that never happened)."""
+    settings, b = backends
+    assert finalize_session(b, store_and_close(b, "u1")).status == "sealed"
+    number, head = ledger._find_newest(b.recordings)
+    body = {"n": number + 1, "prev": head, "appended_at": 1.0, **forged}
+    b.recordings.put_ledger(ledger.entry_name(number + 1), ledger.canonical(body) + b"\n")
+    assert finalize_session(b, store_and_close(b, "u2")).status == "sealed"  # chains onto it, signs a checkpoint
+    walk = ledger.walk(b.recordings, b.trust)
+    assert walk.entries[2]["prev"] == ledger.entry_hash(b.recordings.get_ledger(ledger.entry_name(1)))
+    assert walk.verified_size == 3  # the checkpoint does sign over it ...
+    report = audit(b)
+    assert not report.ok
+    assert any(f"ledger entry 1 (session {forged['session_id']}) is signed by no seal key" in p
+               for p in report.problems), report.problems  # ... but no seal key signed the entry itself
+    assert not any("manifest was deleted" in p or "is gone" in p for p in report.problems), report.problems
+    assert verify_session(b, "u1").ok and verify_session(b, "u2").ok  # the genuine seals stay verified
+
+
+def test_a_ledger_written_before_entries_were_signed_still_audits_clean(backends):
+    """An older version wrote unsigned entries, each with its own signed checkpoint: those pass."""
+    settings, b = backends
+    head = ledger.GENESIS
+    for sid in ("o1", "o2"):
+        assert finalize_session(b, store_and_close(b, sid)).status == "sealed"
+    for number in (0, 1):  # rewrite them as the older version wrote them (no key id, no signature)
+        path = settings.ledger_dir / ledger.entry_name(number)
+        entry = {k: v for k, v in json.loads(path.read_bytes()).items() if k not in ("key_id", "signature")}
+        entry["prev"] = head
+        raw = ledger.canonical(entry) + b"\n"
+        path.chmod(0o644)
+        path.write_bytes(raw)
+        head = ledger.entry_hash(raw)
+        (settings.ledger_dir / ledger.checkpoint_name(number + 1)).unlink()
+        ledger.write_checkpoint(b.recordings, b.signer, size=number + 1, head=head)
+    report = audit(b)
+    assert report.ok and report.verified_size == 2, report.problems
+    assert verify_session(b, "o1").ok and verify_session(b, "o1").ledger_entry == 0
+    # Without its own checkpoint the same unsigned entry is named (checkpoint 2 still signs over it).
+    (settings.ledger_dir / ledger.checkpoint_name(1)).unlink()
+    assert any("ledger entry 0 (session o1) is signed by no seal key" in p for p in audit(b).problems)
+
+
 def test_ledger_appends_chain_from_the_stored_head_not_a_stale_memory(backends):
     settings, b = backends
     for sid in ("m1", "m2"):

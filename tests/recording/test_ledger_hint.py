@@ -1,6 +1,6 @@
 """Verifying one session (`jitgate verify`, every review-console page view) follows the marker in
-the session's folder to its ledger entry and the signed checkpoint over it: a few reads whatever
-the ledger's size. The marker is only a hint: a fake one, an altered entry or a bad checkpoint
+the session's folder to its ledger entry, which the seal key signed: a few reads whatever the
+ledger's size. The marker is only a hint: a fake one, an altered entry or a bad checkpoint
 never makes a session verify that reading the whole ledger would not."""
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def test_verifying_one_session_reads_the_same_few_objects_whatever_the_ledger_si
     assert result.ok and result.ledger_entry == 1, result
     large = calls.take()
     assert large == small, (small, large)
-    # the marker, its entry, the checkpoint over it; the manifest and the recording
-    assert large["get_ledger"] == 2 and large["list_ledger"] == 0 and large["get_object"] == 2, large
+    # the marker, its entry (signed by the seal key itself: no checkpoint to read); the manifest and the recording
+    assert large["get_ledger"] == 1 and large["list_ledger"] == 0 and large["get_object"] == 2, large
     # The newest session too (its checkpoint is the newest object).
     assert verify_session(b, "w39").ledger_entry == 42
     calls.take()
@@ -102,46 +102,39 @@ def test_an_altered_entry_is_caught_on_the_marker_path(backends):
     settings, b = backends
     seal_all(b, ["e0", "e1", "e2"])
     entry = settings.ledger_dir / ledger.entry_name(1)
-    rewrite(entry, json.dumps({**json.loads(entry.read_bytes()), "manifest_sha256": "0" * 64}).encode() + b"\n")
-    result = verify_session(b, "e1")
-    assert not result.ok and "the manifest differs from the one the ledger recorded at its seal (entry 1)" in \
-        " ".join(result.problems), result
-    # The entry keeps this manifest's hash but another byte changes (its time): the checkpoint signed
-    # over the original no longer matches, so the marker path gives way to the whole ledger, which
-    # still lists the entry, and the page names what no longer matches.
-    doc = json.loads(entry.read_bytes())
-    rewrite(entry, json.dumps({**doc, "manifest_sha256": hashlib.sha256(b.recordings.get_object("e1", MANIFEST))
-                                      .hexdigest(), "appended_at": 1.0}).encode() + b"\n")
-    result = verify_session(b, "e1")
-    notes = " ".join(result.notes)
-    assert result.ledger_entry == 1 and "ledger checkpoint 2 does not sign entry 1" in notes, result
-    assert "ledger entry 1 is not under a signed checkpoint yet" in notes, result
-    assert "ledger chain breaks at entry 2" in " ".join(audit(b).problems)
+    original = json.loads(entry.read_bytes())
+    # Another manifest's hash, or the same hash and another byte (its time): the seal key's
+    # signature over the entry no longer verifies, so the entry vouches for nothing.
+    for changed in ({"manifest_sha256": "0" * 64}, {"appended_at": 1.0}):
+        rewrite(entry, json.dumps({**original, **changed}).encode() + b"\n")
+        result = verify_session(b, "e1")
+        problems = " ".join(result.problems)
+        assert not result.ok and result.ledger_entry is None, (changed, result)
+        assert "its only ledger entry (1) was not written by finalize: ledger entry 1: signature does not verify" \
+            in problems, (changed, result.problems)
+        report = " ".join(audit(b).problems)
+        assert "ledger entry 1: signature does not verify" in report and "ledger chain breaks at entry 2" in report
 
 
-def test_a_bad_checkpoint_is_passed_and_named_and_the_tail_is_not_vouched_for(backends, tmp_path):
+def test_a_bad_checkpoint_leaves_signed_entries_verified_and_audit_names_it(backends, tmp_path):
     settings, b = backends
     seal_all(b, ["c0", "c1", "c2"])
     forged = json.loads((settings.ledger_dir / ledger.checkpoint_name(2)).read_bytes())
     forged["signature"] = base64.b64encode(b"\0" * 64).decode()
     rewrite(settings.ledger_dir / ledger.checkpoint_name(2), json.dumps(forged).encode())
-    result = verify_session(b, "c1")  # entry 1: its own checkpoint is bad, the next one (3) covers it
-    assert result.ok and result.ledger_entry == 1, result
-    assert "ledger checkpoint 2: signature does not verify" in " ".join(result.notes), result.notes
-    # The newest entry with a bad checkpoint: nothing signed covers it; the whole ledger still holds it.
     rewrite(settings.ledger_dir / ledger.checkpoint_name(3), b"{}")
-    result = verify_session(b, "c2")
-    assert result.ledger_entry == 2, result
-    notes = " ".join(result.notes)
-    assert "ledger entry 2 is not under a signed checkpoint yet" in notes and "checkpoints/000000000003.json is unreadable" \
-        in notes, result.notes
-    assert "ledger checkpoint checkpoints/000000000003.json is unreadable" in " ".join(audit(b).problems)
+    for sid, number in (("c1", 1), ("c2", 2)):  # each entry carries the seal key's own signature
+        result = verify_session(b, sid)
+        assert result.ok and result.ledger_entry == number, result
+    problems = " ".join(audit(b).problems)
+    assert "ledger checkpoint 2: signature does not verify" in problems, problems
+    assert "ledger checkpoint checkpoints/000000000003.json is unreadable" in problems, problems
 
 
-def test_an_entry_appended_without_the_seal_key_is_not_vouched_for(backends, tmp_path):
-    """Whoever writes the ledger can append an entry chained onto the newest, and sign its
-    checkpoint with a key of their own: the marker path refuses it (no configured key signs it),
-    and the session page says no seal-key signature vouches for the entry."""
+def test_an_entry_appended_with_a_key_of_ones_own_is_refused(backends, tmp_path):
+    """Whoever writes the ledger can append an entry chained onto the newest, and sign it and its
+    checkpoint with a key of their own: no configured seal key signed it, so the session is not
+    verified on either path, and audit names the entry and the checkpoint."""
     settings, b = backends
     seal_all(b, ["n0", "n1"])
     recording, manifest = seal("f2", EVENTS, b.signer)
@@ -151,9 +144,11 @@ def test_an_entry_appended_without_the_seal_key_is_not_vouched_for(backends, tmp
     number = ledger.append(b.recordings, stranger, session_id="f2", manifest_sha256=hashlib.sha256(manifest).hexdigest())
     b.recordings.put_object("f2", ledger.MARKER, json.dumps({"entry": number}).encode())
     result = verify_session(b, "f2")
-    notes = " ".join(result.notes)
-    assert f"ledger entry {number} is not under a signed checkpoint yet" in notes, result
-    assert f"signed by key '{stranger.key_id}', which is not a configured seal key" in notes, result
+    assert not result.ok and result.ledger_entry is None, result
+    assert f"signed by key '{stranger.key_id}', which is not a configured seal key" in " ".join(result.notes), result
+    assert f"its only ledger entry ({number}) was not written by finalize" in " ".join(result.problems), result
     report = audit(b)
-    assert f"ledger checkpoint {number + 1} is signed by key '{stranger.key_id}'" in " ".join(report.problems)
-    assert report.unsigned_tail == [(number, "f2")]
+    problems = " ".join(report.problems)
+    assert f"ledger entry {number} is signed by key '{stranger.key_id}', which is not a configured seal key" in problems
+    assert f"ledger checkpoint {number + 1} is signed by key '{stranger.key_id}'" in problems
+    assert report.unsigned_tail == []
