@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 
 from broker.pg.codec import parse_row_description
-from broker.pg.lineage_step import LineageStep
+from broker.pg.lineage_step import LineageStep, catalog_key
 from jitgate.logs import log
 from jitgate.masking import Masker, apply_result_formats
 from jitgate.policy import Target
@@ -69,7 +69,7 @@ class SessionMasker:
         self._catalog_generation = 0
         self._plans: dict[tuple, object] = {}
         self.owner = owner
-        self.lineage = LineageStep(owner)  # the worker pool is fair between users
+        self.lineage = LineageStep(owner, catalog_key(target))  # the worker pool is fair between users
         # Lineage matters where a rule could be escaped by an expression (see Masker.follows_lineage).
         self.follows_lineage = masker.follows_lineage
 

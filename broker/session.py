@@ -38,6 +38,9 @@ from jitgate.guardrails.sql import classify_sql_in_session
 # never cut off. (Text the server sends keeps masking.masker.MAX_FREE_TEXT.)
 MAX_RECORDED_TEXT = MAX_CLASSIFIED_BYTES
 # In the recording in place of a statement the masking worker could not mask (it is refused).
+# Statement classes that leave the database's catalog as it is (any other may change a view a
+# masked session's lineage follows: see broker/pg/lineage_step.py).
+CATALOG_UNCHANGED = frozenset({"read", "dml_bounded", "dml_unbounded", "session", "transaction", "pinned_setting"})
 WITHHELD_STATEMENT = "[withheld by jitgate: this statement could not be masked for the recording; it was refused]"
 
 
@@ -156,6 +159,12 @@ class Session:
             recordable = await self.mask_statement_for_record(sql)
         verdict = self._decide(*_reasons(classification), what="statement")
         verdict.writes_rows, verdict.unmeasurable = classification.writes_rows, classification.unmeasurable
+        if not CATALOG_UNCHANGED.issuperset(classification.classes):
+            # DDL and the like (decided now, run soon): masked sessions of every target on this
+            # database re-read the catalog for their lineage before they use it again.
+            from broker.pg.lineage_step import catalog_key, catalog_may_change  # noqa: PLC0415
+
+            catalog_may_change(catalog_key(self.target))
         return self._unrecordable(sql, recordable, verdict, "statement")
 
     def _unrecordable(self, text, masked: bool, verdict: Verdict, what: str) -> Verdict:

@@ -19,10 +19,19 @@ that fails or overruns makes the lineage unknown (results masked whole, or held 
 is cached for every session (it depends on the text alone), and each session caches
 its results by (text, generation), the generation changing with anything else they
 depend on (the catalog answers, which a SET or DDL drops, and the columns it tainted).
+
+Cached catalog answers are the session's own, so they go stale when someone else changes the
+catalog: another session replacing a view the session reads would have let the session follow the
+old definition (``translate(email, ...)`` passed as the plain column the view used to show). Any
+statement through this broker that may change a database's catalog moves that database's epoch,
+which every session's step compares before it uses its cache; and no answer is used longer than
+CATALOG_TTL_SECONDS, for what the broker does not see (another broker process, a DBA, DDL run by a
+function).
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from typing import Awaitable, Callable
 
@@ -43,6 +52,22 @@ SHAPE_CHARS = 512
 # Needs (or the reason there are none) per text: pure, so shared by every session.
 _NEEDS = BoundedCache(4096, 4 * 1024 * 1024)
 _WHAT = "statement's column lineage"
+
+
+# No session uses a catalog answer older than this (see the module's docstring).
+CATALOG_TTL_SECONDS = 1.0
+_catalog_epochs: dict[tuple, int] = {}  # (address, database) -> statements that may have changed its catalog
+
+
+def catalog_key(target) -> tuple:
+    """Whose catalog: one database on one server, whichever targets (upstream accounts) reach it."""
+    return (getattr(target, "address", None), getattr(target, "database", None))
+
+
+def catalog_may_change(key: tuple) -> None:
+    """A statement that may change this database's catalog goes upstream: every session's cached
+    answers about it are stale from now on."""
+    _catalog_epochs[key] = _catalog_epochs.get(key, 0) + 1
 
 
 def _literal(text: str) -> str:
@@ -95,8 +120,11 @@ def operators_query(names: list[str]) -> str:
 class LineageStep:
     """Per session: the catalog answers so far, and the columns it wrote derived data into."""
 
-    def __init__(self, owner: object = None):
+    def __init__(self, owner: object = None, catalog: tuple = (None, None)):
         self.owner = owner  # whose turn it is in the worker pool (the signed-in user)
+        self.catalog = catalog  # catalog_key of the target
+        self._epoch = _catalog_epochs.get(catalog, 0)
+        self._answers_since = time.monotonic()  # every cached catalog answer is newer than this
         self._relations: dict[str, Relation | None] = {}
         self._functions: dict[str, bool] = {}
         self._operators: dict[str, bool] = {}
@@ -109,6 +137,11 @@ class LineageStep:
 
     async def follow(self, sql: str, fetch: Fetch) -> list[StatementLineage]:
         """One lineage per statement of ``sql`` (an unknown one says why)."""
+        now = time.monotonic()
+        epoch = _catalog_epochs.get(self.catalog, 0)
+        if epoch != self._epoch or now - self._answers_since > CATALOG_TTL_SECONDS:
+            self.forget()  # someone may have changed the catalog since these answers were read
+            self._epoch, self._answers_since = epoch, now
         generation = self.generation
         # Lineage reads names (relations, columns, functions, operators), never a constant's value
         # (built-ins that read data named by a value are unknown by their name), so statements

@@ -521,3 +521,39 @@ def test_unicode_forms_of_sensitive_values_are_masked_through_the_relay(stack, b
     assert "INSERT INTO customers" in text and "[card]" in text
     for value in (card, ssn, email):
         assert value not in text and fold_text(value) not in fold_text(text), value
+
+
+# A view that a long-lived masked session reads is replaced by someone else, so that it shows a
+# sensitive column transformed past the detectors ('ada#example,com'). Who replaces it, and when
+# the masked session must follow the new definition:
+VIEW_REPLACED_BY = [
+    pytest.param("another identity through the broker", id="through-the-broker"),
+    pytest.param("a DBA outside the gateway", id="outside-the-gateway"),
+]
+
+
+@pytest.mark.parametrize("who", VIEW_REPLACED_BY)
+def test_a_view_replaced_by_someone_else_is_followed_by_a_session_that_read_it_before(stack, broker_dsn, who):
+    """Before: each session kept the catalog answers (view definitions) it had read for as long as
+    it lived, so it went on following the old definition and passed the transformed addresses in
+    clear. Through the broker: at once (any DDL moves the database's catalog epoch). Outside it:
+    within CATALOG_TTL_SECONDS, the longest a session reuses a catalog answer."""
+    from broker.pg.lineage_step import CATALOG_TTL_SECONDS
+
+    replace = "CREATE OR REPLACE VIEW jg_replaced_v AS SELECT id, translate(email, '@.', '#,') AS note FROM customers"
+    with psycopg.connect(_direct(stack), autocommit=True) as admin:
+        admin.execute("DROP VIEW IF EXISTS jg_replaced_v")
+        admin.execute("CREATE VIEW jg_replaced_v AS SELECT id, full_name AS note FROM customers")
+        try:
+            with psycopg.connect(broker_dsn(), autocommit=True) as agent:
+                assert agent.execute("SELECT note FROM jg_replaced_v WHERE id = 1").fetchone()[0] == "Ada Lovelace"
+                if who == "a DBA outside the gateway":
+                    admin.execute(replace)
+                    time.sleep(CATALOG_TTL_SECONDS + 0.2)
+                else:
+                    with psycopg.connect(broker_dsn(user="dora@example.com", groups=("dba",)), autocommit=True) as dba:
+                        dba.execute(replace)  # ddl: allow for the dba group
+                seen = [agent.execute(f"SELECT note FROM jg_replaced_v WHERE id = {i}").fetchone()[0] for i in (1, 2)]
+        finally:
+            admin.execute("DROP VIEW IF EXISTS jg_replaced_v")
+    assert seen == ["[redacted]", "[redacted]"], seen  # derived from email: masked whole

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from broker.pg import lineage_step
 from jitgate.masking import rows
 
 
@@ -13,3 +14,10 @@ def row_core(request, monkeypatch):
         assert rows._rowcore is not None, "the compiled row core is not built (tests/rowcore_build.py)"
     monkeypatch.setattr(rows, "implementation", request.param)
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def catalog_answers_do_not_expire(monkeypatch):
+    """Tests here count catalog lookups and cache hits; on a loaded machine a worker's answer can
+    take longer than the catalog TTL. The TTL and the epoch have their own tests, which set it."""
+    monkeypatch.setattr(lineage_step, "CATALOG_TTL_SECONDS", 3600.0)

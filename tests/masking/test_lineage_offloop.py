@@ -299,3 +299,30 @@ def test_a_worker_op_that_raises_answers_a_failure_and_the_worker_stays_up():
             await pool.aclose()
 
     asyncio.run(run())
+
+
+def test_cached_catalog_answers_are_read_again_after_ddl_on_the_database_or_after_the_ttl(monkeypatch):
+    """Another session's DDL through this broker moves the database's epoch: every session's step
+    reads the catalog again before it follows anything. What the broker does not see (another
+    broker, a DBA) is bounded by the TTL. Another database's DDL changes nothing here."""
+    clock = [1000.0]
+    monkeypatch.setattr(lineage_step.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(lineage_step, "CATALOG_TTL_SECONDS", 1.0)
+    here, elsewhere = ("127.0.0.1:5432", "demo"), ("127.0.0.1:5432", "other")
+    step, fetch = LineageStep("alice", here), RecordedCatalog()
+    sql = "SELECT upper(email) AS u FROM customers WHERE id = 7"
+
+    def follow() -> int:
+        [result] = asyncio.run(step.follow(sql, fetch))
+        assert EMAIL in result.columns[0].sources
+        return step.lookups
+
+    assert follow() == 1 and follow() == 1  # cached
+    lineage_step.catalog_may_change(elsewhere)
+    assert follow() == 1
+    lineage_step.catalog_may_change(here)  # e.g. CREATE OR REPLACE VIEW from another session
+    assert follow() == 2 and follow() == 2
+    clock[0] += 0.9
+    assert follow() == 2
+    clock[0] += 0.2  # 1.1 s after the answers were read
+    assert follow() == 3
