@@ -278,7 +278,7 @@ class Upstream:
                                   f"{len(raw_rows)} row(s) kept already hold {kept_bytes} of the {max_bytes}-byte "
                                   "limit; select fewer or shorter columns (left(), substr()) or raise max_bytes")
                 return await self._finish(fields, raw_rows, seen_rows, tag, truncated, truncation, error, notices,
-                                          kept_bytes, masker, lineage)
+                                          kept_bytes, masker, lineage, sql)
             for kind, payload in batch:
                 order.see(kind)
                 if kind == "D":
@@ -302,28 +302,35 @@ class Upstream:
                 elif kind == "E":
                     error = codec.parse_fields(payload)
                 elif kind == "N":
-                    notices.append(codec.parse_fields(payload).get("M", ""))
+                    notices.append(codec.parse_fields(payload))  # (fields: masking may cut them)
                 elif kind == "Z":
                     return await self._finish(fields, raw_rows, seen_rows, tag, truncated, truncation, error, notices,
-                                              kept_bytes, masker, lineage)
+                                              kept_bytes, masker, lineage, sql)
+
+    @staticmethod
+    def _notice_text(notice, masker, sql: str, lineage) -> str:
+        """A notice's message (the broker's own are text; upstream ones are fields, which masking may cut)."""
+        if isinstance(notice, str):
+            return notice
+        if masker is not None and hasattr(masker, "error_fields"):
+            notice = masker.error_fields(notice, sql, lineage)
+        return notice.get("M", "")
 
     async def _finish(self, fields, raw_rows, seen_rows, tag, truncated, truncation, error, notices, kept_bytes, masker,
-                      lineage=None):
+                      lineage=None, sql: str = ""):
         active = masker is not None and getattr(masker, "active", False)
 
         inner = getattr(masker, "masker", masker)
-        code = error.get("C", "") if error is not None else "00000"  # notices: as an error of no class 42
-        hide_quoted = active and hasattr(inner, "quotes_may_hold_values") and inner.quotes_may_hold_values(code, lineage)
 
         async def clean(text: str) -> str:
             if not (active and text):
                 return text
-            # A statement that reads masked columns: PostgreSQL may quote a derived value in its error.
-            text = inner.redact_quoted(text) if hide_quoted else text
             off_loop = getattr(masker, "mask_text_off_loop", None)
             return await off_loop(text) if off_loop is not None else masker.mask_text(text)
 
         if error is not None:
+            if active and hasattr(inner, "error_fields"):  # what PostgreSQL wrote from the data it read goes
+                error = inner.error_fields(error, sql, lineage)
             raise StatementFailed(error.get("C", ""), await clean(error.get("M", "")), await clean(error.get("D", "")),
                                   await clean(error.get("H", "")))
         plan = None
@@ -356,7 +363,7 @@ class Upstream:
             masked_columns=[r["column"] for r in report],
             masking=report,
             row_bytes=kept_bytes,
-            notices=[await clean(n) for n in notices],
+            notices=[await clean(self._notice_text(n, inner if active else None, sql, lineage)) for n in notices],
         )
 
     async def _plan(self, masker, fields, lineage=None):

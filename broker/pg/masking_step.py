@@ -73,13 +73,13 @@ async def stream_large_row(connection, framer) -> int:
 
 
 def statement_error_fields(connection, fields: dict[str, str]) -> dict[str, str]:
-    """An ErrorResponse/NoticeResponse of a statement that reads masked columns: quoted values
-    are redacted (``SELECT reverse(email)::int`` would otherwise echo the reversed address)."""
-    masker = connection.session.masker
+    """An ErrorResponse/NoticeResponse of a statement that reads masked columns, without what may
+    carry a value it read (``Masker.error_fields``: ``SELECT reverse(email)::int`` would otherwise
+    echo the reversed address)."""
     head = connection.pending[0] if connection.pending else None
-    if head is None or not masker.masker.quotes_may_hold_values(fields.get("C", ""), head.lineage()):
+    if head is None:
         return fields
-    return {k: (masker.masker.redact_quoted(v) if k in ("M", "D", "H", "W") else v) for k, v in fields.items()}
+    return connection.session.masker.masker.error_fields(fields, head.sql, head.lineage())
 
 
 async def follow_for_relay(connection, sql: str, verdict):

@@ -102,6 +102,7 @@ class Pending:
     lineages: list = field(default_factory=list)
     noticed: bool = False
     uncounted: bool = False  # rows passed on whole: add the count of its CommandComplete
+    sql: str = ""  # the text sent (masking: an error may keep only what this text holds)
 
     def lineage(self):
         """The lineage of the statement whose rows come next (None when lineage is not followed)."""
@@ -565,7 +566,7 @@ class PgConnection:
                     statement_id = session.record_statement(sql, protocol="simple", verdict=verdict)
                     self.client_cycle += 1
                     if verdict.allowed:
-                        entry = Pending(statement_id, time.perf_counter(), self.client_cycle - 1, True)
+                        entry = Pending(statement_id, time.perf_counter(), self.client_cycle - 1, True, sql=sql)
                         entry.copy_plan = copy_plan
                         entry.lineages = lineages
                         self.pending.append(entry)
@@ -633,7 +634,7 @@ class PgConnection:
                         statement_id = session.record_statement(sql, protocol="extended", verdict=verdict, params=list(params))
                         self.pending.append(Pending(statement_id, time.perf_counter(), self.client_cycle, False,
                                                     statement=statement_name, portal=execute.portal,
-                                                    result_formats=result_formats,
+                                                    result_formats=result_formats, sql=sql,
                                                     lineages=[self.statement_lineages.get(statement_name)]))
                     if measured and self.batch.measured is None:
                         self.batch.measured = (sql, verdict)

@@ -55,6 +55,25 @@ _SRF_COLUMNS = {
 # Built-ins that read data the statement does not name as a relation: SQL given as text, a
 # table, schema or database named by a value, an open cursor, a large object. Lineage sees
 # only their (constant) arguments, so their results would pass as "no source": unknown instead.
+# Built-ins that keep an argument where a later statement, or another session, reads it back
+# without its lineage: a setting (``set_config('x', translate(email, ...), false)``, then
+# ``current_setting('x')``, ``SHOW x``, or pg_stat_activity.application_name for every session),
+# a notification, a large object, a sequence, a lock key (pg_locks). A value from a column is a
+# write into that place: name -> (where it goes, index of the first argument it keeps).
+STORES_ARGUMENTS = {
+    "set_config": ("pg_catalog.pg_settings", 1),
+    "pg_notify": ("pg_catalog.pg_notify", 1),
+    "lo_from_bytea": ("pg_catalog.pg_largeobject", 1),
+    "lo_put": ("pg_catalog.pg_largeobject", 2),
+    "lowrite": ("pg_catalog.pg_largeobject", 1),
+    "setval": ("pg_catalog.pg_sequences", 1),
+    "pg_logical_emit_message": ("pg_catalog.pg_logical_messages", 1),
+    **{name: ("pg_catalog.pg_locks", 0) for name in (
+        "pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
+        "pg_advisory_xact_lock", "pg_advisory_xact_lock_shared", "pg_try_advisory_xact_lock",
+        "pg_try_advisory_xact_lock_shared")},
+}
+
 READS_DATA_BY_VALUE = frozenset({
     "query_to_xml", "query_to_xml_and_xmlschema", "query_to_xmlschema",
     "cursor_to_xml", "cursor_to_xmlschema",
@@ -689,6 +708,11 @@ class _Analyzer:
                 self.check_operator(item)
             if isinstance(item, ast.FuncCall):
                 self.check_function(item)
+                stored = STORES_ARGUMENTS.get(_function_name(item).rsplit(".", 1)[-1].lower())
+                if stored is not None and item.args and len(item.args) > stored[1]:
+                    kept = self.expr(list(item.args[stored[1]:]), scopes)
+                    if kept:
+                        self.nested_writes.append((stored[0], None, kept))
                 if item.over is not None:  # the window orders and groups rows: a predicate, not the value
                     self.predicates |= self.expr(item.over, scopes)
                     stack.extend(v for v in (item.args, item.agg_order, item.agg_filter) if v is not None)

@@ -81,6 +81,9 @@ _FAILING_ROW = "Failing row contains ("
 MAX_FREE_TEXT = 64 * 1024
 # A double-quoted fragment of an error message (linear: no nested quantifiers).
 _QUOTED = re.compile(r'"[^"]*"')
+_DIGITS = re.compile(r"\d+")
+ERROR_TEXT_WITHHELD = ("[withheld by jitgate: the statement reads masked columns, and this text may quote "
+                       "what it read; the SQLSTATE says what failed]")
 TRUNCATED_MARKER = "[truncated by jitgate]"
 # Sets of lineage sources whose sensitive columns a Masker keeps (Masker.sensitive).
 SENSITIVE_CACHE_SIZE = 1024
@@ -241,18 +244,57 @@ class Masker:
             sources |= column.sources
         return bool(self.sensitive(sources, lineage.non_text_sources))
 
-    def quotes_may_hold_values(self, sqlstate: str, lineage: StatementLineage | None) -> bool:
-        """Class 42 errors (syntax, undefined table/column/function, privileges) quote the
-        statement's own identifiers; any other error or notice of a statement that reads
-        masked columns may quote a value it read."""
-        return not sqlstate.startswith("42") and self.reads_masked(lineage)
+    def error_fields(self, fields: dict, sql: str, lineage: StatementLineage | None) -> dict:
+        """The fields of an ErrorResponse or NoticeResponse that answers ``sql``, with what may
+        carry a value it read taken out, when the statement reads masked columns.
 
-    @staticmethod
-    def redact_quoted(text: str) -> str:
-        """PostgreSQL quotes the value it choked on ('invalid input syntax for type integer:
-        "moc.elpmaxe@ada"'): for statements that read masked columns, every quoted fragment
-        of an error or notice goes, since a derived value no detector knows could be in it."""
-        return _QUOTED.sub('"' + COLUMN_MARKER + '"', text) if '"' in text else text
+        What PostgreSQL writes into an error at run time is data: quoted (``SELECT
+        reverse(email)::int``: 'invalid input syntax for type integer: "moc.elpmaxe@ada"'; a
+        ``::regclass`` cast: 'relation "ada#example,com" does not exist', class 42), after a
+        colon and unquoted ('date field value out of range: 100-13-01' from ``make_date(
+        ascii(substr(email, 2, 1)), 13, 1)``, a character a call), or in the detail and context
+        (a JSON error's 'JSON data, line 1: ada...'). So, allow-list:
+
+        - the message is kept up to its first ': ', in which a quoted fragment or a number stays
+          only when the statement's own text holds it (an identifier or constant the caller wrote);
+          what follows the colon is redacted;
+        - an error of class 42 (the statement's own names: syntax, undefined column) keeps its
+          whole message but for quoted fragments the statement's text does not hold;
+        - detail, hint and context are withheld, but for class 42, where they are filtered the same way;
+        - code the gateway cannot see (``runs_user_code``: RAISE can write any text under any
+          SQLSTATE) gets its message withheld whole.
+        The SQLSTATE always stays, so a client still tells one failure from another."""
+        if not self.reads_masked(lineage):
+            return fields
+        text = (sql or "").lower()
+
+        def keep_if_written(match) -> str:
+            inner = match.group(0)[1:-1]
+            return match.group(0) if inner and inner.lower() in text else '"' + COLUMN_MARKER + '"'
+
+        def number_if_written(match) -> str:
+            return match.group(0) if match.group(0) in text else COLUMN_MARKER
+
+        code = fields.get("C", "")
+        user_code = lineage is not None and lineage.runs_user_code
+        out = dict(fields)
+        if code.startswith("42") and not user_code:
+            for key in ("M", "D", "H", "W", "q"):
+                if out.get(key):
+                    out[key] = _QUOTED.sub(keep_if_written, out[key])
+            return out
+        if user_code:
+            out["M"] = ERROR_TEXT_WITHHELD
+        else:
+            head, colon, _ = out.get("M", "").partition(": ")
+            head = _DIGITS.sub(number_if_written, _QUOTED.sub(keep_if_written, head))
+            out["M"] = head + (': "' + COLUMN_MARKER + '"' if colon else "")
+        for key in ("D", "H", "W"):
+            if out.get(key):
+                out[key] = ERROR_TEXT_WITHHELD
+        if out.get("q"):
+            out["q"] = _QUOTED.sub(keep_if_written, out["q"])
+        return out
 
     def sensitive(self, sources, non_text: frozenset = frozenset()) -> list[str]:
         """The table columns among ``sources`` (lineage Sources) that masking protects: a column

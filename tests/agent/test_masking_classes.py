@@ -223,3 +223,31 @@ def test_a_notification_reaches_a_masked_listener_withheld(broker_dsn, stack, ta
     payloads = [n.payload for n in notes]
     assert len(payloads) == 2 and "user1@example.com" not in payloads[0] and payloads[0].startswith("mail "), payloads
     assert payloads[1] == "plain" and all(n.channel == "mc_channel" for n in notes), notes
+
+
+# Built-ins that keep an argument where a later statement reads it back without its lineage: a
+# masked value stored there is a sensitive_write. Each: the statement that stores, and the one that
+# read the value back in clear before (a setting passes the guardrails as class `session`).
+SIDE_CHANNELS = [
+    pytest.param("select length(set_config('jg.x', translate(email, '@.', '#,'), false)) from mc_notes where id = 1",
+                 "select current_setting('jg.x', true)", id="set_config then current_setting"),
+    pytest.param("select set_config('application_name', translate(email, '@.', '#,'), false) is null "
+                 "from mc_notes where id = 1",
+                 "select application_name from pg_stat_activity where pid = pg_backend_pid()",
+                 id="application_name, which every session sees"),
+]
+
+
+@pytest.mark.parametrize("store, read_back", SIDE_CHANNELS)
+def test_a_masked_value_kept_in_server_state_is_a_sensitive_write(broker_dsn, stack, table, store, read_back):
+    script = f"{store};\n{read_back};\n"
+    for target, refusal in (("demo-mc", "did not run"), ("demo-mc-strict", "refused by policy")):
+        result = subprocess.run(["psql", "-X", "-A", "-t", broker_dsn(target)], input=script, capture_output=True,
+                                text=True, timeout=90)
+        assert "sensitive_write" in result.stderr and refusal in result.stderr, result.stderr
+        if target == "demo-mc-strict":  # the refusal names where the value would have gone
+            assert "into pg_catalog.pg_settings" in result.stderr, result.stderr
+        assert "user1#example,com" not in result.stdout, result.stdout  # (read it back in clear before)
+    # A setting from a constant, or from a plain column, is not held.
+    plain = _psql(broker_dsn("demo-mc"), "select set_config('jg.x', 'plain ' || id, false) from mc_notes where id = 3")
+    assert plain.returncode == 0 and plain.stdout.strip() == "plain 3", plain.stderr

@@ -557,3 +557,26 @@ def test_a_view_replaced_by_someone_else_is_followed_by_a_session_that_read_it_b
         finally:
             admin.execute("DROP VIEW IF EXISTS jg_replaced_v")
     assert seen == ["[redacted]", "[redacted]"], seen  # derived from email: masked whole
+
+
+# What a run-time error of a masked statement may carry from the data, through psql; each with what
+# must not reach the client (all passed in clear before: the email, or its 2nd character's code).
+ERROR_CHANNEL = [
+    pytest.param("SELECT translate(email, '@.', '#,')::regclass FROM customers WHERE id = 4", "katherine#example",
+                 id="regclass cast (class 42 at run time)"),
+    pytest.param("SELECT translate(email, '@.', '#,')::regproc FROM customers WHERE id = 1", "ada#example",
+                 id="regproc cast"),
+    pytest.param("SELECT make_date(ascii(substr(email, 2, 1)), 13, 1) FROM customers WHERE id = 1", "100-13",
+                 id="a character's code after the colon"),
+    pytest.param("SELECT translate(email, '@.', '#,')::jsonb FROM customers WHERE id = 3", "alan",
+                 id="json error context"),
+]
+
+
+@pytest.mark.parametrize("sql, leaked", ERROR_CHANNEL)
+def test_a_run_time_error_does_not_carry_the_data_it_read(broker_dsn, sql, leaked):
+    result = subprocess.run(["psql", "-X", "-A", "-t", broker_dsn(), "-c", sql], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0 and "ERROR:" in result.stderr, result.stderr
+    assert leaked not in result.stderr, result.stderr
+    assert "[redacted]" in result.stderr or "withheld by jitgate" in result.stderr, result.stderr

@@ -320,3 +320,28 @@ def test_runs_user_code(sql, decision):
     catalog = Catalog(CATALOG.relations, {**CATALOG.functions, "lower": True, "count": True, "query_to_xml": True},
                       {**CATALOG.operators, "||": True, ">": True, "=": True, "###": False})
     assert runs_user_code([catalog_needs(sql)], catalog) is decision
+
+
+# Built-ins that keep an argument where it is read back later (lineage.STORES_ARGUMENTS): a value
+# from a column is a write into that place. (statement, where it goes, or None: nothing written)
+STORED_ARGUMENTS = [
+    ("SELECT length(set_config('jg.x', translate(email, '@.', '#,'), false)) FROM customers", "pg_catalog.pg_settings"),
+    ("SELECT set_config('application_name', upper(full_name), false) FROM customers", "pg_catalog.pg_settings"),
+    ("SELECT pg_notify('c', email) FROM customers", "pg_catalog.pg_notify"),
+    ("SELECT setval('s', ascii(email)) FROM customers", "pg_catalog.pg_sequences"),
+    ("SELECT pg_try_advisory_lock(ascii(email), 1) FROM customers", "pg_catalog.pg_locks"),
+    ("SELECT lo_from_bytea(0, convert_to(email, 'UTF8')) FROM customers", "pg_catalog.pg_largeobject"),
+    ("SELECT set_config('jg.x', 'constant', false)", None),
+    ("SELECT set_config(email, 'x', false) FROM customers", None),  # the name argument is not kept
+]
+
+
+@pytest.mark.parametrize("sql, place", STORED_ARGUMENTS)
+def test_a_built_in_that_keeps_its_argument_is_a_write(sql, place):
+    names = ("set_config", "length", "translate", "upper", "pg_notify", "setval", "ascii", "pg_try_advisory_lock",
+             "lo_from_bytea", "convert_to")
+    catalog = Catalog(CATALOG.relations, {**CATALOG.functions, **dict.fromkeys(names, True)}, CATALOG.operators)
+    statement = one(sql, catalog)
+    assert statement.unknown is None, statement.unknown
+    written = {relation for relation, _, sources in statement.writes if sources}
+    assert written == ({place} if place else set()), statement.writes
