@@ -250,50 +250,50 @@ class Masker:
 
         What PostgreSQL writes into an error at run time is data: quoted (``SELECT
         reverse(email)::int``: 'invalid input syntax for type integer: "moc.elpmaxe@ada"'; a
-        ``::regclass`` cast: 'relation "ada#example,com" does not exist', class 42), after a
-        colon and unquoted ('date field value out of range: 100-13-01' from ``make_date(
-        ascii(substr(email, 2, 1)), 13, 1)``, a character a call), or in the detail and context
-        (a JSON error's 'JSON data, line 1: ada...'). So, allow-list:
+        ``::regclass`` cast: 'relation "ada#example,com" does not exist', class 42 though raised
+        at run time), after a colon and unquoted ('date field value out of range: 100-13-01'
+        from ``make_date(ascii(substr(email, 2, 1)), 13, 1)``, a character a call), or in the
+        detail and context (a JSON error's 'JSON data, line 1: ada...'). The SQLSTATE cannot
+        tell them from the caller's own mistakes; the position can: an error PostgreSQL raises
+        while it reads the statement points into its text (``P``), one raised by a value does not.
 
-        - the message is kept up to its first ': ', in which a quoted fragment or a number stays
-          only when the statement's own text holds it (an identifier or constant the caller wrote);
-          what follows the colon is redacted;
-        - an error of class 42 (the statement's own names: syntax, undefined column) keeps its
-          whole message but for quoted fragments the statement's text does not hold;
-        - detail, hint and context are withheld, but for class 42, where they are filtered the same way;
-        - code the gateway cannot see (``runs_user_code``: RAISE can write any text under any
-          SQLSTATE) gets its message withheld whole.
-        The SQLSTATE always stays, so a client still tells one failure from another."""
+        - With a position (syntax, an undefined column or function, a type mismatch): the text
+          stays, but a quoted fragment only when it is what the position points at.
+        - Without one: the message is kept up to its first ': ', with every quoted fragment and
+          every number in it redacted; detail, hint and context are withheld.
+        - Code the gateway cannot see (``runs_user_code``: RAISE can write any text, with any
+          SQLSTATE and position): the message is withheld whole.
+        The SQLSTATE and the position always stay, so a client still tells failures apart and
+        shows where a statement went wrong. Keeping what "the statement holds" would be an oracle:
+        a statement can list every short candidate value."""
         if not self.reads_masked(lineage):
             return fields
-        text = (sql or "").lower()
-
-        def keep_if_written(match) -> str:
-            inner = match.group(0)[1:-1]
-            return match.group(0) if inner and inner.lower() in text else '"' + COLUMN_MARKER + '"'
-
-        def number_if_written(match) -> str:
-            return match.group(0) if match.group(0) in text else COLUMN_MARKER
-
-        code = fields.get("C", "")
-        user_code = lineage is not None and lineage.runs_user_code
+        redacted = '"' + COLUMN_MARKER + '"'
         out = dict(fields)
-        if code.startswith("42") and not user_code:
+        if lineage is not None and lineage.runs_user_code:
+            for key in ("M", "D", "H", "W"):
+                if out.get(key):
+                    out[key] = ERROR_TEXT_WITHHELD
+            return out
+        position = out.get("P", "")
+        if position.isdigit() and 0 < int(position) <= len(sql or ""):
+            pointed = sql[int(position) - 1:].lstrip('"').lower()
+
+            def keep_if_pointed(match) -> str:
+                inner = match.group(0)[1:-1]
+                return match.group(0) if inner and pointed.startswith(inner.lower()) else redacted
+
             for key in ("M", "D", "H", "W", "q"):
                 if out.get(key):
-                    out[key] = _QUOTED.sub(keep_if_written, out[key])
+                    out[key] = _QUOTED.sub(keep_if_pointed, out[key])
             return out
-        if user_code:
-            out["M"] = ERROR_TEXT_WITHHELD
-        else:
-            head, colon, _ = out.get("M", "").partition(": ")
-            head = _DIGITS.sub(number_if_written, _QUOTED.sub(keep_if_written, head))
-            out["M"] = head + (': "' + COLUMN_MARKER + '"' if colon else "")
+        head, colon, _ = out.get("M", "").partition(": ")
+        out["M"] = _DIGITS.sub(COLUMN_MARKER, _QUOTED.sub(redacted, head)) + (": " + redacted if colon else "")
         for key in ("D", "H", "W"):
             if out.get(key):
                 out[key] = ERROR_TEXT_WITHHELD
         if out.get("q"):
-            out["q"] = _QUOTED.sub(keep_if_written, out["q"])
+            out["q"] = _QUOTED.sub(redacted, out["q"])
         return out
 
     def sensitive(self, sources, non_text: frozenset = frozenset()) -> list[str]:

@@ -1,6 +1,7 @@
 """What PostgreSQL writes into an error or notice of a statement that reads masked columns is data
 (Masker.error_fields). Each case: the statement, the fields PostgreSQL sent (as it sends them, from
-a real run on the demo data), what must not reach the client, and what must stay."""
+a real run on the demo data: an error raised by a value carries no position), what must not reach
+the client, and what must stay."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -39,13 +40,26 @@ ERROR_CASES = [
     ("SELECT chr(ascii(email) * 1000000) FROM customers",  # a number before any colon
      {"C": "54000", "M": "requested character too large for encoding 97000000"},
      ["97000000"], ["requested character too large for encoding [redacted]"]),
+    # A statement that lists every candidate does not make the value "its own" (no oracle).
+    ("SELECT substr(translate(email, '@.', '#,'), 2, 1)::regclass FROM customers WHERE id = 1 "
+     "AND 'a' NOT IN ('a', 'b', 'c', 'd', 'e')",
+     {"C": "42P01", "M": 'relation "d" does not exist'}, ['"d"'], ['relation "[redacted]" does not exist']),
+    ("SELECT translate(email, '@.', '#,')::regoper FROM customers",  # class 42, unquoted after a colon
+     {"C": "42883", "M": "operator does not exist: ada#example,com"}, ["ada#"], ["operator does not exist"]),
+    ("SELECT (repeat('1', ascii(substr(email, 2, 1))))::bit(3) FROM customers /* 100 */",
+     {"C": "22026", "M": "bit string length 100 does not match type bit(3)"}, ["100"],
+     ["bit string length [redacted] does not match type bit([redacted])"]),
 ]
 
 # Errors about what the caller wrote keep it: the agent can fix its SQL.
 KEPT_CASES = [
-    ("SELECT nosuch FROM customers WHERE email = 'x'", {"C": "42703", "M": 'column "nosuch" does not exist'}),
-    ("SELECT email FROM Customers WHERE email = 'x' LIMIT 5",
-     {"C": "42601", "M": 'syntax error at or near "LIMIT"'}),
+    ("SELECT nosuch FROM customers WHERE email = 'x'",
+     {"C": "42703", "M": 'column "nosuch" does not exist', "P": "8"}),
+    ("SELECT email FROM customers WHERE email = 'x' LIMIT 5 LIMIT 6",
+     {"C": "42601", "M": 'syntax error at or near "LIMIT"', "P": "55"}),
+    ("SELECT id FROM customers WHERE email = 1",
+     {"C": "42883", "M": "operator does not exist: text = integer", "P": "38",
+      "H": "No operator matches the given name and argument types. You might need to add explicit type casts."}),
     ("SELECT id FROM customers WHERE email = 'x'", {"C": "57014", "M": "canceling statement due to user request"}),
 ]
 
@@ -70,9 +84,16 @@ def test_code_the_gateway_cannot_see_gets_its_message_withheld_whatever_its_sqls
     """RAISE in a function that is not built in can write any text under any SQLSTATE, 42 too."""
     lineage = replace(one("SELECT email FROM customers"), runs_user_code=True)
     for code in ("42P01", "P0001", "00000"):
-        out = MASKER.error_fields({"C": code, "M": "ada#example,com", "D": "x"}, "SELECT f(email) FROM customers",
-                                  lineage)
-        assert out == {"C": code, "M": ERROR_TEXT_WITHHELD, "D": ERROR_TEXT_WITHHELD}, out
+        out = MASKER.error_fields({"C": code, "M": "ada#example,com", "D": "x", "P": "8"},
+                                  "SELECT f(email) FROM customers", lineage)
+        assert out == {"C": code, "M": ERROR_TEXT_WITHHELD, "D": ERROR_TEXT_WITHHELD, "P": "8"}, out
+
+
+def test_a_quoted_name_stays_only_where_the_position_points():
+    sql = "SELECT id FROM customers WHERE email = 'x' AND nosuch = 1"
+    fields = {"C": "42703", "M": 'column "nosuch" does not exist', "H": 'Perhaps you meant "email".', "P": "48"}
+    out = MASKER.error_fields(fields, sql, one("SELECT id FROM customers WHERE email = 'x'"))
+    assert out["M"] == 'column "nosuch" does not exist' and out["H"] == 'Perhaps you meant "[redacted]".', out
 
 
 def test_a_statement_that_reads_no_masked_column_keeps_its_error():
