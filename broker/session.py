@@ -37,10 +37,10 @@ from jitgate.guardrails.sql import classify_sql_in_session
 # byte). Longer text is refused before it runs (too_to_record), so a recorded statement's end is
 # never cut off. (Text the server sends keeps masking.masker.MAX_FREE_TEXT.)
 MAX_RECORDED_TEXT = MAX_CLASSIFIED_BYTES
-# In the recording in place of a statement the masking worker could not mask (it is refused).
 # Statement classes that leave the database's catalog as it is (any other may change a view a
 # masked session's lineage follows: see broker/pg/lineage_step.py).
 CATALOG_UNCHANGED = frozenset({"read", "dml_bounded", "dml_unbounded", "session", "transaction", "pinned_setting"})
+# In the recording in place of a statement the masking worker could not mask (it is refused).
 WITHHELD_STATEMENT = "[withheld by jitgate: this statement could not be masked for the recording; it was refused]"
 
 
