@@ -67,10 +67,11 @@ def release(fd: int | None) -> None:
 
 def held_elsewhere(path: Path) -> bool:
     """True when another open of this spool holds its lock: a session is recording into it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    lock = try_hold(path)
+    if lock is not None:
+        release(lock)
         return False
+    return path.exists()  # not lockable: held, unless it is gone
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -294,6 +294,16 @@ def _writes_rows(stmt) -> bool:
     return into is not None and into.rel.relpersistence != "t"
 
 
+def _option_on(arg) -> bool:
+    """An EXPLAIN option's value: no value, true/on/1 (as PostgreSQL's defGetBoolean reads it)."""
+    if arg is None:
+        return True
+    value = getattr(arg, "sval", None) or getattr(arg, "boolval", None) or getattr(arg, "ival", None)
+    if isinstance(value, str):
+        return value.lower() not in ("false", "off", "0", "no")
+    return bool(getattr(value, "boolval", value))
+
+
 def _changes_catalog(stmt) -> bool:
     return not isinstance(stmt, (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt,
                                  ast.VariableShowStmt, ast.ExplainStmt, ast.TransactionStmt, ast.CopyStmt))
@@ -347,12 +357,21 @@ class _Analyzer:
         if isinstance(stmt, ast.VariableShowStmt):
             names = ("name", "setting", "description") if stmt.name == "all" else (stmt.name,)
             return StatementLineage(tuple(ColumnLineage(n) for n in names))
-        if isinstance(stmt, ast.ExplainStmt):
-            return StatementLineage((ColumnLineage("QUERY PLAN"),))
+        if isinstance(stmt, ast.ExplainStmt):  # EXPLAIN ANALYZE runs its statement: its writes happen
+            runs = any(isinstance(o, ast.DefElem) and o.defname == "analyze" and _option_on(o.arg)
+                       for o in stmt.options or ())
+            writes = self.statement(stmt.query).writes if runs else ()
+            return StatementLineage((ColumnLineage("QUERY PLAN"),), writes=writes)
+        if isinstance(stmt, (ast.PrepareStmt, ast.DeclareCursorStmt)):
+            # Its statement runs at EXECUTE or FETCH, whose lineage is unknown: what it would
+            # write (a table, or a built-in that keeps a value) is judged here.
+            inner = self.statement(stmt.query)
+            return StatementLineage(None, writes=inner.writes, writes_unknown=inner.writes_unknown,
+                                    changes_catalog=_changes_catalog(stmt))
         if isinstance(stmt, ast.CopyStmt):
             if stmt.query is not None:
                 inner = self.statement(stmt.query)
-                return StatementLineage(inner.columns, predicate_sources=inner.predicate_sources)
+                return StatementLineage(inner.columns, predicate_sources=inner.predicate_sources, writes=inner.writes)
             entry = self.relation_entry(stmt.relation, None)
             columns = [c for _, c in entry.columns]
             if stmt.attlist:

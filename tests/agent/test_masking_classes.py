@@ -235,6 +235,9 @@ SIDE_CHANNELS = [
                  "from mc_notes where id = 1",
                  "select application_name from pg_stat_activity where pid = pg_backend_pid()",
                  id="application_name, which every session sees"),
+    pytest.param("prepare jg_p as select set_config('jg.x', translate(email, '@.', '#,'), false) is null "
+                 "from mc_notes where id = 1;\nexecute jg_p",
+                 "select current_setting('jg.x', true)", id="wrapped in PREPARE, run by EXECUTE"),
 ]
 
 

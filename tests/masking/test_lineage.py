@@ -345,3 +345,26 @@ def test_a_built_in_that_keeps_its_argument_is_a_write(sql, place):
     assert statement.unknown is None, statement.unknown
     written = {relation for relation, _, sources in statement.writes if sources}
     assert written == ({place} if place else set()), statement.writes
+
+
+# Statements that run another statement (now, or at EXECUTE/FETCH, whose lineage is unknown) carry
+# its writes: each wrapper around a masked write, and whether it writes.
+WRAPPED_WRITES = [
+    ("PREPARE p AS SELECT set_config('jg.x', email, false) FROM customers", True),
+    ("PREPARE q(int) AS UPDATE customers SET notes = reverse(email) WHERE id = $1", True),
+    ("PREPARE r AS SELECT id FROM customers WHERE id = 1", False),
+    ("DECLARE c CURSOR FOR SELECT set_config('jg.x', email, false) FROM customers", True),
+    ("EXPLAIN ANALYZE SELECT set_config('jg.x', email, false) FROM customers", True),
+    ("EXPLAIN (ANALYZE true, BUFFERS) UPDATE customers SET notes = reverse(email)", True),
+    ("EXPLAIN (ANALYZE off) UPDATE customers SET notes = reverse(email)", False),  # not run
+    ("EXPLAIN UPDATE customers SET notes = reverse(email)", False),
+    ("COPY (SELECT set_config('jg.x', email, false) FROM customers) TO STDOUT", True),
+]
+
+
+@pytest.mark.parametrize("sql, writes", WRAPPED_WRITES)
+def test_a_statement_that_runs_another_carries_its_writes(sql, writes):
+    catalog = Catalog(CATALOG.relations, {**CATALOG.functions, "set_config": True}, CATALOG.operators)
+    statement = one(sql, catalog)
+    assert statement.unknown is None, statement.unknown
+    assert bool([w for w in statement.writes if w[2]]) == writes, statement.writes
